@@ -1,0 +1,793 @@
+"""The catalog front end: :class:`Checkpoint`, :class:`CheckpointSession`, :class:`NullCheckpoint`.
+
+A drop-in replacement for ``earth2studio.utils.checkpoint``::
+
+    from restartable import Checkpoint
+
+    checkpoint = Checkpoint("my-forecast", flush_interval=6, level=2)
+    with checkpoint as ckpt:               # latest whole row, or a new session
+        for lead_time in lead_times:
+            ...                            # step the model, write the IO
+            ckpt.write(lead_time=lead_time)
+        ckpt.flush()
+
+Each commit is a row of the catalog, made durable by the storage engine in
+:mod:`restartable.store` before it is listed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import warnings
+import weakref
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from . import codec
+from .distributed import detect_rank_and_world_size
+from .errors import (
+    CheckpointCorruptError,
+    CheckpointFallbackWarning,
+    CheckpointLateBindWarning,
+    CheckpointSerializationError,
+    CheckpointStateCollision,
+    CheckpointStateSchemaError,
+)
+from .state import (
+    ACTIVE_SESSION,
+    CURRENT_CHECKPOINT,
+    CheckpointState,
+    buffer_pending,
+    state_id,
+    take_pending,
+    unwrap,
+)
+from .store import Row, RowWriter, Snapshot, scan_rows
+
+__all__ = [
+    "Checkpoint",
+    "CheckpointEntry",
+    "CheckpointSession",
+    "NullCheckpoint",
+    "default_checkpoint_path",
+    "resolve_device",
+]
+
+CheckpointLevel = Literal[0, 1, 2]
+
+
+def default_checkpoint_path(name: str) -> Path:
+    """``$RESTARTABLE_CACHE/checkpoints/<name>``, else ``~/.cache/restartable/checkpoints/<name>``."""
+    base = os.environ.get("RESTARTABLE_CACHE")
+    root = Path(base) if base else Path.home() / ".cache" / "restartable"
+    return root / "checkpoints" / name
+
+
+def resolve_device(device: Any) -> Any:
+    """A ``torch.device`` when torch is installed, else the device's name."""
+    try:
+        import torch
+    except ImportError:
+        return str(device)
+    return torch.device(device)
+
+
+def _normalize_lead_time(value: Any) -> Any:
+    # Workflows pass coords["lead_time"], a one-element array; the catalog
+    # records the element.
+    if isinstance(value, np.ndarray) and value.size == 1:
+        return value.reshape(-1)[0]
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.detach().cpu().reshape(-1)[0].item()
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointEntry:
+    """One committed row of a catalog.
+
+    Attributes
+    ----------
+    commit_id:
+        Name of the row directory, ``<sequence:012d>-<uuid>``.
+    sequence:
+        Commit sequence number, increasing within a rank directory.
+    lead_time:
+        The ``lead_time`` metadata of the row, if any.
+    metadata:
+        All metadata recorded with ``write``/``flush``.
+    write_count:
+        Number of ``write`` calls of the session when the row was committed.
+    saved_at:
+        UTC time of the commit, ISO 8601.
+    rank, world_size:
+        The rank that wrote the row and the world size at the time.
+    level:
+        Checkpoint level at the time of the commit.
+    state_ids:
+        Qualified names of the bound states saved in the row.
+    path:
+        The row directory.
+    """
+
+    commit_id: str
+    sequence: int
+    lead_time: Any
+    metadata: Mapping[str, Any]
+    write_count: int
+    saved_at: str
+    rank: int
+    world_size: int
+    level: int
+    state_ids: tuple[str, ...]
+    path: Path
+
+    @property
+    def labels(self) -> Mapping[str, Any]:
+        """Alias of :attr:`metadata` (earth2studio's later name)."""
+        return self.metadata
+
+
+def _entry_from_row(row: Row) -> CheckpointEntry:
+    body = row.body
+    try:
+        metadata = codec.decode(body["metadata"], row.read_payload, root="metadata")
+        return CheckpointEntry(
+            commit_id=row.commit_id,
+            sequence=row.sequence,
+            lead_time=metadata.get("lead_time"),
+            metadata=metadata,
+            write_count=int(body["write_count"]),
+            saved_at=str(body["saved_at"]),
+            rank=int(body["rank"]),
+            world_size=int(body["world_size"]),
+            level=int(body["level"]),
+            state_ids=tuple(record["id"] for record in body["states"]),
+            path=row.path,
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        if isinstance(exc, CheckpointCorruptError):
+            raise
+        raise CheckpointCorruptError(
+            f"{row.path / 'manifest.json'} lacks a valid catalog record ({exc!r})",
+            row=str(row.path),
+            file=str(row.path / "manifest.json"),
+        ) from exc
+
+
+def _validate(name: str, mode: str, flush_interval: int | None, history_size: int | None, level: int) -> None:
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"name must be a non-empty string, got {name!r}")
+    if mode not in ("overwrite", "append"):
+        raise ValueError(f"mode must be 'overwrite' or 'append', got {mode!r}")
+    if flush_interval is not None and (isinstance(flush_interval, bool) or not isinstance(flush_interval, int) or flush_interval < 1):
+        raise ValueError(f"flush_interval must be a positive integer or None, got {flush_interval!r}")
+    if history_size is not None and (isinstance(history_size, bool) or not isinstance(history_size, int) or history_size < 1):
+        raise ValueError(f"history_size must be a positive integer or None, got {history_size!r}")
+    if level not in (0, 1, 2) or isinstance(level, bool):
+        raise ValueError(f"level must be 0, 1 or 2, got {level!r}")
+
+
+class Checkpoint:
+    """Catalog of restart checkpoints for a named run.
+
+    Parameters
+    ----------
+    name:
+        Name of the checkpoint store, used in the default path and in manifests.
+    path:
+        Directory of the store. Default ``$RESTARTABLE_CACHE/checkpoints/<name>``
+        or ``~/.cache/restartable/checkpoints/<name>``.
+    mode:
+        ``"overwrite"`` keeps only the latest row; ``"append"`` keeps a history.
+    flush_interval:
+        Number of ``write`` calls between durable commits; ``None`` commits
+        only on ``flush()``.
+    history_size:
+        Rows kept in append mode (``None``: all). Ignored in overwrite mode.
+    level:
+        0 records progress and metadata only; 1 adds component state needed to
+        restart workflow items (ensemble members); 2 adds state needed to
+        resume inside a rollout.
+    rank, world_size:
+        Distributed rank and world size; detected when ``None``. With
+        ``world_size > 1`` each rank writes ``rank_<rank:06d>/``.
+    device:
+        Device on which components stage tensor state, and on which restored
+        tensors are placed.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from restartable import Checkpoint
+    >>> store = tempfile.mkdtemp()
+    >>> with Checkpoint("demo", path=store) as ckpt:
+    ...     for step in range(3):
+    ...         _ = ckpt.write(lead_time=step)
+    >>> Checkpoint("demo", path=store).select(-1).lead_time
+    2
+    """
+
+    def __init__(
+        self,
+        name: str,
+        path: str | Path | None = None,
+        mode: Literal["overwrite", "append"] = "overwrite",
+        flush_interval: int | None = 1,
+        history_size: int | None = None,
+        level: CheckpointLevel = 2,
+        rank: int | None = None,
+        world_size: int | None = None,
+        device: Any = "cpu",
+        *,
+        durable: bool = True,
+        link_unchanged: bool = True,
+    ) -> None:
+        _validate(name, mode, flush_interval, history_size, level)
+        if rank is None or world_size is None:
+            detected_rank, detected_world = detect_rank_and_world_size()
+            rank = detected_rank if rank is None else rank
+            world_size = detected_world if world_size is None else world_size
+        if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
+            raise ValueError(f"world_size must be a positive integer, got {world_size!r}")
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank!r}")
+        self.name = name
+        self.path = Path(path).expanduser() if path is not None else default_checkpoint_path(name)
+        self.mode = mode
+        self.flush_interval = flush_interval
+        self.history_size = 1 if mode == "overwrite" else history_size
+        self.level = int(level)
+        self.rank = rank
+        self.world_size = world_size
+        self._device = device
+        self.durable = durable
+        self.link_unchanged = link_unchanged
+        self._writer: RowWriter | None = None
+        self._writer_users = 0
+        self._finalizer: weakref.finalize | None = None
+        self._entries: list[CheckpointEntry] = []
+        self._rows: dict[str, Row] = {}
+        self._damaged: set[str] = set()
+        self._warned: set[str] = set()
+        self._context_sessions: list[CheckpointSession] = []
+        CURRENT_CHECKPOINT.set(self)
+
+    # ------------------------------------------------------------------ facts
+
+    @property
+    def device(self) -> Any:
+        """Device for staged and restored tensor state (``torch.device`` when torch is installed)."""
+        return resolve_device(self._device)
+
+    @property
+    def rank_path(self) -> Path:
+        """Directory of this process's rows: ``path`` or ``path/rank_<rank:06d>``."""
+        if self.world_size == 1:
+            return self.path
+        return self.path / f"rank_{self.rank:06d}"
+
+    @property
+    def active(self) -> CheckpointSession | None:
+        """The session of this checkpoint open in the current context, if any."""
+        session = ACTIVE_SESSION.get()
+        if session is not None and session.checkpoint is self:
+            return session
+        return None
+
+    @property
+    def catalog(self) -> tuple[CheckpointEntry, ...]:
+        """Committed rows of this rank, oldest first (re-read from disk)."""
+        self.refresh()
+        return tuple(self._entries)
+
+    def refresh(self) -> None:
+        """Re-read the catalog from disk.
+
+        Rows whose manifest is missing or damaged, or whose files have the
+        wrong size, are left out with a :class:`CheckpointFallbackWarning`.
+        """
+        scan = scan_rows(self.rank_path)
+        entries, rows = [], {}
+        for row in scan.rows:
+            if row.commit_id in self._damaged:
+                continue
+            try:
+                entry = _entry_from_row(row)
+            except CheckpointCorruptError as exc:
+                self._warn_damaged(row.commit_id, str(exc))
+                continue
+            entries.append(entry)
+            rows[row.commit_id] = row
+        for problem in scan.problems:
+            self._warn_damaged(Path(problem.row).name, problem.reason)
+        self._entries, self._rows = entries, rows
+
+    def _warn_damaged(self, commit_id: str, reason: str) -> None:
+        if commit_id in self._warned:
+            return
+        self._warned.add(commit_id)
+        warnings.warn(
+            f"skipping damaged checkpoint row {commit_id} of {self.rank_path}: {reason}",
+            CheckpointFallbackWarning,
+            stacklevel=4,
+        )
+
+    # ------------------------------------------------------------------ selection
+
+    def select(self, row: int | None = None) -> CheckpointSession:
+        """The session of catalog row ``row`` (negative indexes count from the end).
+
+        Every file of the row is read and verified now; its bound states are
+        restored when the session is entered or when components bind.
+        ``select()`` with no row gives the latest row, or a new session when
+        the catalog is empty.
+
+        Raises
+        ------
+        IndexError
+            No row has that index.
+        CheckpointCorruptError
+            The row is damaged; the message names the file.
+        """
+        self.refresh()
+        if row is None:
+            if not self._entries:
+                return CheckpointSession(self, None)
+            row = -1
+        if isinstance(row, bool) or not isinstance(row, (int, np.integer)):
+            raise TypeError(f"row must be an integer, got {row!r}")
+        if not self._entries:
+            raise IndexError(f"checkpoint {self.name!r} has no committed rows in {self.rank_path}")
+        try:
+            entry = self._entries[row]
+        except IndexError:
+            raise IndexError(
+                f"row {row} is out of range: checkpoint {self.name!r} has {len(self._entries)} row(s)"
+            ) from None
+        return self._open_session(entry)
+
+    def _open_session(self, entry: CheckpointEntry) -> CheckpointSession:
+        stored = self._rows[entry.commit_id]
+        try:
+            loader = stored.load_all_payloads()
+        except CheckpointCorruptError:
+            self._damaged.add(entry.commit_id)
+            raise
+        return CheckpointSession(self, entry, stored, loader)
+
+    def _open_latest(self) -> CheckpointSession:
+        """The newest row that verifies, falling back to older ones with a warning."""
+        self.refresh()
+        for entry in reversed(list(self._entries)):
+            try:
+                return self._open_session(entry)
+            except CheckpointCorruptError as exc:
+                self._warned.add(entry.commit_id)
+                warnings.warn(
+                    f"checkpoint row {entry.commit_id} of {self.rank_path} is damaged ({exc}); "
+                    "falling back to the previous row",
+                    CheckpointFallbackWarning,
+                    stacklevel=3,
+                )
+        if self._damaged:
+            warnings.warn(
+                f"no whole row is left in {self.rank_path}; starting a new session",
+                CheckpointFallbackWarning,
+                stacklevel=3,
+            )
+        return CheckpointSession(self, None)
+
+    def __enter__(self) -> CheckpointSession:
+        session = self.active
+        if session is not None:
+            self._context_sessions.append(session)
+            return session.__enter__()
+        # Lock before reading, so that the row chosen cannot be retired by
+        # another writer between reading and entering.
+        self._acquire_writer()
+        try:
+            session = self._open_latest()
+            session.__enter__()
+        finally:
+            self._release_writer()
+        self._context_sessions.append(session)
+        return session
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if self._context_sessions:
+            self._context_sessions.pop().__exit__(*exc_info)
+
+    def close(self) -> None:
+        """Release the writer lock if a session left it held."""
+        self._writer_users = 0
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    # ------------------------------------------------------------------ writing
+
+    def _acquire_writer(self) -> RowWriter:
+        if self._writer is None:
+            self._writer = RowWriter(
+                self.rank_path,
+                keep=self.history_size,
+                durable=self.durable,
+                link_unchanged=self.link_unchanged,
+            )
+            self._finalizer = weakref.finalize(self, self._writer.close)
+        self._writer_users += 1
+        return self._writer
+
+    def _release_writer(self) -> None:
+        self._writer_users = max(0, self._writer_users - 1)
+        if self._writer_users == 0 and self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def _commit(self, session: CheckpointSession, metadata: dict[str, Any]) -> CheckpointEntry:
+        snapshot = self._snapshot(session, metadata)
+        writer = self._acquire_writer()
+        try:
+            row = writer.persist(snapshot)
+        finally:
+            self._release_writer()
+        entry = _entry_from_row(row)
+        self._rows[entry.commit_id] = row
+        return entry
+
+    def _snapshot(self, session: CheckpointSession, metadata: dict[str, Any], copy: bool = False) -> Snapshot:
+        """Encode metadata and bound states (the caller-thread half of a commit)."""
+        values: list[tuple[Any, str]] = [(metadata, "metadata")]
+        records = []
+        if self.level >= 1:
+            for sid, proxy in session.bound_states.items():
+                instance = unwrap(proxy)
+                values.append((instance, "state"))
+                records.append({"id": sid, "schema": codec.schema_hash(type(instance)), "level": self.level})
+        try:
+            encoded = codec.encode([value for value, _ in values], root="values", copy=copy)
+        except CheckpointSerializationError:
+            # Re-encode one by one only to name the culprit with its own root.
+            for index, (value, root) in enumerate(values):
+                try:
+                    codec.encode(value, root=root)
+                except CheckpointSerializationError as exc:
+                    owner = f" of bound state {records[index - 1]['id']}" if index else ""
+                    raise CheckpointSerializationError(f"{exc}{owner}", path=exc.path) from None
+            raise
+        metadata_doc, *state_docs = encoded.document
+        for record, doc in zip(records, state_docs):
+            record["value"] = doc
+        body = {
+            "checkpoint": self.name,
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "level": self.level,
+            "mode": self.mode,
+            "write_count": session.write_count,
+            "metadata": metadata_doc,
+            "states": records,
+        }
+        return Snapshot(body=body, payloads=encoded.payloads)
+
+    # ------------------------------------------------------------------ display
+
+    def __repr__(self) -> str:
+        return f"Checkpoint({self.name!r}, path={str(self.path)!r}, mode={self.mode!r}, level={self.level})"
+
+    def __str__(self) -> str:
+        entries = self.catalog
+        lines = [
+            f"Checkpoint({self.name!r})",
+            f"path: {self.rank_path}",
+            f"mode: {self.mode}  level: {self.level}  flush_interval: {self.flush_interval}  "
+            f"rank: {self.rank}/{self.world_size}",
+        ]
+        if not entries:
+            return "\n".join([*lines, "catalog: empty"])
+        return "\n".join([*lines, "", format_table(entries_table(entries))])
+
+
+def _display(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, np.timedelta64):
+        hours = value / np.timedelta64(1, "h")
+        return f"{hours:g}h" if np.isfinite(hours) else str(value)
+    text = str(value)
+    return text if len(text) <= 32 else text[:29] + "..."
+
+
+def entries_table(entries: tuple[CheckpointEntry, ...] | list[CheckpointEntry]) -> list[list[str]]:
+    """Rows of the catalog table shown by ``print(checkpoint)`` and ``restartable ls``."""
+    keys = sorted({key for entry in entries for key in entry.metadata if key != "lead_time"})
+    header = ["row", "sequence", "lead_time", *keys, "write_count", "states", "saved_at"]
+    table = [header]
+    for index, entry in enumerate(entries):
+        table.append(
+            [
+                str(index),
+                str(entry.sequence),
+                _display(entry.lead_time),
+                *(_display(entry.metadata.get(key)) for key in keys),
+                str(entry.write_count),
+                str(len(entry.state_ids)),
+                entry.saved_at[:19].replace("T", " "),
+            ]
+        )
+    return table
+
+
+def format_table(table: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in table)
+
+
+class CheckpointSession:
+    """One row of a catalog being restored from and/or written to.
+
+    Obtained from ``with checkpoint as session`` or ``checkpoint.select(row)``.
+    Entering it makes it the active session (bound states restore from it)
+    and takes the writer lock of the rank directory.
+    """
+
+    def __init__(
+        self,
+        checkpoint: Checkpoint,
+        entry: CheckpointEntry | None,
+        row: Row | None = None,
+        payloads: Any = None,
+    ) -> None:
+        self.checkpoint = checkpoint
+        self._entry = entry
+        self._row = row
+        self._payloads = payloads
+        self._saved_states = {record["id"]: record for record in row.body["states"]} if row is not None else {}
+        self.bound_states: dict[str, CheckpointState[Any]] = {}
+        self._carried_over: set[str] = set()
+        self.write_count = entry.write_count if entry is not None else 0
+        self._metadata: dict[str, Any] = dict(entry.metadata) if entry is not None else {}
+        self._dirty = False
+        self._tokens: list[Any] = []
+        self._holds_writer = 0
+
+    # ------------------------------------------------------------------ facts
+
+    @property
+    def catalog(self) -> Checkpoint:
+        """The owning :class:`Checkpoint` (earth2studio's name for it)."""
+        return self.checkpoint
+
+    @property
+    def exists(self) -> bool:
+        """Whether the session stands for a committed row."""
+        return self._entry is not None
+
+    @property
+    def entry(self) -> CheckpointEntry | None:
+        """The committed row this session stands for (latest commit or selection)."""
+        return self._entry
+
+    @property
+    def commit_id(self) -> str | None:
+        return None if self._entry is None else self._entry.commit_id
+
+    @property
+    def is_active(self) -> bool:
+        return ACTIVE_SESSION.get() is self
+
+    @property
+    def level(self) -> int:
+        return self.checkpoint.level
+
+    @property
+    def device(self) -> Any:
+        return self.checkpoint.device
+
+    @property
+    def lead_time(self) -> Any:
+        """``lead_time`` of the committed row, or ``None``."""
+        return None if self._entry is None else self._entry.lead_time
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """Metadata of the committed row (a copy)."""
+        return {} if self._entry is None else dict(self._entry.metadata)
+
+    @property
+    def labels(self) -> dict[str, Any]:
+        return self.metadata
+
+    def metadata_value(self, key: str) -> Any:
+        """One metadata value of the committed row; ``KeyError`` if absent."""
+        metadata = self.metadata
+        if key not in metadata:
+            raise KeyError(f"checkpoint row {self.commit_id} has no metadata {key!r}")
+        return metadata[key]
+
+    # ------------------------------------------------------------------ state
+
+    def bind(self, state: Any) -> CheckpointState[Any]:
+        """Bind a dataclass (or proxy) to this session, restoring it from the row."""
+        proxy = state if isinstance(state, CheckpointState) else CheckpointState(state)
+        instance = proxy.checkpoint_dataclass
+        sid = state_id(instance)
+        existing = self.bound_states.get(sid)
+        if existing is not None:
+            if existing.checkpoint_dataclass is instance:
+                return existing
+            if sid in self._carried_over:
+                # A component of a previous session was re-adopted, and now a
+                # new instance of it binds: the new one takes its place.
+                self._carried_over.discard(sid)
+                existing._bind(None)
+            else:
+                raise CheckpointStateCollision(
+                    f"{sid} is already bound in this checkpoint session; bind distinct dataclass types "
+                    "for distinct components"
+                )
+        loaded = self._restore(sid, instance)
+        proxy._bind(self.checkpoint, self, loaded)
+        self.bound_states[sid] = proxy
+        return proxy
+
+    def _restore(self, sid: str, instance: Any) -> bool:
+        record = self._saved_states.get(sid)
+        if record is None or self.checkpoint.level == 0:
+            return False
+        expected = codec.schema_hash(type(instance))
+        if record.get("schema") != expected:
+            raise CheckpointStateSchemaError(
+                f"saved state {sid} in row {self.commit_id} was written for a different definition of the "
+                f"dataclass (schema {record.get('schema')}, now {expected}): its fields or their types changed. "
+                "Start a new checkpoint, or restore the old definition."
+            )
+        codec.decode(
+            record["value"],
+            self._payloads,
+            root="state",
+            device=self.checkpoint._device,
+            into=instance,
+        )
+        return True
+
+    def _adopt_pending(self) -> None:
+        late = []
+        for item in take_pending(self.checkpoint):
+            proxy = self.bind(item.state)
+            if item.reusable:
+                self._carried_over.add(state_id(proxy))
+            elif proxy.checkpoint_state_loaded:
+                late.append(state_id(proxy))
+        if late:
+            warnings.warn(
+                f"checkpoint state {', '.join(late)} was bound before the session of row {self.commit_id} "
+                "opened and has been restored late; constructor side effects that used the default state are "
+                "not replayed. Construct restart-aware components inside `with checkpoint:`.",
+                CheckpointLateBindWarning,
+                stacklevel=4,
+            )
+
+    # ------------------------------------------------------------------ writing
+
+    def write(self, **metadata: Any) -> CheckpointEntry | None:
+        """Record a safe restart boundary; commit when ``flush_interval`` writes have accumulated.
+
+        Keyword metadata (for example ``lead_time=...``) is merged into the
+        metadata of the previous row. Returns the committed entry, or
+        ``None`` when the commit is deferred.
+        """
+        self.write_count += 1
+        self._metadata.update(self._normalize(metadata))
+        self._dirty = True
+        interval = self.checkpoint.flush_interval
+        if interval is not None and self.write_count % interval == 0:
+            return self.flush()
+        return None
+
+    def flush(self, **metadata: Any) -> CheckpointEntry | None:
+        """Commit the pending writes (and ``metadata``) now.
+
+        Returns the committed entry, or ``None`` when nothing is pending.
+        """
+        if metadata:
+            self._metadata.update(self._normalize(metadata))
+            self._dirty = True
+        if not self._dirty:
+            return None
+        entry = self.checkpoint._commit(self, dict(self._metadata))
+        self._entry = entry
+        self._dirty = False
+        return entry
+
+    @staticmethod
+    def _normalize(metadata: dict[str, Any]) -> dict[str, Any]:
+        if "lead_time" in metadata:
+            metadata = dict(metadata, lead_time=_normalize_lead_time(metadata["lead_time"]))
+        return metadata
+
+    # ------------------------------------------------------------------ context
+
+    def __enter__(self) -> CheckpointSession:
+        self.checkpoint._acquire_writer()
+        self._holds_writer += 1
+        self._tokens.append(ACTIVE_SESSION.set(self))
+        try:
+            self._adopt_pending()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        if self._tokens:
+            ACTIVE_SESSION.reset(self._tokens.pop())
+        if not self._tokens:
+            # Components outlive the session; let the next one adopt them.
+            for proxy in self.bound_states.values():
+                proxy._bind(self.checkpoint)
+                buffer_pending(self.checkpoint, proxy, reusable=True)
+            self.bound_states = {}
+        if self._holds_writer:
+            self._holds_writer -= 1
+            self.checkpoint._release_writer()
+
+    def __bool__(self) -> bool:
+        return self.exists
+
+    def __repr__(self) -> str:
+        return f"CheckpointSession({self.checkpoint.name!r}, row={self.commit_id!r}, write_count={self.write_count})"
+
+
+class NullCheckpoint:
+    """A no-op session used by workflows when no checkpoint is given."""
+
+    exists = False
+    lead_time = None
+    commit_id = None
+    level = 0
+    write_count = 0
+    catalog = None
+    checkpoint = None
+
+    @property
+    def device(self) -> Any:
+        return resolve_device("cpu")
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return {}
+
+    labels = metadata
+
+    @property
+    def is_active(self) -> bool:
+        return False
+
+    def metadata_value(self, key: str) -> Any:
+        raise KeyError(key)
+
+    def write(self, **metadata: Any) -> None:
+        return None
+
+    def flush(self, **metadata: Any) -> None:
+        return None
+
+    def __enter__(self) -> NullCheckpoint:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        return None
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return "NullCheckpoint()"

@@ -1,0 +1,242 @@
+"""Command-line interface: ``restartable ls | show | verify | gc``.
+
+Exit codes: 0 success; 1 damage found (``verify``); 2 usage error or a path
+that is not a checkpoint; 3 the checkpoint is locked by a running writer
+(``gc``). Every command takes ``--json`` for scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import codec
+from ._version import __version__
+from .checkpoint import _entry_from_row, format_table
+from .errors import CheckpointCorruptError, CheckpointLockedError
+from .store import Problem, WriterLock, clean_leftovers, list_row_dirs, open_row, scan_rows, verify_row
+from .store.manifest import MANIFEST_NAME
+
+EXIT_OK, EXIT_DAMAGED, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 3
+
+
+class UsageError(Exception):
+    pass
+
+
+def rank_dirs(path: Path) -> list[Path]:
+    """The rank directories of a checkpoint: ``path`` itself, or its ``rank_*`` folders."""
+    if not path.is_dir():
+        raise UsageError(f"{path} is not a directory")
+    ranks = sorted(p for p in path.glob("rank_*") if p.is_dir())
+    if (path / "commits").is_dir() or not ranks:
+        if not (path / "commits").is_dir():
+            raise UsageError(f"{path} is not a restartable checkpoint (no commits/ folder and no rank_* folders)")
+        return [path, *ranks]
+    return ranks
+
+
+def _emit(args: argparse.Namespace, payload: Any, text: str) -> None:
+    if args.json:
+        json.dump(payload, sys.stdout, indent=2, default=str)
+        sys.stdout.write("\n")
+    else:
+        print(text)
+
+
+def _row_summary(index: int, row: Any) -> dict[str, Any]:
+    entry = _entry_from_row(row)
+    return {
+        "row": index,
+        "commit_id": entry.commit_id,
+        "sequence": entry.sequence,
+        "lead_time": codec.describe(row.body["metadata"]).get("lead_time"),
+        "metadata": codec.describe(row.body["metadata"]),
+        "write_count": entry.write_count,
+        "level": entry.level,
+        "states": list(entry.state_ids),
+        "saved_at": entry.saved_at,
+        "bytes": sum(f["size"] for f in row.files),
+    }
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    report, blocks = [], []
+    for rank_path in rank_dirs(args.path):
+        scan = scan_rows(rank_path)
+        rows = [_row_summary(i, row) for i, row in enumerate(scan.rows)]
+        damaged = [{"row": p.row, "file": p.file, "reason": p.reason} for p in scan.problems]
+        report.append({"path": str(rank_path), "rows": rows, "damaged": damaged})
+        table = [["row", "sequence", "lead_time", "write_count", "level", "states", "bytes", "saved_at"]]
+        for r in rows:
+            table.append(
+                [str(r["row"]), str(r["sequence"]), str(r["lead_time"] if r["lead_time"] is not None else "-"),
+                 str(r["write_count"]), str(r["level"]), str(len(r["states"])), str(r["bytes"]), r["saved_at"][:19]]
+            )
+        text = f"{rank_path}: {len(rows)} row(s)"
+        if rows:
+            text += "\n" + format_table(table)
+        for d in damaged:
+            text += f"\n  DAMAGED {d['reason']}"
+        blocks.append(text)
+    _emit(args, report, "\n\n".join(blocks))
+    return EXIT_OK
+
+
+def _find_row(rank_path: Path, selector: str) -> Path:
+    rows = list_row_dirs(rank_path)
+    for _, path in rows:
+        if path.name == selector:
+            return path
+    try:
+        index = int(selector)
+    except ValueError:
+        raise UsageError(f"{selector!r} is neither a row index nor a commit id in {rank_path}") from None
+    # Indexes count whole rows, as the catalog does.
+    whole = scan_rows(rank_path).rows
+    try:
+        return whole[index].path
+    except IndexError:
+        raise UsageError(f"row {index} is out of range: {rank_path} has {len(whole)} whole row(s)") from None
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    ranks = rank_dirs(args.path)
+    rank_path = ranks[0] if args.rank is None else args.path / f"rank_{args.rank:06d}"
+    row = open_row(_find_row(rank_path, args.row))
+    body = row.body
+    payload = {
+        **_row_summary(0, row),
+        "path": str(row.path),
+        "format_version": body.get("format_version"),
+        "library_version": body.get("library_version"),
+        "states": [
+            {"id": s["id"], "schema": s["schema"], "level": s["level"], "value": codec.describe(s["value"])}
+            for s in body["states"]
+        ],
+        "files": row.files,
+    }
+    payload.pop("row")
+    lines = [
+        f"row {row.commit_id} (sequence {row.sequence}) of {rank_path}",
+        f"saved_at: {body['saved_at']}  level: {body['level']}  write_count: {body['write_count']}",
+        "metadata:",
+        *(f"  {k}: {v}" for k, v in payload["metadata"].items()),
+        "states:",
+    ]
+    for state in payload["states"]:
+        lines.append(f"  {state['id']} (schema {state['schema'][:12]}, level {state['level']})")
+        value = state["value"]
+        if isinstance(value, dict):
+            lines.extend(f"    {k}: {v}" for k, v in value.items() if k != "__dataclass__")
+    lines.append("files:")
+    lines.extend(f"  {f['name']}  {f['size']} bytes  {f['checksum']}" for f in row.files)
+    _emit(args, payload, "\n".join(lines))
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    report, lines, damaged = [], [], 0
+    for rank_path in rank_dirs(args.path):
+        for _, row_path in list_row_dirs(rank_path):
+            problems = verify_row(row_path)
+            damaged += bool(problems)
+            report.append({"row": str(row_path), "ok": not problems, "problems": [_problem(p) for p in problems]})
+            if problems:
+                lines.append(f"DAMAGED {row_path}")
+                lines.extend(f"  {p.file or p.row}: {p.reason}" for p in problems)
+            elif not args.quiet:
+                lines.append(f"ok      {row_path}")
+    lines.append(f"{len(report)} row(s) checked, {damaged} damaged")
+    _emit(args, {"rows": report, "checked": len(report), "damaged": damaged}, "\n".join(lines))
+    return EXIT_DAMAGED if damaged else EXIT_OK
+
+
+def _problem(problem: Problem) -> dict[str, Any]:
+    return {"file": problem.file, "reason": problem.reason}
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    removed: list[str] = []
+    for rank_path in rank_dirs(args.path):
+        lock = WriterLock(rank_path)
+        lock.acquire()  # a running writer makes this raise CheckpointLockedError
+        try:
+            if args.dry_run:
+                removed.extend(str(rank_path / n) for n in os.listdir(rank_path) if n.startswith((".staging-", ".trash-")))
+            else:
+                removed.extend(str(p) for p in clean_leftovers(rank_path, warn=False))
+            for _, row_path in list_row_dirs(rank_path):
+                try:
+                    listed = {f["name"] for f in open_row(row_path).files} | {MANIFEST_NAME}
+                except CheckpointCorruptError:
+                    continue  # damaged rows are left for the user to inspect
+                for name in sorted(set(os.listdir(row_path)) - listed):
+                    target = row_path / name
+                    removed.append(str(target))
+                    if not args.dry_run:
+                        if target.is_dir() and not target.is_symlink():
+                            shutil.rmtree(target)
+                        else:
+                            target.unlink()
+        finally:
+            lock.release()
+    verb = "would remove" if args.dry_run else "removed"
+    text = "\n".join([*(f"{verb} {p}" for p in removed), f"{verb} {len(removed)} item(s)"])
+    _emit(args, {"removed": removed, "dry_run": args.dry_run}, text)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="restartable",
+        description="Inspect, verify and clean restartable checkpoints.",
+        epilog="Exit codes: 0 ok, 1 damage found, 2 usage error, 3 checkpoint locked by a writer.",
+    )
+    parser.add_argument("--version", action="version", version=f"restartable {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("path", type=Path, metavar="PATH", help="checkpoint directory (the one holding commits/ or rank_* folders)")
+        p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+        return p
+
+    add("ls", "List the committed rows of a checkpoint as a table.").set_defaults(func=cmd_ls)
+    show = add("show", "Show the metadata, states and files of one row.")
+    show.add_argument("row", metavar="ROW", help="row index (negative counts from the newest) or commit id")
+    show.add_argument("--rank", type=int, default=None, help="rank folder to read (default: the first)")
+    show.set_defaults(func=cmd_show)
+    verify = add("verify", "Check every file of every row against its checksum.")
+    verify.add_argument("-q", "--quiet", action="store_true", help="print damaged rows only")
+    verify.set_defaults(func=cmd_verify)
+    gc = add("gc", "Remove leftovers of interrupted commits and files no manifest references.")
+    gc.add_argument("-n", "--dry-run", action="store_true", help="list what would be removed, remove nothing")
+    gc.set_defaults(func=cmd_gc)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except UsageError as exc:
+        print(f"restartable {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except CheckpointLockedError as exc:
+        print(f"restartable {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_LOCKED
+    except CheckpointCorruptError as exc:
+        print(f"restartable {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_DAMAGED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""Durable file primitives: hashed writes and reads, fsync, atomic small files.
+
+Every file the store writes goes through :func:`write_payload` or
+:func:`write_bytes_atomic`; every payload it reads goes through
+:func:`read_payload`. The checksum of a file is computed from the bytes as
+they pass to or from the disk, never by a second read.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+CHECKSUM_ALGORITHM = "xxh3_64"
+# Large enough to keep syscalls rare, small enough that the chunk is still in
+# cache when it is hashed.
+CHUNK_BYTES = 8 << 20
+
+
+def new_hasher() -> Any:
+    import xxhash  # imported lazily so that ``import restartable`` needs numpy only
+
+    return xxhash.xxh3_64()
+
+
+def checksum_bytes(data: bytes | memoryview) -> str:
+    hasher = new_hasher()
+    hasher.update(data)
+    return hasher.hexdigest()
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a directory's entries (creations, renames) durable."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _array_body(array: np.ndarray) -> tuple[dict[str, Any], memoryview]:
+    """The ``.npy`` header fields and a zero-copy byte view of the data."""
+    if array.flags.c_contiguous:
+        fortran, data = False, array
+    elif array.flags.f_contiguous:
+        fortran, data = True, array.T
+    else:
+        fortran, data = False, np.ascontiguousarray(array)
+    header = {"descr": np.lib.format.dtype_to_descr(array.dtype), "fortran_order": fortran, "shape": array.shape}
+    raw = data.reshape(-1).view(np.uint8) if data.size else np.empty(0, np.uint8)
+    return header, memoryview(raw)
+
+
+class _HeaderBuffer:
+    """A write-only file object collecting the bytes of an ``.npy`` header."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def write(self, data: bytes) -> int:
+        self.parts.append(bytes(data))
+        return len(data)
+
+
+def npy_header(header: dict[str, Any]) -> bytes:
+    buffer = _HeaderBuffer()
+    try:
+        np.lib.format.write_array_header_1_0(buffer, header)
+    except ValueError:  # header longer than 64 KiB (huge structured dtypes)
+        buffer.parts.clear()
+        np.lib.format.write_array_header_2_0(buffer, header)
+    return b"".join(buffer.parts)
+
+
+class PreparedArray:
+    """An array laid out as the bytes of an ``.npy`` file, ready to hash or write."""
+
+    __slots__ = ("header", "body", "size", "_digest")
+
+    def __init__(self, array: np.ndarray) -> None:
+        fields, self.body = _array_body(array)
+        self.header = npy_header(fields)
+        self.size = len(self.header) + self.body.nbytes
+        self._digest: str | None = None
+
+    def chunks(self) -> Iterator[memoryview]:
+        yield memoryview(self.header)
+        for start in range(0, self.body.nbytes, CHUNK_BYTES):
+            yield self.body[start : start + CHUNK_BYTES]
+
+    def digest(self) -> str:
+        """Checksum of the file's bytes, computed in memory (used to detect unchanged arrays)."""
+        if self._digest is None:
+            hasher = new_hasher()
+            for chunk in self.chunks():
+                hasher.update(chunk)
+            self._digest = hasher.hexdigest()
+        return self._digest
+
+
+def write_payload(path: Path, prepared: PreparedArray, durable: bool = True) -> str:
+    """Write an ``.npy`` file, hashing each chunk as it is written; fsync it.
+
+    Returns the file's checksum.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        hasher = None if prepared._digest is not None else new_hasher()
+        for chunk in prepared.chunks():
+            _write_all(fd, chunk)
+            if hasher is not None:
+                hasher.update(chunk)
+        if durable:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    if hasher is not None:
+        prepared._digest = hasher.hexdigest()
+    return prepared.digest()
+
+
+def write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
+    """Create ``path`` (which must not exist) with ``data`` and fsync it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        _write_all(fd, memoryview(data))
+        if durable:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_bytes_atomic(path: Path, data: bytes, durable: bool = True) -> None:
+    """Replace ``path`` with ``data`` via a temporary file, fsync and rename."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        os.unlink(tmp)
+    except FileNotFoundError:
+        pass
+    write_bytes(tmp, data, durable)
+    os.replace(tmp, path)
+    if durable:
+        fsync_dir(path.parent)
+
+
+class PayloadError(Exception):
+    """A payload file does not match what its manifest promises."""
+
+
+def read_payload(path: Path, size: int, checksum: str | None) -> np.ndarray:
+    """Read an ``.npy`` file, checking its size and (when given) its checksum.
+
+    The array is read straight into its final buffer and hashed chunk by
+    chunk while the chunk is still in cache. Object arrays are refused:
+    nothing is ever unpickled.
+    """
+    hasher = new_hasher() if checksum is not None else None
+    with open(path, "rb", buffering=0) as fh:
+        actual_size = os.fstat(fh.fileno()).st_size
+        if actual_size != size:
+            raise PayloadError(f"size {actual_size} bytes, expected {size}")
+        try:
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+            elif version == (2, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+            else:
+                raise PayloadError(f"unsupported .npy version {version}")
+        except ValueError as exc:
+            raise PayloadError(f"invalid .npy header ({exc})") from exc
+        if dtype.hasobject:
+            raise PayloadError("holds an object array; refusing to unpickle it")
+        header_len = fh.tell()
+        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        if header_len + count * dtype.itemsize != size:
+            raise PayloadError(f"header describes {count * dtype.itemsize} data bytes, file holds {size - header_len}")
+        if hasher is not None:
+            fh.seek(0)
+            hasher.update(fh.read(header_len))
+        flat = np.empty(count, dtype=dtype)
+        view = memoryview(flat.reshape(-1).view(np.uint8)) if count else memoryview(b"")
+        for start in range(0, view.nbytes, CHUNK_BYTES):
+            chunk = view[start : start + CHUNK_BYTES]
+            got = fh.readinto(chunk)
+            while got is not None and got < chunk.nbytes:
+                more = fh.readinto(chunk[got:])
+                if not more:
+                    raise PayloadError("file ended early")
+                got += more
+            if hasher is not None:
+                hasher.update(chunk)
+    if hasher is not None and hasher.hexdigest() != checksum:
+        raise PayloadError(f"checksum {hasher.hexdigest()} does not match the manifest's {checksum}")
+    if fortran:
+        return flat.reshape(shape[::-1]).T
+    return flat.reshape(shape)
+
+
+def hash_file(path: Path) -> tuple[int, str]:
+    """Size and checksum of a file on disk (for ``verify``)."""
+    hasher = new_hasher()
+    size = 0
+    buf = bytearray(CHUNK_BYTES)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as fh:
+        while True:
+            n = fh.readinto(view)
+            if not n:
+                break
+            hasher.update(view[:n])
+            size += n
+    return size, hasher.hexdigest()

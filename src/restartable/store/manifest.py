@@ -1,0 +1,63 @@
+"""The row manifest: a self-checksummed JSON file listing a row's files.
+
+On disk a manifest is a JSON object with exactly two keys, written in this
+order::
+
+    {"checksum":"<xxh3_64 of BODY>","manifest":BODY}
+
+``BODY`` is the canonical JSON of the manifest body. A reader checks the
+checksum over the exact bytes of ``BODY`` before parsing it, so a flipped
+byte anywhere in the manifest (a digit of a lead time, a file size) is
+caught, and the file stays plain JSON for any other tool.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from .files import checksum_bytes
+
+FORMAT = "restartable-row"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+_PREFIX = b'{"checksum":"'
+_MIDDLE = b'","manifest":'
+_SUFFIX = b"}\n"
+_HEX16 = re.compile(rb"[0-9a-f]{16}")
+
+
+class ManifestError(Exception):
+    """The manifest is missing, unparsable, or fails its checksum."""
+
+
+def dump_manifest(body: dict[str, Any]) -> bytes:
+    data = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False, ensure_ascii=True).encode("ascii")
+    return _PREFIX + checksum_bytes(data).encode("ascii") + _MIDDLE + data + _SUFFIX
+
+
+def load_manifest(raw: bytes) -> dict[str, Any]:
+    head = len(_PREFIX) + 16 + len(_MIDDLE)
+    if not (raw.startswith(_PREFIX) and raw.endswith(_SUFFIX) and raw[head - len(_MIDDLE) : head] == _MIDDLE):
+        raise ManifestError("not a restartable manifest (wrong framing; truncated?)")
+    expected = raw[len(_PREFIX) : len(_PREFIX) + 16]
+    if not _HEX16.fullmatch(expected):
+        raise ManifestError("checksum field is damaged")
+    data = raw[head : len(raw) - len(_SUFFIX)]
+    actual = checksum_bytes(data)
+    if actual.encode("ascii") != expected:
+        raise ManifestError(f"checksum {actual} does not match the recorded {expected.decode('ascii')}")
+    try:
+        body = json.loads(data)
+    except ValueError as exc:  # pragma: no cover - the checksum matched, so only a writer bug gets here
+        raise ManifestError(f"unparsable JSON ({exc})") from exc
+    if not isinstance(body, dict) or body.get("format") != FORMAT:
+        raise ManifestError("not a restartable row manifest")
+    if int(body.get("format_version", 0)) > FORMAT_VERSION:
+        raise ManifestError(
+            f"written in format version {body.get('format_version')}, newer than this restartable "
+            f"understands ({FORMAT_VERSION}); upgrade restartable"
+        )
+    return body

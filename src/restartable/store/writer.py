@@ -1,0 +1,289 @@
+"""Writing rows: the lock, the commit protocol and retention.
+
+A commit has two halves. The *snapshot* (:class:`Snapshot`) is built in the
+caller's thread by the front end: values encoded, arrays captured. The
+*persist* (:meth:`RowWriter.persist`) makes it durable:
+
+1. stage: write every payload, then ``manifest.json``, into
+   ``.staging-<uuid>/``, hashing each file while it is written;
+2. make durable: fsync every file, then the staging directory;
+3. publish: rename the staging directory to ``commits/<seq>-<uuid>`` and
+   fsync ``commits/``. The rename is the commit point;
+4. retire: only then move rows that fall out of the retention policy to
+   ``.trash-<uuid>`` (one atomic rename each) and delete them.
+
+The cost of a commit does not depend on how many rows exist: the writer
+lists the directory once, when it takes the lock, and tracks its rows in
+memory afterwards.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import errno as _errno
+import os
+import shutil
+import uuid
+import warnings
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._version import __version__
+from ..errors import CheckpointCleanupWarning, CheckpointLockedError, CheckpointWriteError
+from .files import CHECKSUM_ALGORITHM, PreparedArray, fsync_dir, write_bytes, write_payload
+from .manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME, dump_manifest
+from .rows import (
+    COMMITS_DIR,
+    LOCK_NAME,
+    PAYLOAD_NAME,
+    STAGING_PREFIX,
+    TRASH_PREFIX,
+    Row,
+    list_row_dirs,
+    row_dir_name,
+)
+
+try:  # advisory locks exist on every POSIX system
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+
+@dataclass
+class Snapshot:
+    """Everything a commit needs, detached from the caller's live objects.
+
+    ``body`` holds the manifest fields the front end owns (metadata, states,
+    level, write count, ...); the writer adds sequence, commit id, files and
+    timestamps. ``payloads[i]`` is the array referenced as payload ``i``.
+    """
+
+    body: dict[str, Any]
+    payloads: list[np.ndarray]
+
+
+class WriterLock:
+    """An exclusive, non-blocking advisory lock on a rank directory.
+
+    ``flock`` locks belong to the open file description, so a second writer
+    in the same process is refused just like one in another process, and the
+    kernel releases the lock when the holder dies, however it dies.
+    """
+
+    def __init__(self, rank_path: Path) -> None:
+        self.path = Path(rank_path) / LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                holder = self._holder(fd)
+                os.close(fd)
+                if exc.errno in (_errno.EWOULDBLOCK, _errno.EAGAIN, _errno.EACCES):
+                    raise CheckpointLockedError(
+                        f"{self.path.parent} is being written by another writer{holder}; "
+                        "only one writer per checkpoint directory (and rank) is allowed"
+                    ) from None
+                raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    @staticmethod
+    def _holder(fd: int) -> str:
+        try:
+            text = os.pread(fd, 64, 0).decode().strip()
+        except (OSError, UnicodeDecodeError):
+            return ""
+        return f" (process {text})" if text.isdigit() else ""
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)  # closing the descriptor releases the flock
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+
+def _remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def clean_leftovers(rank_path: Path, warn: bool = True) -> list[Path]:
+    """Remove staging and trash directories left by interrupted writers.
+
+    Only call this while holding the writer lock.
+    """
+    removed = []
+    try:
+        names = os.listdir(rank_path)
+    except FileNotFoundError:
+        return removed
+    for name in names:
+        if name.startswith(STAGING_PREFIX) or name.startswith(TRASH_PREFIX):
+            path = Path(rank_path) / name
+            _remove_tree(path)
+            removed.append(path)
+    stale = [p for p in removed if p.name.startswith(STAGING_PREFIX)]
+    if stale and warn:
+        warnings.warn(
+            f"removed {len(stale)} incomplete commit(s) left in {rank_path} by an interrupted writer: "
+            + ", ".join(p.name for p in stale),
+            CheckpointCleanupWarning,
+            stacklevel=4,
+        )
+    return removed
+
+
+class RowWriter:
+    """The single writer of one rank directory.
+
+    Parameters
+    ----------
+    rank_path:
+        Directory of this rank's rows.
+    keep:
+        How many rows to keep (``None`` keeps all); older rows are retired
+        after each commit, never before the new row is durable.
+    durable:
+        fsync files and directories (turn off only for throw-away data).
+    link_unchanged:
+        Hard-link array files whose bytes equal those of the same payload in
+        the previous row written by this writer, instead of writing them again.
+    """
+
+    def __init__(
+        self,
+        rank_path: Path,
+        *,
+        keep: int | None = None,
+        durable: bool = True,
+        link_unchanged: bool = True,
+    ) -> None:
+        self.rank_path = Path(rank_path)
+        self.keep = keep
+        self.durable = durable
+        self.link_unchanged = link_unchanged
+        self.commits = self.rank_path / COMMITS_DIR
+        self.commits.mkdir(parents=True, exist_ok=True)
+        self.lock = WriterLock(self.rank_path)
+        self.lock.acquire()
+        try:
+            clean_leftovers(self.rank_path)
+            existing = list_row_dirs(self.rank_path)
+        except BaseException:
+            self.lock.release()
+            raise
+        self._rows: deque[tuple[int, Path]] = deque(existing)
+        self._next_sequence = existing[-1][0] + 1 if existing else 1
+        self._previous_files: list[dict[str, Any]] = []
+        self._previous_path: Path | None = None
+
+    @property
+    def next_sequence(self) -> int:
+        return self._next_sequence
+
+    def close(self) -> None:
+        self.lock.release()
+
+    def persist(self, snapshot: Snapshot) -> Row:
+        """Make ``snapshot`` a durable row; retire rows beyond ``keep``.
+
+        Raises :class:`CheckpointWriteError` if the row could not be made
+        durable; every earlier row is then untouched.
+        """
+        if not self.lock.held:
+            raise CheckpointWriteError(f"the writer of {self.rank_path} is closed")
+        sequence = self._next_sequence
+        self._next_sequence += 1
+        uid = uuid.uuid4().hex
+        staging = self.rank_path / f"{STAGING_PREFIX}{uid}"
+        final = self.commits / row_dir_name(sequence, uid)
+        step = "creating the staging directory"
+        try:
+            os.mkdir(staging)
+            files = []
+            for index, array in enumerate(snapshot.payloads):
+                name = PAYLOAD_NAME.format(index)
+                step = f"writing {name}"
+                files.append(self._write_payload(staging / name, index, PreparedArray(array)))
+            body = dict(snapshot.body)
+            body.update(
+                format=FORMAT,
+                format_version=FORMAT_VERSION,
+                library_version=__version__,
+                sequence=sequence,
+                commit_id=final.name,
+                saved_at=_dt.datetime.now(_dt.timezone.utc).isoformat(),
+                checksum_algorithm=CHECKSUM_ALGORITHM,
+                files=files,
+            )
+            step = f"writing {MANIFEST_NAME}"
+            write_bytes(staging / MANIFEST_NAME, dump_manifest(body), self.durable)
+            step = "syncing the staging directory"
+            if self.durable:
+                fsync_dir(staging)
+            step = "publishing the row"
+            os.rename(staging, final)
+        except OSError as exc:
+            _remove_tree(staging)
+            raise CheckpointWriteError(
+                f"could not commit row {sequence} to {self.rank_path} while {step}: {exc}. "
+                "Earlier rows are intact.",
+                errno=exc.errno,
+            ) from exc
+        except BaseException:
+            _remove_tree(staging)
+            raise
+        self._rows.append((sequence, final))
+        self._previous_files, self._previous_path = files, final
+        try:
+            if self.durable:
+                fsync_dir(self.commits)
+        except OSError as exc:
+            raise CheckpointWriteError(
+                f"row {final.name} was published in {self.commits} but syncing the directory failed: {exc}",
+                errno=exc.errno,
+            ) from exc
+        self._retire()
+        return Row(path=final, sequence=sequence, body=body)
+
+    def _write_payload(self, path: Path, index: int, prepared: PreparedArray) -> dict[str, Any]:
+        previous = self._previous_files[index] if index < len(self._previous_files) else None
+        if (
+            self.link_unchanged
+            and previous is not None
+            and previous["size"] == prepared.size
+            and previous["checksum"] == prepared.digest()
+        ):
+            try:
+                os.link(self._previous_path / previous["name"], path)  # type: ignore[operator]
+                return {"name": path.name, "size": prepared.size, "checksum": prepared.digest()}
+            except OSError:
+                pass  # no hard links here (or the old row was retired): write a copy
+        digest = write_payload(path, prepared, self.durable)
+        return {"name": path.name, "size": prepared.size, "checksum": digest}
+
+    def _retire(self) -> None:
+        if self.keep is None:
+            return
+        while len(self._rows) > self.keep:
+            _, path = self._rows.popleft()
+            trash = self.rank_path / f"{TRASH_PREFIX}{uuid.uuid4().hex}"
+            try:
+                os.rename(path, trash)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                warnings.warn(f"could not retire old row {path}: {exc}", CheckpointCleanupWarning, stacklevel=3)
+                continue
+            _remove_tree(trash)
