@@ -431,7 +431,7 @@ class Checkpoint:
             self._writer.close()
             self._writer = None
 
-    def _commit(self, session: CheckpointSession, metadata: dict[str, Any]) -> CheckpointEntry:
+    def _commit(self, session: CheckpointSession, metadata: dict[str, Any]) -> tuple[CheckpointEntry, Row]:
         snapshot = self._snapshot(session, metadata)
         writer = self._acquire_writer()
         try:
@@ -440,7 +440,7 @@ class Checkpoint:
             self._release_writer()
         entry = _entry_from_row(row)
         self._rows[entry.commit_id] = row
-        return entry
+        return entry, row
 
     def _snapshot(self, session: CheckpointSession, metadata: dict[str, Any], copy: bool = False) -> Snapshot:
         """Encode metadata and bound states (the caller-thread half of a commit)."""
@@ -702,8 +702,11 @@ class CheckpointSession:
             self._dirty = True
         if not self._dirty:
             return None
-        entry = self.checkpoint._commit(self, dict(self._metadata))
-        self._entry = entry
+        entry, row = self.checkpoint._commit(self, dict(self._metadata))
+        # The session now stands for the new row: a component that binds
+        # from here on restores what was just committed, read back verified.
+        self._entry, self._row, self._payloads = entry, row, row.read_payload
+        self._saved_states = {record["id"]: record for record in row.body["states"]}
         self._dirty = False
         return entry
 
