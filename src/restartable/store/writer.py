@@ -34,7 +34,7 @@ import numpy as np
 
 from .._version import __version__
 from ..errors import CheckpointCleanupWarning, CheckpointLockedError, CheckpointWriteError
-from .files import CHECKSUM_ALGORITHM, PreparedArray, fsync_dir, write_bytes, write_payload
+from .files import CHECKSUM_ALGORITHM, PreparedArray, SyncGroup, fsync_dir, write_bytes, write_payload
 from .manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME, dump_manifest
 from .rows import (
     COMMITS_DIR,
@@ -209,13 +209,20 @@ class RowWriter:
         staging = self.rank_path / f"{STAGING_PREFIX}{uid}"
         final = self.commits / row_dir_name(sequence, uid)
         step = "creating the staging directory"
+        sync = SyncGroup()
         try:
             os.mkdir(staging)
             files = []
-            for index, array in enumerate(snapshot.payloads):
-                name = PAYLOAD_NAME.format(index)
-                step = f"writing {name}"
-                files.append(self._write_payload(staging / name, index, PreparedArray(array)))
+            try:
+                for index, array in enumerate(snapshot.payloads):
+                    name = PAYLOAD_NAME.format(index)
+                    step = f"writing {name}"
+                    files.append(self._write_payload(staging / name, index, PreparedArray(array), sync))
+            except BaseException:
+                sync.abandon()  # no descriptor may outlive a failed commit
+                raise
+            step = "syncing the payload files"
+            sync.wait()
             body = dict(snapshot.body)
             body.update(
                 format=FORMAT,
@@ -257,7 +264,7 @@ class RowWriter:
         self._retire()
         return Row(path=final, sequence=sequence, body=body)
 
-    def _write_payload(self, path: Path, index: int, prepared: PreparedArray) -> dict[str, Any]:
+    def _write_payload(self, path: Path, index: int, prepared: PreparedArray, sync: SyncGroup) -> dict[str, Any]:
         previous = self._previous_files[index] if index < len(self._previous_files) else None
         if (
             self.link_unchanged
@@ -270,7 +277,7 @@ class RowWriter:
                 return {"name": path.name, "size": prepared.size, "checksum": prepared.digest()}
             except OSError:
                 pass  # no hard links here (or the old row was retired): write a copy
-        digest = write_payload(path, prepared, self.durable)
+        digest = write_payload(path, prepared, self.durable, sync)
         return {"name": path.name, "size": prepared.size, "checksum": digest}
 
     def _retire(self) -> None:
