@@ -161,9 +161,27 @@ def known_dataclasses(cls: type) -> dict[str, type]:
 # --------------------------------------------------------------------------- dtypes
 
 
+def _as_lists(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_as_lists(item) for item in value]
+    return value
+
+
 def dtype_to_json(dtype: np.dtype) -> Any:
-    """JSON form of a numpy dtype, as the ``.npy`` header describes it."""
-    return np.lib.format.dtype_to_descr(np.dtype(dtype))
+    """JSON form of a numpy dtype, as the ``.npy`` header describes it.
+
+    A sub-array dtype such as ``np.dtype(("<i4", (2, 3)))`` becomes
+    ``{"base": ..., "shape": [2, 3]}``. Raises ``ValueError`` for a dtype the
+    description cannot express exactly (overlapping fields).
+    """
+    dtype = np.dtype(dtype)
+    if dtype.subdtype is not None:
+        base, shape = dtype.subdtype
+        return {"base": dtype_to_json(base), "shape": list(shape)}
+    descr = _as_lists(np.lib.format.dtype_to_descr(dtype))
+    if dtype_from_json(descr) != dtype:
+        raise ValueError(f"dtype {dtype} has no exact description (overlapping or unusual fields)")
+    return descr
 
 
 def _descr_from_json(descr: Any) -> Any:
@@ -185,6 +203,8 @@ def _descr_from_json(descr: Any) -> Any:
 
 def dtype_from_json(descr: Any) -> np.dtype:
     """Inverse of :func:`dtype_to_json`."""
+    if isinstance(descr, dict):
+        return np.dtype((dtype_from_json(descr["base"]), tuple(int(n) for n in descr["shape"])))
     return np.lib.format.descr_to_dtype(_descr_from_json(descr))
 
 
@@ -259,7 +279,7 @@ class _Encoder:
         if isinstance(value, np.generic):
             return self.encode_numpy_scalar(value, path)
         if isinstance(value, np.dtype):
-            return {TAG: "np.dtype", "v": dtype_to_json(value)}
+            return {TAG: "np.dtype", "v": self.dtype_json(value, path)}
         if isinstance(value, np.ndarray):
             return self.encode_ndarray(value, path)
         torch = _torch()
@@ -275,7 +295,10 @@ class _Encoder:
         raise self.fail(path, value)
 
     def encode_dict(self, value: dict, path: str) -> Any:
-        if all(type(k) is str for k in value):
+        keys = list(value)
+        # The JSON-object form reads best, but manifests are written with
+        # sorted keys, so it is used only where that keeps the order.
+        if all(type(k) is str for k in keys) and keys == sorted(keys):
             return {TAG: "dict", "v": {k: self.encode(v, f"{path}{_fmt_key(k)}") for k, v in value.items()}}
         items = []
         for k, v in value.items():
@@ -294,6 +317,10 @@ class _Encoder:
         tz = value.tzinfo
         if tz is None or isinstance(tz, _dt.timezone):
             doc["v"] = value.isoformat()
+            if tz is not None and tz != _dt.timezone.utc:
+                name = tz.tzname(None)
+                if name != _dt.timezone(tz.utcoffset(None)).tzname(None):
+                    doc["tzname"] = name
             return doc
         key = getattr(tz, "key", None)  # zoneinfo.ZoneInfo
         if isinstance(key, str) and type(tz).__module__ == "zoneinfo":
@@ -302,6 +329,12 @@ class _Encoder:
             return doc
         raise self.fail(path, value, f"time zone {tz!r} is neither a fixed offset nor a zoneinfo zone")
 
+    def dtype_json(self, dtype: np.dtype, path: str) -> Any:
+        try:
+            return dtype_to_json(dtype)
+        except ValueError as exc:
+            raise self.fail(path, dtype, str(exc)) from None
+
     def encode_numpy_scalar(self, value: np.generic, path: str) -> Any:
         if value.dtype.hasobject:
             raise self.fail(path, value, "object scalars cannot be stored without pickle")
@@ -309,7 +342,7 @@ class _Encoder:
         # with NaT, structured voids); "repr" is for people reading the file.
         return {
             TAG: "np.scalar",
-            "dtype": dtype_to_json(value.dtype),
+            "dtype": self.dtype_json(value.dtype, path),
             "hex": value.tobytes().hex(),
             "repr": str(value),
         }
@@ -319,6 +352,12 @@ class _Encoder:
             raise self.fail(path, value, "numpy array subclasses would lose their meaning")
         if value.dtype.hasobject:
             raise self.fail(path, value, "arrays with object dtype cannot be stored without pickle")
+        self.dtype_json(value.dtype, path)
+        try:
+            # .npy headers of versions 1 and 2 are Latin-1 text.
+            repr(np.lib.format.dtype_to_descr(value.dtype)).encode("latin-1")
+        except UnicodeEncodeError:
+            raise self.fail(path, value, "structured field names must be Latin-1 characters in .npy files") from None
         return {TAG: "ndarray", "i": self.add_payload(value)}
 
     def encode_tensor(self, value: Any, path: str, torch: Any) -> Any:
@@ -406,9 +445,9 @@ class _Decoder:
             raise self.corrupt(path, f"unknown type tag {tag!r} (written by a newer restartable?)")
         try:
             return handler(doc, path, current)
-        except (CheckpointCorruptError, CheckpointStateSchemaError):
+        except (CheckpointCorruptError, CheckpointStateSchemaError, CheckpointSerializationError):
             raise
-        except (KeyError, TypeError, ValueError, IndexError, OverflowError) as exc:
+        except (KeyError, TypeError, ValueError, IndexError, OverflowError, RuntimeError) as exc:
             raise self.corrupt(path, f"malformed {tag!r} record ({exc})") from exc
 
     def decode_int(self, doc: dict, path: str, current: Any) -> int:
@@ -478,6 +517,8 @@ class _Decoder:
 
     def decode_datetime(self, doc: dict, path: str, current: Any) -> _dt.datetime:
         value = _dt.datetime.fromisoformat(doc["v"])
+        if "tzname" in doc:
+            value = value.replace(tzinfo=_dt.timezone(value.utcoffset(), str(doc["tzname"])))
         if "zone" in doc:
             import zoneinfo
 
@@ -499,6 +540,10 @@ class _Decoder:
         if dtype.hasobject:
             raise ValueError("object dtype refused")
         raw = bytes.fromhex(doc["hex"])
+        if dtype.itemsize == 0 and dtype.kind in "SU":
+            # An empty np.bytes_/np.str_ has a zero-size dtype but tobytes()
+            # gives one padding element.
+            return dtype.type(b"" if dtype.kind == "S" else "")
         if len(raw) != dtype.itemsize:
             raise ValueError(f"{len(raw)} bytes for a {dtype} scalar of {dtype.itemsize} bytes")
         return np.frombuffer(raw, dtype=dtype)[0]
