@@ -59,6 +59,13 @@ __all__ = [
 ]
 
 CheckpointLevel = Literal[0, 1, 2]
+# A reader without the lock may see a row retired between listing and
+# reading it; it re-reads the catalog this many times before giving up.
+_SELECT_ATTEMPTS = 5
+
+
+class _RowRetired(Exception):
+    """The row directory vanished: retired by its writer, not damaged."""
 
 
 def default_checkpoint_path(name: str) -> Path:
@@ -343,21 +350,30 @@ class Checkpoint:
             row = -1
         if isinstance(row, bool) or not isinstance(row, (int, np.integer)):
             raise TypeError(f"row must be an integer, got {row!r}")
-        if not self._entries:
-            raise IndexError(f"checkpoint {self.name!r} has no committed rows in {self.rank_path}")
-        try:
-            entry = self._entries[row]
-        except IndexError:
-            raise IndexError(
-                f"row {row} is out of range: checkpoint {self.name!r} has {len(self._entries)} row(s)"
-            ) from None
-        return self._open_session(entry)
+        for _attempt in range(_SELECT_ATTEMPTS):
+            if not self._entries:
+                raise IndexError(f"checkpoint {self.name!r} has no committed rows in {self.rank_path}")
+            try:
+                entry = self._entries[row]
+            except IndexError:
+                raise IndexError(
+                    f"row {row} is out of range: checkpoint {self.name!r} has {len(self._entries)} row(s)"
+                ) from None
+            try:
+                return self._open_session(entry)
+            except _RowRetired:
+                self.refresh()  # a writer retired the row while we read it; positions moved
+        raise CheckpointCorruptError(
+            f"rows of {self.rank_path} kept being retired while reading row {row}; try again"
+        )
 
     def _open_session(self, entry: CheckpointEntry) -> CheckpointSession:
         stored = self._rows[entry.commit_id]
         try:
             loader = stored.load_all_payloads()
-        except CheckpointCorruptError:
+        except CheckpointCorruptError as exc:
+            if not stored.path.exists():
+                raise _RowRetired(entry.commit_id) from exc
             self._damaged.add(entry.commit_id)
             raise
         return CheckpointSession(self, entry, stored, loader)
@@ -368,6 +384,8 @@ class Checkpoint:
         for entry in reversed(list(self._entries)):
             try:
                 return self._open_session(entry)
+            except _RowRetired:
+                continue
             except CheckpointCorruptError as exc:
                 self._warned.add(entry.commit_id)
                 warnings.warn(

@@ -353,11 +353,6 @@ class _Encoder:
         if value.dtype.hasobject:
             raise self.fail(path, value, "arrays with object dtype cannot be stored without pickle")
         self.dtype_json(value.dtype, path)
-        try:
-            # .npy headers of versions 1 and 2 are Latin-1 text.
-            repr(np.lib.format.dtype_to_descr(value.dtype)).encode("latin-1")
-        except UnicodeEncodeError:
-            raise self.fail(path, value, "structured field names must be Latin-1 characters in .npy files") from None
         return {TAG: "ndarray", "i": self.add_payload(value)}
 
     def encode_tensor(self, value: Any, path: str, torch: Any) -> Any:

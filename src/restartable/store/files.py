@@ -8,7 +8,9 @@ they pass to or from the disk, never by a second read.
 
 from __future__ import annotations
 
+import ast
 import os
+import struct
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -73,7 +75,27 @@ class _HeaderBuffer:
         return len(data)
 
 
+_NPY_MAGIC = b"\x93NUMPY"
+_NPY_ALIGN = 64
+# A header is a few hundred bytes; anything near this is not one of ours.
+_NPY_MAX_HEADER = 1 << 20
+
+
+def _npy_header_v3(header: dict[str, Any]) -> bytes:
+    """A version 3.0 header: like 2.0 but UTF-8, for non-Latin-1 field names."""
+    text = "{" + "".join(f"{key!r}: {header[key]!r}, " for key in sorted(header)) + "}"
+    body = text.encode("utf-8")
+    prefix = len(_NPY_MAGIC) + 2 + 4
+    padding = -(prefix + len(body) + 1) % _NPY_ALIGN
+    body += b" " * padding + b"\n"
+    return _NPY_MAGIC + bytes([3, 0]) + struct.pack("<I", len(body)) + body
+
+
 def npy_header(header: dict[str, Any]) -> bytes:
+    try:
+        repr(header["descr"]).encode("latin-1")
+    except UnicodeEncodeError:
+        return _npy_header_v3(header)
     buffer = _HeaderBuffer()
     try:
         np.lib.format.write_array_header_1_0(buffer, header)
@@ -81,6 +103,20 @@ def npy_header(header: dict[str, Any]) -> bytes:
         buffer.parts.clear()
         np.lib.format.write_array_header_2_0(buffer, header)
     return b"".join(buffer.parts)
+
+
+def _read_header_v3(fh: Any) -> tuple[tuple[int, ...], bool, np.dtype]:
+    (length,) = struct.unpack("<I", fh.read(4))
+    if length > _NPY_MAX_HEADER:
+        raise PayloadError(f"header of {length} bytes is implausibly large")
+    # literal_eval parses literals only: it never calls or imports anything.
+    header = ast.literal_eval(fh.read(length).decode("utf-8"))
+    if not isinstance(header, dict) or set(header) != {"descr", "fortran_order", "shape"}:
+        raise PayloadError("header lacks descr, fortran_order or shape")
+    shape, fortran = header["shape"], header["fortran_order"]
+    if not (isinstance(shape, tuple) and all(isinstance(n, int) and n >= 0 for n in shape) and isinstance(fortran, bool)):
+        raise PayloadError(f"invalid shape {shape!r} or fortran_order {fortran!r}")
+    return shape, fortran, np.lib.format.descr_to_dtype(header["descr"])
 
 
 class PreparedArray:
@@ -229,9 +265,11 @@ def read_payload(path: Path, size: int, checksum: str | None) -> np.ndarray:
                 shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
             elif version == (2, 0):
                 shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+            elif version == (3, 0):
+                shape, fortran, dtype = _read_header_v3(fh)
             else:
                 raise PayloadError(f"unsupported .npy version {version}")
-        except ValueError as exc:
+        except (ValueError, SyntaxError, TypeError, struct.error) as exc:
             raise PayloadError(f"invalid .npy header ({exc})") from exc
         if dtype.hasobject:
             raise PayloadError("holds an object array; refusing to unpickle it")

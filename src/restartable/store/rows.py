@@ -176,6 +176,8 @@ def scan_rows(rank_path: Path) -> Scan:
         try:
             scan.rows.append(open_row(path, sequence))
         except CheckpointCorruptError as exc:
+            if not path.exists():
+                continue  # retired by the writer while we were reading: not damage
             scan.problems.append(Problem(row=str(path), file=exc.file, reason=str(exc)))
     return scan
 

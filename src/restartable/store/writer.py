@@ -174,9 +174,14 @@ class RowWriter:
         self.durable = durable
         self.link_unchanged = link_unchanged
         self.commits = self.rank_path / COMMITS_DIR
-        self.commits.mkdir(parents=True, exist_ok=True)
         self.lock = WriterLock(self.rank_path)
-        self.lock.acquire()
+        try:
+            self.commits.mkdir(parents=True, exist_ok=True)
+            self.lock.acquire()
+        except OSError as exc:
+            raise CheckpointWriteError(
+                f"cannot open {self.rank_path} for writing: {exc}", errno=exc.errno
+            ) from exc
         try:
             clean_leftovers(self.rank_path)
             existing = list_row_dirs(self.rank_path)
@@ -187,12 +192,15 @@ class RowWriter:
         self._next_sequence = existing[-1][0] + 1 if existing else 1
         self._previous_files: list[dict[str, Any]] = []
         self._previous_path: Path | None = None
+        self._undeleted_trash: list[Path] = []
 
     @property
     def next_sequence(self) -> int:
         return self._next_sequence
 
     def close(self) -> None:
+        if self.lock.held:
+            self._empty_trash()
         self.lock.release()
 
     def persist(self, snapshot: Snapshot) -> Row:
@@ -281,16 +289,30 @@ class RowWriter:
         return {"name": path.name, "size": prepared.size, "checksum": digest}
 
     def _retire(self) -> None:
+        self._empty_trash()
         if self.keep is None:
             return
         while len(self._rows) > self.keep:
-            _, path = self._rows.popleft()
+            _, path = self._rows[0]
             trash = self.rank_path / f"{TRASH_PREFIX}{uuid.uuid4().hex}"
             try:
                 os.rename(path, trash)
             except FileNotFoundError:
+                self._rows.popleft()
                 continue
             except OSError as exc:
+                # The row stays listed and is retried after the next commit.
                 warnings.warn(f"could not retire old row {path}: {exc}", CheckpointCleanupWarning, stacklevel=3)
-                continue
+                return
+            self._rows.popleft()
+            self._undeleted_trash.append(trash)
+            self._empty_trash()
+
+    def _empty_trash(self) -> None:
+        """Delete retired rows; what cannot be deleted now is retried later."""
+        remaining = []
+        for trash in self._undeleted_trash:
             _remove_tree(trash)
+            if os.path.lexists(trash):
+                remaining.append(trash)
+        self._undeleted_trash = remaining
