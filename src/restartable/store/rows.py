@@ -169,16 +169,25 @@ def open_row(path: Path, sequence: int | None = None) -> Row:
     return Row(path=path, sequence=sequence, body=body)
 
 
-def scan_rows(rank_path: Path) -> Scan:
-    """Every committed row of a rank directory, oldest first; damaged rows become problems."""
-    scan = Scan()
-    for sequence, path in list_row_dirs(rank_path):
-        try:
-            scan.rows.append(open_row(path, sequence))
-        except CheckpointCorruptError as exc:
-            if not path.exists():
-                continue  # retired by the writer while we were reading: not damage
-            scan.problems.append(Problem(row=str(path), file=exc.file, reason=str(exc)))
+def scan_rows(rank_path: Path, attempts: int = 5) -> Scan:
+    """Every committed row of a rank directory, oldest first; damaged rows become problems.
+
+    A writer may retire a row between our listing and our reading it; then
+    the listing is stale (a newer row may have been published since), so the
+    scan starts over, a bounded number of times.
+    """
+    for _attempt in range(attempts):
+        scan, stale = Scan(), False
+        for sequence, path in list_row_dirs(rank_path):
+            try:
+                scan.rows.append(open_row(path, sequence))
+            except CheckpointCorruptError as exc:
+                if not path.exists():
+                    stale = True  # retired while we read it: not damage
+                    continue
+                scan.problems.append(Problem(row=str(path), file=exc.file, reason=str(exc)))
+        if not stale:
+            break
     return scan
 
 
