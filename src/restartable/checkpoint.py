@@ -425,6 +425,9 @@ class Checkpoint:
     def close(self) -> None:
         """Release the writer lock if a session left it held."""
         self._writer_users = 0
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
         if self._writer is not None:
             self._writer.close()
             self._writer = None
@@ -445,9 +448,8 @@ class Checkpoint:
 
     def _release_writer(self) -> None:
         self._writer_users = max(0, self._writer_users - 1)
-        if self._writer_users == 0 and self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        if self._writer_users == 0:
+            self.close()
 
     def _commit(self, session: CheckpointSession, metadata: dict[str, Any]) -> tuple[CheckpointEntry, Row]:
         snapshot = self._snapshot(session, metadata)
