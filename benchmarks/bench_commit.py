@@ -229,7 +229,8 @@ def bench_variant(variant: str, root: Path, size_mb: float, repeats: int, cold: 
     raw_dir.mkdir()
     ckpt_path = root / f"ckpt-{variant}"
     name = f"bench-commit-{variant}"
-    checkpoint = Checkpoint(name, path=ckpt_path, rank=0, world_size=1)  # mode="overwrite", durable=True
+    # mode="overwrite", durable=True; link_unchanged=True for the dedup figure
+    checkpoint = Checkpoint(name, path=ckpt_path, rank=0, world_size=1, link_unchanged=True)
     raw_commit, rs_commit, rs_unchanged, raw_for_unchanged = [], [], [], []
     tick = 0
     with checkpoint as session:

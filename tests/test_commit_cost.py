@@ -77,7 +77,7 @@ def run_commits(store: Path, counter: OpCounter, *, mode: str, history_size: int
     """1001 commits in one session; the ops of commits 2, 201 and 1001 (a steady state for history 5 too)."""
     measured: dict[int, Counter[str]] = {}
     measure_at = set(CHECKPOINTS) | ({7} if history_size else set())
-    with Checkpoint("cost", path=store, mode=mode, history_size=history_size) as session:
+    with Checkpoint("cost", path=store, mode=mode, history_size=history_size, link_unchanged=True) as session:
         bound = bind_checkpoint_state(CostState()) if state else None
         for i in range(1, 1002):
             if bound is not None:

@@ -277,11 +277,11 @@ def test_fault_syncing_commits_dir_after_publish(store: Path, monkeypatch: pytes
 
 def test_failed_hard_link_falls_back_to_a_copy(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     injector = Injector(monkeypatch)
-    with Checkpoint(NAME, path=store, mode="append") as session:
+    with Checkpoint(NAME, path=store, mode="append", link_unchanged=True) as session:
         state = bind_checkpoint_state(FaultState())
         set_state(state, 1)
         first = session.write(lead_time=1)
-        state.step = 2  # the array is unchanged: normally hard-linked
+        state.step = 2  # the array is unchanged: hard-linked when linking is on
         with injector.failing(lambda name, path, args: errno.EIO if name == "link" else None) as hits:
             second = session.write(lead_time=2)
         assert hits

@@ -168,9 +168,30 @@ def _entry_from_row(row: Row) -> CheckpointEntry:
         ) from exc
 
 
+def _refuse_dataclasses(doc: Any) -> None:
+    """Metadata is read by every catalog reader, which may lack the user's types."""
+    if isinstance(doc, dict):
+        if doc.get(codec.TAG) == "dataclass":
+            raise CheckpointSerializationError(
+                f"cannot checkpoint a {doc['type']} in metadata: catalog readers may not have that type; "
+                "bind it with bind_checkpoint_state instead",
+                path="metadata",
+            )
+        children: Any = doc.values()
+    elif isinstance(doc, list):
+        children = doc
+    else:
+        return
+    for child in children:
+        _refuse_dataclasses(child)
+
+
 def _validate(name: str, mode: str, flush_interval: int | None, history_size: int | None, level: int) -> None:
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"name must be a non-empty string, got {name!r}")
+    if name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        # The name becomes a directory under the cache: it must not escape it.
+        raise ValueError(f"name must not contain path separators or be '.' or '..', got {name!r}")
     if mode not in ("overwrite", "append"):
         raise ValueError(f"mode must be 'overwrite' or 'append', got {mode!r}")
     if flush_interval is not None and (isinstance(flush_interval, bool) or not isinstance(flush_interval, int) or flush_interval < 1):
@@ -208,6 +229,14 @@ class Checkpoint:
     device:
         Device on which components stage tensor state, and on which restored
         tensors are placed.
+    durable:
+        fsync every file and directory of a commit (the default). Turn off
+        only for throw-away data.
+    link_unchanged:
+        Hard-link array files whose bytes did not change since the previous
+        row instead of writing them again. Faster for slowly changing state,
+        but linked rows share one file: damage to it damages all of them, so
+        falling back to an older row no longer helps. Off by default.
 
     Examples
     --------
@@ -234,7 +263,7 @@ class Checkpoint:
         device: Any = "cpu",
         *,
         durable: bool = True,
-        link_unchanged: bool = True,
+        link_unchanged: bool = False,
     ) -> None:
         _validate(name, mode, flush_interval, history_size, level)
         if rank is None or world_size is None:
@@ -483,6 +512,7 @@ class Checkpoint:
                     raise CheckpointSerializationError(f"{exc}{owner}", path=exc.path) from None
             raise
         metadata_doc, *state_docs = encoded.document
+        _refuse_dataclasses(metadata_doc)
         for record, doc in zip(records, state_docs):
             record["value"] = doc
         body = {
@@ -704,12 +734,18 @@ class CheckpointSession:
         metadata of the previous row. Returns the committed entry, or
         ``None`` when the commit is deferred.
         """
+        before = (self.write_count, dict(self._metadata), self._dirty)
         self.write_count += 1
         self._metadata.update(self._normalize(metadata))
         self._dirty = True
         interval = self.checkpoint.flush_interval
         if interval is not None and self.write_count % interval == 0:
-            return self.flush()
+            try:
+                return self.flush()
+            except BaseException:
+                # A failed boundary is not recorded: a retry starts clean.
+                self.write_count, self._metadata, self._dirty = before
+                raise
         return None
 
     def flush(self, **metadata: Any) -> CheckpointEntry | None:
@@ -717,12 +753,11 @@ class CheckpointSession:
 
         Returns the committed entry, or ``None`` when nothing is pending.
         """
-        if metadata:
-            self._metadata.update(self._normalize(metadata))
-            self._dirty = True
-        if not self._dirty:
+        pending = {**self._metadata, **self._normalize(metadata)}
+        if not (self._dirty or metadata):
             return None
-        entry, row = self.checkpoint._commit(self, dict(self._metadata))
+        entry, row = self.checkpoint._commit(self, pending)
+        self._metadata = pending
         # The session now stands for the new row: a component that binds
         # from here on restores what was just committed, read back verified.
         self._entry, self._row, self._payloads = entry, row, row.read_payload

@@ -22,6 +22,7 @@ from .checkpoint import _entry_from_row, format_table
 from .errors import CheckpointCorruptError, CheckpointLockedError
 from .store import Problem, WriterLock, clean_leftovers, list_row_dirs, open_row, scan_rows, verify_row
 from .store.manifest import MANIFEST_NAME
+from .store.rows import STAGING_PREFIX, TRASH_PREFIX
 
 EXIT_OK, EXIT_DAMAGED, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 3
 
@@ -169,7 +170,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
         lock.acquire()  # a running writer makes this raise CheckpointLockedError
         try:
             if args.dry_run:
-                removed.extend(str(rank_path / n) for n in os.listdir(rank_path) if n.startswith((".staging-", ".trash-")))
+                removed.extend(str(rank_path / n) for n in os.listdir(rank_path) if n.startswith((STAGING_PREFIX, TRASH_PREFIX)))
             else:
                 removed.extend(str(p) for p in clean_leftovers(rank_path, warn=False))
             for _, row_path in list_row_dirs(rank_path):

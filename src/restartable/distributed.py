@@ -53,4 +53,8 @@ def detect_rank_and_world_size() -> tuple[int, int]:
         return found
     rank = _env_int(_RANK_VARIABLES)
     world_size = _env_int(_WORLD_SIZE_VARIABLES)
-    return (rank or 0), (world_size or 1)
+    if rank is None or world_size is None:
+        # A lone LOCAL_RANK (set by some launchers for a single process per
+        # node) says nothing about the world: treat the run as serial.
+        return 0, 1
+    return rank, world_size

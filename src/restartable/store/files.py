@@ -1,8 +1,7 @@
 """Durable file primitives: hashed writes and reads, fsync, atomic small files.
 
 Every file the store writes goes through :func:`write_payload` or
-:func:`write_bytes_atomic`; every payload it reads goes through
-:func:`read_payload`. The checksum of a file is computed from the bytes as
+:func:`write_bytes`; every payload it reads goes through :func:`read_payload`. The checksum of a file is computed from the bytes as
 they pass to or from the disk, never by a second read.
 """
 
@@ -228,19 +227,6 @@ def write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
             os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def write_bytes_atomic(path: Path, data: bytes, durable: bool = True) -> None:
-    """Replace ``path`` with ``data`` via a temporary file, fsync and rename."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        os.unlink(tmp)
-    except FileNotFoundError:
-        pass
-    write_bytes(tmp, data, durable)
-    os.replace(tmp, path)
-    if durable:
-        fsync_dir(path.parent)
 
 
 class PayloadError(Exception):

@@ -57,9 +57,6 @@ class Row:
     def files(self) -> list[dict[str, Any]]:
         return self.body["files"]
 
-    def payload_path(self, index: int) -> Path:
-        return self.path / self.files[index]["name"]
-
     def read_payload(self, index: int, verify: bool = True) -> np.ndarray:
         """Read payload ``index``, checking its size and checksum.
 

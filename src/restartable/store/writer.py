@@ -167,7 +167,7 @@ class RowWriter:
         *,
         keep: int | None = None,
         durable: bool = True,
-        link_unchanged: bool = True,
+        link_unchanged: bool = False,
     ) -> None:
         self.rank_path = Path(rank_path)
         self.keep = keep
@@ -176,7 +176,13 @@ class RowWriter:
         self.commits = self.rank_path / COMMITS_DIR
         self.lock = WriterLock(self.rank_path)
         try:
-            self.commits.mkdir(parents=True, exist_ok=True)
+            if not self.commits.is_dir():
+                self.commits.mkdir(parents=True, exist_ok=True)
+                if durable:
+                    # A crash must not lose the new directories, and with
+                    # them every row committed into them.
+                    fsync_dir(self.rank_path)
+                    fsync_dir(self.rank_path.parent)
             self.lock.acquire()
         except OSError as exc:
             raise CheckpointWriteError(
