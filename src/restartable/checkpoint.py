@@ -121,6 +121,8 @@ class CheckpointEntry:
         Qualified names of the bound states saved in the row.
     path:
         The row directory.
+    pinned:
+        Whether the row was committed with :meth:`CheckpointSession.pin`.
     """
 
     commit_id: str
@@ -134,6 +136,7 @@ class CheckpointEntry:
     level: int
     state_ids: tuple[str, ...]
     path: Path
+    pinned: bool = False
 
     @property
     def labels(self) -> Mapping[str, Any]:
@@ -157,6 +160,7 @@ def _entry_from_row(row: Row) -> CheckpointEntry:
             level=int(body["level"]),
             state_ids=tuple(record["id"] for record in body["states"]),
             path=row.path,
+            pinned=bool(body.get("pinned", False)),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         if isinstance(exc, CheckpointCorruptError):
@@ -480,8 +484,9 @@ class Checkpoint:
         if self._writer_users == 0:
             self.close()
 
-    def _commit(self, session: CheckpointSession, metadata: dict[str, Any]) -> tuple[CheckpointEntry, Row]:
+    def _commit(self, session: CheckpointSession, metadata: dict[str, Any], pin: bool = False) -> tuple[CheckpointEntry, Row]:
         snapshot = self._snapshot(session, metadata)
+        snapshot.pin = pin
         writer = self._acquire_writer()
         try:
             row = writer.persist(snapshot)
@@ -753,10 +758,46 @@ class CheckpointSession:
 
         Returns the committed entry, or ``None`` when nothing is pending.
         """
-        pending = {**self._metadata, **self._normalize(metadata)}
         if not (self._dirty or metadata):
             return None
-        entry, row = self.checkpoint._commit(self, pending)
+        return self._commit_now(metadata, pin=False)
+
+    def pin(self, **metadata: Any) -> CheckpointEntry:
+        """Commit now, and keep this row until a newer row is pinned.
+
+        A restart point for work that must be rerun from its start if it is
+        interrupted (the ensemble workflow pins the start of each member
+        batch): the row survives ``mode="overwrite"`` and ``history_size``
+        until the next pin, so :meth:`rewind` can return to it.
+        """
+        return self._commit_now(metadata, pin=True)
+
+    def rewind(self, commit_id: str) -> None:
+        """Restore every bound state from row ``commit_id`` of this catalog.
+
+        The states are updated in place, so components holding them see the
+        values they had at that row. Metadata and ``write_count`` stay those
+        of the current row.
+
+        Raises
+        ------
+        KeyError
+            No whole row has that id.
+        CheckpointCorruptError
+            The row is damaged.
+        """
+        self.checkpoint.refresh()
+        entry = next((e for e in self.checkpoint._entries if e.commit_id == commit_id), None)
+        if entry is None:
+            raise KeyError(f"checkpoint {self.checkpoint.name!r} has no whole row {commit_id!r} in {self.checkpoint.rank_path}")
+        source = self.checkpoint._open_session(entry)
+        for sid, proxy in self.bound_states.items():
+            loaded = source._restore(sid, proxy.checkpoint_dataclass)
+            object.__setattr__(proxy, "_state_loaded", loaded or proxy.checkpoint_state_loaded)
+
+    def _commit_now(self, metadata: dict[str, Any], pin: bool) -> CheckpointEntry:
+        pending = {**self._metadata, **self._normalize(metadata)}
+        entry, row = self.checkpoint._commit(self, pending, pin=pin)
         self._metadata = pending
         # The session now stands for the new row: a component that binds
         # from here on restores what was just committed, read back verified.
@@ -836,6 +877,9 @@ class NullCheckpoint:
         return None
 
     def flush(self, **metadata: Any) -> None:
+        return None
+
+    def pin(self, **metadata: Any) -> None:
         return None
 
     def __enter__(self) -> NullCheckpoint:

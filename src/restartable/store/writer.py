@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import errno as _errno
+import itertools
 import os
 import shutil
 import uuid
@@ -33,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from .._version import __version__
-from ..errors import CheckpointCleanupWarning, CheckpointLockedError, CheckpointWriteError
+from ..errors import CheckpointCleanupWarning, CheckpointCorruptError, CheckpointLockedError, CheckpointWriteError
 from .files import CHECKSUM_ALGORITHM, PreparedArray, SyncGroup, fsync_dir, write_bytes, write_payload
 from .manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME, dump_manifest
 from .rows import (
@@ -44,6 +45,7 @@ from .rows import (
     TRASH_PREFIX,
     Row,
     list_row_dirs,
+    open_row,
     row_dir_name,
 )
 
@@ -64,6 +66,10 @@ class Snapshot:
 
     body: dict[str, Any]
     payloads: list[np.ndarray]
+    # A pinned row outlives the retention policy until a newer row is
+    # pinned: a workflow rerunning an interrupted unit of work from its start
+    # (an ensemble member batch) needs the state it had at that start.
+    pin: bool = False
 
 
 class WriterLock:
@@ -195,6 +201,7 @@ class RowWriter:
             self.lock.release()
             raise
         self._rows: deque[tuple[int, Path]] = deque(existing)
+        self._pinned = self._find_pinned() if keep is not None else None
         self._next_sequence = existing[-1][0] + 1 if existing else 1
         self._previous_files: list[dict[str, Any]] = []
         self._previous_path: Path | None = None
@@ -239,6 +246,7 @@ class RowWriter:
             sync.wait()
             body = dict(snapshot.body)
             body.update(
+                pinned=snapshot.pin,
                 format=FORMAT,
                 format_version=FORMAT_VERSION,
                 library_version=__version__,
@@ -266,6 +274,8 @@ class RowWriter:
             _remove_tree(staging)
             raise
         self._rows.append((sequence, final))
+        if snapshot.pin:
+            self._pinned = final
         self._previous_files, self._previous_path = files, final
         try:
             if self.durable:
@@ -298,21 +308,38 @@ class RowWriter:
         self._empty_trash()
         if self.keep is None:
             return
-        while len(self._rows) > self.keep:
-            _, path = self._rows[0]
+        while True:
+            excess = len(self._rows) - self.keep
+            oldest = [path for _, path in itertools.islice(self._rows, max(excess, 0))]
+            if self._pinned in oldest:
+                excess -= 1  # the pinned row is kept on top of the policy
+            if excess <= 0:
+                return
+            index = next(i for i, (_, path) in enumerate(self._rows) if path != self._pinned)
+            _, path = self._rows[index]
             trash = self.rank_path / f"{TRASH_PREFIX}{uuid.uuid4().hex}"
             try:
                 os.rename(path, trash)
             except FileNotFoundError:
-                self._rows.popleft()
+                del self._rows[index]
                 continue
             except OSError as exc:
                 # The row stays listed and is retried after the next commit.
                 warnings.warn(f"could not retire old row {path}: {exc}", CheckpointCleanupWarning, stacklevel=3)
                 return
-            self._rows.popleft()
+            del self._rows[index]
             self._undeleted_trash.append(trash)
             self._empty_trash()
+
+    def _find_pinned(self) -> Path | None:
+        """The newest pinned row left by an earlier writer (read at open only)."""
+        for sequence, path in reversed(self._rows):
+            try:
+                if open_row(path, sequence).body.get("pinned"):
+                    return path
+            except CheckpointCorruptError:
+                continue
+        return None
 
     def _empty_trash(self) -> None:
         """Delete retired rows; what cannot be deleted now is retried later."""

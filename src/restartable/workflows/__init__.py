@@ -1,0 +1,256 @@
+"""Resumable workflows, keyword-compatible with ``earth2studio.run``.
+
+Each workflow fetches the initial condition, lays out the IO arrays, rolls
+the prognostic model out and records a restart boundary after every IO
+write. Run again with the same checkpoint, it resumes:
+
+- after the last completed lead time (``deterministic``, ``diagnostic``);
+- at the first incomplete member batch (``ensemble``).
+
+A model that restored its rollout state (level 2) yields the next state and
+the workflow continues from there. A model that did not is rolled out again
+from the initial condition, and lead times already written are not written
+again. The workflow tells the two apart from the lead time the model
+actually yields, never from counters alone.
+
+Components are duck-typed on earth2studio's protocols: a prognostic has
+``input_coords()``, ``output_coords(coords)`` and ``create_iterator(x,
+coords)``; a diagnostic is called as ``diagnostic(x, coords)`` and has
+``input_coords()``/``output_coords(coords)``; a perturbation is called as
+``perturbation(x, coords) -> (x, coords)``; a data source as ``source(time,
+variable) -> xarray.DataArray``; an IO backend has ``add_array(coords,
+names)`` and ``write(xs, coords, names)``.
+
+Example::
+
+    from restartable import Checkpoint
+    from restartable.workflows import deterministic
+
+    with Checkpoint("forecast", flush_interval=4) as ckpt:
+        deterministic(["2024-01-01"], 40, model, data, io, checkpoint=ckpt)
+
+Stop signals (SIGTERM, SIGUSR1) make a workflow finish its current step,
+commit and raise :class:`WorkflowPreempted` (exit status
+:data:`PREEMPTED_EXIT_CODE`).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import OrderedDict
+from math import ceil
+from typing import Any
+
+import numpy as np
+
+from ._run import (
+    PREEMPTED_EXIT_CODE,
+    WorkflowPreempted,
+    check_plan,
+    default_device,
+    graceful_stop,
+    io_coords,
+    io_writer,
+    open_session,
+    progress,
+    rollout,
+    to_device,
+)
+from .coords import fetch_data, lead_times, map_coords, to_time_array
+
+__all__ = ["PREEMPTED_EXIT_CODE", "WorkflowPreempted", "deterministic", "diagnostic", "ensemble"]
+
+
+def _plan(name: str, time: np.ndarray, nsteps: int, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "time": [str(t) for t in time], "nsteps": int(nsteps), **extra}
+
+
+def _completed_lead(session: Any) -> Any:
+    return session.lead_time if getattr(session, "exists", False) else None
+
+
+def _prepare(time: Any, prognostic: Any, data: Any, device: Any) -> tuple[Any, Any, OrderedDict, OrderedDict, np.ndarray]:
+    device = default_device(device)
+    prognostic = to_device(prognostic, device)
+    time = to_time_array(time)
+    input_coords = prognostic.input_coords()
+    x, coords = fetch_data(data, time, input_coords["variable"], input_coords["lead_time"], device)
+    x, coords = map_coords(x, coords, input_coords)
+    return prognostic, x, coords, input_coords, time
+
+
+def deterministic(
+    time: Any,
+    nsteps: int,
+    prognostic: Any,
+    data: Any,
+    io: Any,
+    output_coords: dict[str, np.ndarray] = OrderedDict(),
+    device: Any = None,
+    verbose: bool = True,
+    checkpoint: Any = None,
+) -> Any:
+    """Deterministic forecast of ``nsteps`` steps, resumable from its checkpoint.
+
+    Parameters are those of ``earth2studio.run.deterministic``; ``checkpoint``
+    is a session (``with Checkpoint(...) as ckpt``), a :class:`Checkpoint`
+    (entered for the run) or ``None``. Returns ``io``.
+    """
+    with open_session(checkpoint) as session, graceful_stop() as stop:
+        prognostic, x, coords, input_coords, time = _prepare(time, prognostic, data, device)
+        check_plan(session, _plan("deterministic", time, nsteps))
+        out = prognostic.output_coords(input_coords)
+        leads = lead_times(out["lead_time"], nsteps)
+        total, variables = io_coords(out, OrderedDict(time=time), leads, output_coords)
+        io.add_array(total, list(variables))
+        done = _completed_lead(session)
+        start = 0 if done is None else int(np.searchsorted(leads, done, side="right"))
+        with progress(len(leads), "deterministic", verbose, initial=start) as bar:
+            rollout(
+                prognostic.create_iterator(x, coords),
+                leads[-1],
+                done,
+                io_writer(io, output_coords),
+                session,
+                stop,
+                bar,
+                {"workflow": _plan("deterministic", time, nsteps)},
+            )
+        session.flush()
+    return io
+
+
+def diagnostic(
+    time: Any,
+    nsteps: int,
+    prognostic: Any,
+    diagnostic: Any,
+    data: Any,
+    io: Any,
+    output_coords: dict[str, np.ndarray] = OrderedDict(),
+    device: Any = None,
+    verbose: bool = True,
+    checkpoint: Any = None,
+) -> Any:
+    """Forecast with a diagnostic model applied to every step; writes the diagnostic's outputs."""
+    with open_session(checkpoint) as session, graceful_stop() as stop:
+        prognostic, x, coords, input_coords, time = _prepare(time, prognostic, data, device)
+        diagnostic = to_device(diagnostic, x.device)
+        plan = _plan("diagnostic", time, nsteps)
+        check_plan(session, plan)
+        out = prognostic.output_coords(input_coords)
+        leads = lead_times(out["lead_time"], nsteps)
+        diag_out = diagnostic.output_coords(out)
+        total, variables = io_coords(diag_out, OrderedDict(time=time), leads, output_coords)
+        io.add_array(total, list(variables))
+        write = io_writer(io, output_coords)
+        diag_in = diagnostic.input_coords()
+
+        def write_diagnostic(x: Any, coords: OrderedDict) -> None:
+            # The diagnostic sees the variables it asks for; lead_time is
+            # taken from the prognostic step, never from the diagnostic.
+            x_in, coords_in = map_coords(x, coords, OrderedDict(variable=diag_in["variable"]))
+            y, coords_out = diagnostic(x_in, coords_in)
+            coords_out = OrderedDict(coords_out)
+            coords_out["lead_time"] = coords["lead_time"]
+            write(y, coords_out)
+
+        done = _completed_lead(session)
+        start = 0 if done is None else int(np.searchsorted(leads, done, side="right"))
+        with progress(len(leads), "diagnostic", verbose, initial=start) as bar:
+            rollout(prognostic.create_iterator(x, coords), leads[-1], done, write_diagnostic, session, stop, bar, {"workflow": plan})
+        session.flush()
+    return io
+
+
+def ensemble(
+    time: Any,
+    nsteps: int,
+    nensemble: int,
+    prognostic: Any,
+    data: Any,
+    io: Any,
+    perturbation: Any,
+    batch_size: int | None = None,
+    output_coords: dict[str, np.ndarray] = OrderedDict(),
+    device: Any = None,
+    verbose: bool = True,
+    checkpoint: Any = None,
+) -> Any:
+    """Ensemble forecast of ``nensemble`` members in batches, resumable per member batch.
+
+    The start of each member batch is a *pinned* row: it keeps every
+    component (above all the perturbation's random state) as it was before
+    the batch, until the next batch starts. Resumed inside a batch, the
+    workflow continues the rollout if the model restored its level-2 state
+    (it then yields the next lead time); otherwise it rewinds the components
+    to the pinned row, perturbs again — drawing the same noise — and reruns
+    the batch without rewriting the lead times already written.
+    """
+    if nensemble < 1:
+        raise ValueError(f"nensemble must be at least 1, got {nensemble}")
+    batch_size = nensemble if batch_size is None else min(int(batch_size), nensemble)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    with open_session(checkpoint) as session, graceful_stop() as stop:
+        prognostic, x0, coords0, input_coords, time = _prepare(time, prognostic, data, device)
+        perturbation = to_device(perturbation, x0.device)
+        plan = _plan("ensemble", time, nsteps, nensemble=int(nensemble), batch_size=batch_size)
+        check_plan(session, plan)
+        out = prognostic.output_coords(input_coords)
+        leads = lead_times(out["lead_time"], nsteps)
+        leading = OrderedDict(ensemble=np.arange(nensemble), time=time)
+        total, variables = io_coords(out, leading, leads, output_coords)
+        io.add_array(total, list(variables))
+        write = io_writer(io, output_coords)
+
+        resumed = getattr(session, "exists", False)
+        metadata = session.metadata if resumed else {}
+        completed = int(metadata.get("completed_ensembles", 0))
+        done = metadata.get("lead_time") if resumed else None
+        batch_row = metadata.get("batch_row")
+        nbatches = ceil(nensemble / batch_size)
+        with progress(nbatches, "ensemble batches", verbose, initial=completed // batch_size) as batches:
+            for first in range(completed, nensemble, batch_size):
+                members = np.arange(first, min(first + batch_size, nensemble))
+                coords = OrderedDict(ensemble=members, **coords0)
+                x = x0.unsqueeze(0).repeat(len(members), *([1] * x0.ndim))
+                x, coords = map_coords(x, coords, input_coords)
+                mid_batch = first == completed and done is not None
+                if mid_batch:
+                    iterator = _resume_batch(session, prognostic, perturbation, x, coords, done, batch_row)
+                else:
+                    entry = session.pin(completed_ensembles=int(first), lead_time=None, workflow=plan)
+                    batch_row = None if entry is None else entry.commit_id
+                    x, coords = perturbation(x, coords)
+                    iterator = prognostic.create_iterator(x, coords)
+                    done = None
+                with progress(len(leads), f"members {members[0]}-{members[-1]}", verbose, leave=False) as bar:
+                    rollout(iterator, leads[-1], done, write, session, stop, bar, {"completed_ensembles": int(first), "batch_row": batch_row, "workflow": plan})
+                done = None
+                batches.update(1)
+        session.flush(completed_ensembles=int(nensemble), lead_time=None)
+    return io
+
+
+def _resume_batch(session: Any, prognostic: Any, perturbation: Any, x: Any, coords: OrderedDict, done: Any, batch_row: str | None) -> Any:
+    """The iterator that finishes an interrupted member batch."""
+    iterator = prognostic.create_iterator(x, coords)
+    first = next(iterator)
+    lead = np.asarray(first[1]["lead_time"]).reshape(-1)[-1]
+    if lead > done:
+        # The model restored its rollout state: continue, do not perturb again.
+        return itertools.chain([first], iterator)
+    close = getattr(iterator, "close", None)
+    if callable(close):
+        close()
+    if batch_row is None:
+        raise ValueError(
+            "cannot rerun the interrupted member batch: its pinned start row is unknown "
+            "(the checkpoint was written by another tool?)"
+        )
+    # Rerun the batch from its start: every component as it was then.
+    session.rewind(batch_row)
+    x, coords = perturbation(x, coords)
+    return prognostic.create_iterator(x, coords)
+

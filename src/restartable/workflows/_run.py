@@ -1,0 +1,195 @@
+"""What the three workflows share: sessions, IO layout, rollouts, graceful stop."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from ..checkpoint import Checkpoint, NullCheckpoint
+from .coords import map_coords, split_coords
+
+__all__ = ["PREEMPTED_EXIT_CODE", "WorkflowPreempted"]
+
+#: Exit status of a workflow stopped by SIGTERM/SIGUSR1 after committing its
+#: progress (EX_TEMPFAIL: "try again later" — resume by running it again).
+PREEMPTED_EXIT_CODE = 75
+_STOP_SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None)) if s is not None)
+
+
+class WorkflowPreempted(SystemExit):
+    """Raised when a stop signal arrived: progress is committed, run again to resume.
+
+    A subclass of :class:`SystemExit`, so an unhandled one ends the process
+    with :data:`PREEMPTED_EXIT_CODE` instead of a traceback.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(PREEMPTED_EXIT_CODE)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@contextlib.contextmanager
+def open_session(checkpoint: Any) -> Iterator[Any]:
+    """The session a workflow records into.
+
+    ``None`` gives a :class:`NullCheckpoint`; a session is used as is; a
+    :class:`Checkpoint` is entered for the duration of the workflow.
+    """
+    if checkpoint is None:
+        yield NullCheckpoint()
+    elif isinstance(checkpoint, Checkpoint):
+        with checkpoint as session:
+            yield session
+    else:
+        yield checkpoint
+
+
+class StopRequest:
+    """Set by SIGTERM/SIGUSR1 while a workflow runs; checked after each step."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    def __bool__(self) -> bool:
+        return self.signal is not None
+
+
+@contextlib.contextmanager
+def graceful_stop() -> Iterator[StopRequest]:
+    """Turn stop signals into a request the workflow honours at its next safe boundary."""
+    request = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield request  # signal handlers can only be installed from the main thread
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        request.signal = signum
+
+    previous = {sig: signal.signal(sig, handler) for sig in _STOP_SIGNALS}
+    try:
+        yield request
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def stop_now(session: Any, request: StopRequest, where: str) -> None:
+    """Commit everything pending and raise :class:`WorkflowPreempted`."""
+    entry = session.flush()
+    name = signal.Signals(request.signal).name if request.signal is not None else "stop"
+    committed = f"row {entry.commit_id}" if entry is not None else f"row {getattr(session, 'commit_id', None)}"
+    message = (
+        f"restartable: {name} received; stopped after {where}, progress committed ({committed}). "
+        "Run the same command again to resume."
+    )
+    print(message, file=sys.stderr, flush=True)
+    raise WorkflowPreempted(message)
+
+
+def default_device(device: Any) -> Any:
+    import torch
+
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def to_device(component: Any, device: Any) -> Any:
+    move = getattr(component, "to", None)
+    return move(device) if callable(move) else component
+
+
+def io_coords(model_output: OrderedDict[str, np.ndarray], leading: OrderedDict[str, np.ndarray], lead: np.ndarray, output_coords: dict[str, np.ndarray]) -> tuple[OrderedDict[str, np.ndarray], np.ndarray]:
+    """Coordinates of the IO arrays: leading dims, lead_time, then the model's spatial dims."""
+    total: OrderedDict[str, np.ndarray] = OrderedDict(leading)
+    total["lead_time"] = lead
+    for key, value in model_output.items():
+        if key in total or key in ("batch", "time", "lead_time") or np.asarray(value).shape == (0,):
+            continue
+        total[key] = np.asarray(value)
+    for key in list(total):
+        if key in output_coords and np.asarray(output_coords[key]).size:
+            total[key] = np.asarray(output_coords[key])
+    variables = np.array([str(v) for v in total.pop("variable")])
+    return total, variables
+
+
+def progress(total: int, desc: str, verbose: bool, initial: int = 0, leave: bool = True) -> Any:
+    """A tqdm bar when ``verbose`` and tqdm is installed, else a no-op."""
+    if verbose:
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            pass
+        else:
+            return tqdm(total=total, desc=desc, initial=initial, leave=leave)
+    return contextlib.nullcontext(_NoBar())
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+
+def rollout(
+    iterator: Iterator[tuple[Any, OrderedDict[str, np.ndarray]]],
+    final_lead: Any,
+    done_lead: Any,
+    write: Any,
+    session: Any,
+    stop: StopRequest,
+    bar: Any,
+    extra_metadata: dict[str, Any] | None = None,
+) -> None:
+    """Drive ``iterator`` to ``final_lead``, writing every step after ``done_lead``.
+
+    Steps at or before ``done_lead`` were written before an interruption: a
+    model that did not restore its state recomputes them, and they are not
+    written again. Each written step is a restart boundary.
+    """
+    extra = extra_metadata or {}
+    for x, coords in iterator:
+        lead = np.asarray(coords["lead_time"]).reshape(-1)[-1]
+        if lead > final_lead:
+            break  # a model resumed at the final step has nothing left to do
+        if done_lead is None or lead > done_lead:
+            write(x, coords)
+            session.write(lead_time=lead, **extra)
+            bar.update(1)
+            if stop:
+                stop_now(session, stop, f"lead time {lead}")
+        if lead >= final_lead:
+            break
+    close = getattr(iterator, "close", None)
+    if callable(close):
+        close()
+
+
+def io_writer(io: Any, output_coords: dict[str, np.ndarray]) -> Any:
+    def write(x: Any, coords: OrderedDict[str, np.ndarray]) -> None:
+        x, coords = map_coords(x, coords, output_coords)
+        io.write(*split_coords(x, coords))
+
+    return write
+
+
+def check_plan(session: Any, plan: dict[str, Any]) -> None:
+    """Refuse to resume a run whose shape (times, steps, members...) changed."""
+    if not getattr(session, "exists", False):
+        return
+    saved = session.metadata.get("workflow")
+    if saved is not None and saved != plan:
+        raise ValueError(
+            f"the checkpoint row {session.commit_id} was written by a different run ({saved}); this run is {plan}. "
+            "Use a new checkpoint name or path to start a different run."
+        )
