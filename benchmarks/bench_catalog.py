@@ -31,7 +31,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -40,19 +39,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-import restartable
 from restartable import Checkpoint
+
+from _common import log, log_run_head, log_table_header, log_to_stderr, run_meta
 
 TARGET = 1.2  # commit cost at the largest size / at the smallest, at most
 NAME = "bench-catalog"
-
-_human = sys.stdout  # becomes stderr with --json
-
-
-def log(*args: Any) -> None:
-    print(*args, file=_human, flush=True)
 
 
 def open_checkpoint(path: Path, durable: bool = True) -> Checkpoint:
@@ -72,21 +64,7 @@ def quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def filesystem_of(path: Path) -> str:
-    best, fstype = "", "?"
-    try:
-        with open("/proc/mounts") as fh:
-            for line in fh:
-                parts = line.split()
-                if len(parts) >= 3 and str(path).startswith(parts[1]) and len(parts[1]) > len(best):
-                    best, fstype = parts[1], f"{parts[2]} on {parts[0]}"
-    except OSError:
-        pass
-    return fstype
-
-
 def main(argv: list[str] | None = None) -> int:
-    global _human
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="1,1000,10000", help="existing rows, comma-separated; default 1,1000,10000")
     parser.add_argument("--commits", type=int, default=200, help="timed commits per size; default 200")
@@ -97,22 +75,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print machine-readable results on stdout (the table goes to stderr)")
     args = parser.parse_args(argv)
     if args.json:
-        _human = sys.stderr
+        log_to_stderr()
     sizes = sorted({int(s) for s in args.sizes.split(",") if s.strip()})
     if not sizes or sizes[0] < 1:
         parser.error("sizes must be positive integers")
 
     root = Path(tempfile.mkdtemp(prefix="restartable-bench-catalog-", dir=args.dir))
-    meta = {
-        "restartable": restartable.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "directory": str(root),
-        "filesystem": filesystem_of(root),
-        "cpus": os.cpu_count(),
-        "sizes": sizes,
-        "commits": args.commits,
-    }
+    meta = {**run_meta(root), "sizes": sizes, "commits": args.commits}
     log(f"bench_catalog: metadata-only commits at {', '.join(f'{s:,}' for s in sizes)} existing rows, in {root}")
     started = time.perf_counter()
     results: dict[int, dict[str, Any]] = {}
@@ -170,14 +139,11 @@ def main(argv: list[str] | None = None) -> int:
 
     smallest, largest = sizes[0], sizes[-1]
     ratio = results[largest]["commit_median_s"] / results[smallest]["commit_median_s"]
-    log()
-    log(f"restartable {meta['restartable']}  numpy {meta['numpy']}  python {meta['python']}")
-    log(f"directory {meta['directory']} ({meta['filesystem']}), {meta['cpus']} CPUs")
+    log_run_head(meta)
     log(f"mode='append', history_size=None, durable=True, flush_interval=1; {args.commits} timed commits per size (median)")
     log()
     header = f"{'existing rows':>13} {'commit median':>14} {'p10':>9} {'p90':>9} {'commits/s':>10} {'open catalog':>13} {'enter session':>14}"
-    log(header)
-    log("-" * len(header))
+    log_table_header(header)
     for size in sizes:
         r = results[size]
         log(

@@ -50,7 +50,6 @@ import dataclasses
 import gc
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -66,8 +65,9 @@ try:
 except ImportError:  # the torch variant is skipped
     torch = None
 
-import restartable
 from restartable import Checkpoint, bind_checkpoint_state
+
+from _common import log, log_run_head, log_table_header, log_to_stderr, run_meta
 
 N_ARRAYS = 4
 COMMIT_TARGET = 0.9  # restartable bandwidth / raw bandwidth, at least
@@ -97,13 +97,7 @@ STATE_TYPES = {"numpy": NumpyState, "torch": TorchState}
 # --------------------------------------------------------------------------- helpers
 
 
-def log(*args: Any) -> None:
-    print(*args, file=_human, flush=True)
-
-
-_human = sys.stdout  # becomes stderr with --json
-
-
+# A copy of restartable.store.files.fsync_dir on purpose: the baseline must not run the code under test.
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     try:
@@ -346,14 +340,11 @@ def verdict(ok: bool) -> str:
 
 
 def print_report(results: list[dict[str, Any]], meta: dict[str, Any]) -> None:
-    log()
-    log(f"restartable {meta['restartable']}  numpy {meta['numpy']}  torch {meta['torch']}  python {meta['python']}")
-    log(f"directory {meta['directory']} ({meta['filesystem']}), {meta['cpus']} CPUs, median of {meta['repeats']} runs")
+    log_run_head(meta, f", median of {meta['repeats']} runs")
     log(f"page cache for restore: {meta['cache_note']}")
     log()
     header = f"{'variant':<8} {'operation':<26} {'raw':>15} {'restartable':>17} {'ratio':>8}  target"
-    log(header)
-    log("-" * len(header))
+    log_table_header(header)
     for r in results:
         v = r["variant"]
         c = r["commit"]
@@ -387,21 +378,7 @@ def print_report(results: list[dict[str, Any]], meta: dict[str, Any]) -> None:
         )
 
 
-def filesystem_of(path: Path) -> str:
-    best, fstype = "", "?"
-    try:
-        with open("/proc/mounts") as fh:
-            for line in fh:
-                parts = line.split()
-                if len(parts) >= 3 and str(path).startswith(parts[1]) and len(parts[1]) > len(best):
-                    best, fstype = parts[1], f"{parts[2]} on {parts[0]}"
-    except OSError:
-        pass
-    return fstype
-
-
 def main(argv: list[str] | None = None) -> int:
-    global _human
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mb", type=float, default=256, help="total state size in MiB (4 float32 arrays); default 256")
     parser.add_argument("--repeats", type=int, default=9, help="timed runs of each measurement; default 9")
@@ -413,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print machine-readable results on stdout (the table goes to stderr)")
     args = parser.parse_args(argv)
     if args.json:
-        _human = sys.stderr
+        log_to_stderr()
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     for v in variants:
         if v not in STATE_TYPES:
@@ -431,13 +408,7 @@ def main(argv: list[str] | None = None) -> int:
         + (" (--warm-only)" if args.warm_only else "; dropping the cache is not permitted here")
     )
     meta = {
-        "restartable": restartable.__version__,
-        "numpy": np.__version__,
-        "torch": getattr(torch, "__version__", None),
-        "python": platform.python_version(),
-        "directory": str(root),
-        "filesystem": filesystem_of(root),
-        "cpus": os.cpu_count(),
+        **run_meta(root, torch=getattr(torch, "__version__", None)),
         "repeats": args.repeats,
         "size_mb": args.size_mb,
         "cache_note": cache_note,

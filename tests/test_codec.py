@@ -14,7 +14,6 @@ import enum
 import importlib.util
 import json
 import math
-import struct
 import sys
 import typing
 import uuid
@@ -37,72 +36,9 @@ from restartable import (
 from restartable.codec import decode, encode, schema_hash
 
 from conftest import run_python
+from support import NUMPY_INTEGER_EXTREMES, assert_same, tensor_bytes
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _float_bits(x: float) -> bytes:
-    return struct.pack("<d", x)
-
-
-def assert_same(actual: Any, expected: Any, path: str = "value") -> None:
-    """Exact, recursive equality: same types, bitwise-equal arrays, NaN equals NaN, -0.0 is not 0.0."""
-    assert type(actual) is type(expected), f"{path}: type {type(actual)!r} != {type(expected)!r}"
-    if isinstance(expected, float):
-        if math.isnan(expected):
-            assert math.isnan(actual), f"{path}: {actual!r} is not nan"
-        else:
-            assert _float_bits(actual) == _float_bits(expected), f"{path}: {actual!r} != {expected!r}"
-    elif isinstance(expected, (list, tuple)):
-        assert len(actual) == len(expected), f"{path}: length {len(actual)} != {len(expected)}"
-        for i, (a, e) in enumerate(zip(actual, expected)):
-            assert_same(a, e, f"{path}[{i}]")
-    elif isinstance(expected, dict):
-        assert [(type(k), k) for k in actual] == [(type(k), k) for k in expected], f"{path}: keys differ"
-        for k in expected:
-            assert_same(actual[k], expected[k], f"{path}[{k!r}]")
-    elif dataclasses.is_dataclass(expected):
-        for f in dataclasses.fields(expected):
-            assert_same(getattr(actual, f.name), getattr(expected, f.name), f"{path}.{f.name}")
-    elif isinstance(expected, (np.ndarray, np.generic)):
-        assert actual.dtype == expected.dtype, f"{path}: dtype {actual.dtype} != {expected.dtype}"
-        assert actual.dtype.str == expected.dtype.str, f"{path}: dtype {actual.dtype.str} != {expected.dtype.str}"
-        assert actual.shape == expected.shape, f"{path}: shape {actual.shape} != {expected.shape}"
-        if expected.dtype.names is not None:
-            # field by field: padding bytes of aligned structs carry no value
-            for field in expected.dtype.names:
-                assert_same(np.asarray(actual[field]), np.asarray(expected[field]), f"{path}[{field!r}]")
-        else:
-            assert actual.tobytes() == expected.tobytes(), f"{path}: bytes differ"
-    elif isinstance(expected, np.dtype):
-        assert actual == expected, f"{path}: {actual!r} != {expected!r}"
-        assert actual.str == expected.str and actual.shape == expected.shape, f"{path}: {actual!r} != {expected!r}"
-    elif isinstance(expected, torch.Tensor):
-        assert actual.dtype == expected.dtype, f"{path}: dtype {actual.dtype} != {expected.dtype}"
-        assert actual.shape == expected.shape, f"{path}: shape {actual.shape} != {expected.shape}"
-        assert actual.device == expected.device, f"{path}: device {actual.device} != {expected.device}"
-        assert actual.requires_grad == expected.requires_grad, f"{path}: requires_grad differs"
-        assert tensor_bytes(actual) == tensor_bytes(expected), f"{path}: tensor bytes differ"
-    elif isinstance(expected, dt.datetime):
-        assert actual.replace(tzinfo=None) == expected.replace(tzinfo=None), f"{path}: {actual!r} != {expected!r}"
-        assert actual.fold == expected.fold, f"{path}: fold {actual.fold} != {expected.fold}"
-        assert type(actual.tzinfo) is type(expected.tzinfo), f"{path}: tzinfo {actual.tzinfo!r} != {expected.tzinfo!r}"
-        assert actual.utcoffset() == expected.utcoffset(), f"{path}: utcoffset differs"
-        assert actual.tzname() == expected.tzname(), f"{path}: tzname {actual.tzname()!r} != {expected.tzname()!r}"
-    elif isinstance(expected, dt.time):
-        assert actual == expected and actual.fold == expected.fold, f"{path}: {actual!r} != {expected!r}"
-    else:
-        assert actual == expected, f"{path}: {actual!r} != {expected!r}"
-
-
-def tensor_bytes(t: torch.Tensor) -> bytes:
-    t = t.detach().resolve_conj().resolve_neg()
-    if t.numel() == 0:
-        return b""
-    # A fresh buffer with unit stride (contiguous() keeps odd strides of size-1 dims).
-    flat = torch.empty(t.numel(), dtype=t.dtype)
-    flat.copy_(t.reshape(-1))
-    return flat.view(torch.uint8).numpy().tobytes()
 
 
 def _via_memory(document: Any) -> Any:
@@ -120,6 +56,19 @@ VIAS = [pytest.param(_via_memory, id="memory"), pytest.param(_via_json, id="json
 def roundtrip(value: Any, via: Any = _via_json, **kwargs: Any) -> Any:
     enc = encode(value, **kwargs)
     return decode(via(enc.document), enc.payloads.__getitem__)
+
+
+def assert_roundtrips_exactly(value: Any, via: Any) -> None:
+    assert_same(roundtrip(value, via), value)
+
+
+def each_sample_via(samples: dict[str, Any]) -> Any:
+    """Parametrize a test by ``name`` (each key of ``samples``) and by ``via`` (VIAS): ids ``<name>-<via>``."""
+
+    def parametrize(test: Any) -> Any:
+        return pytest.mark.parametrize("via", VIAS)(pytest.mark.parametrize("name", list(samples))(test))
+
+    return parametrize
 
 
 # --------------------------------------------------------------------------- dataclasses
@@ -225,11 +174,9 @@ SCALARS = {
 }
 
 
-@pytest.mark.parametrize("via", VIAS)
-@pytest.mark.parametrize("name", list(SCALARS))
+@each_sample_via(SCALARS)
 def test_python_scalars_roundtrip_exactly(name: str, via: Any) -> None:
-    value = SCALARS[name]
-    assert_same(roundtrip(value, via), value)
+    assert_roundtrips_exactly(SCALARS[name], via)
 
 
 @pytest.mark.parametrize("via", VIAS)
@@ -261,11 +208,9 @@ CONTAINERS = {
 }
 
 
-@pytest.mark.parametrize("via", VIAS)
-@pytest.mark.parametrize("name", list(CONTAINERS))
+@each_sample_via(CONTAINERS)
 def test_containers_roundtrip_exactly(name: str, via: Any) -> None:
-    value = CONTAINERS[name]
-    assert_same(roundtrip(value, via), value)
+    assert_roundtrips_exactly(CONTAINERS[name], via)
 
 
 @pytest.mark.parametrize("via", VIAS)
@@ -393,8 +338,7 @@ DATETIMES = {
 }
 
 
-@pytest.mark.parametrize("via", VIAS)
-@pytest.mark.parametrize("name", list(DATETIMES))
+@each_sample_via(DATETIMES)
 def test_datetimes_roundtrip_exactly(name: str, via: Any) -> None:
     value = DATETIMES[name]
     out = roundtrip(value, via)
@@ -432,11 +376,9 @@ OTHER_TIMES = {
 }
 
 
-@pytest.mark.parametrize("via", VIAS)
-@pytest.mark.parametrize("name", list(OTHER_TIMES))
+@each_sample_via(OTHER_TIMES)
 def test_dates_times_timedeltas_roundtrip_exactly(name: str, via: Any) -> None:
-    value = OTHER_TIMES[name]
-    assert_same(roundtrip(value, via), value)
+    assert_roundtrips_exactly(OTHER_TIMES[name], via)
 
 
 # --------------------------------------------------------------------------- numpy
@@ -453,14 +395,7 @@ NUMPY_SCALARS = {
     "complex64": np.complex64(1.5 - 2j),
     "complex128": np.complex128(complex(math.inf, math.nan)),
     "clongdouble": np.clongdouble(1) / np.clongdouble(3j),
-    "int8": np.int8(-128),
-    "int16": np.int16(-32768),
-    "int32": np.int32(2**31 - 1),
-    "int64": np.int64(-(2**63)),
-    "uint8": np.uint8(255),
-    "uint16": np.uint16(65535),
-    "uint32": np.uint32(2**32 - 1),
-    "uint64": np.uint64(2**64 - 1),
+    **NUMPY_INTEGER_EXTREMES,
     "bool_true": np.bool_(True),
     "bool_false": np.bool_(False),
     "datetime64_ns": np.datetime64("2020-01-01T00:00:00.123456789", "ns"),
@@ -479,8 +414,7 @@ NUMPY_SCALARS = {
 }
 
 
-@pytest.mark.parametrize("via", VIAS)
-@pytest.mark.parametrize("name", list(NUMPY_SCALARS))
+@each_sample_via(NUMPY_SCALARS)
 def test_numpy_scalars_roundtrip_bitwise(name: str, via: Any) -> None:
     value = NUMPY_SCALARS[name]
     out = roundtrip(value, via)
@@ -510,8 +444,7 @@ NUMPY_DTYPES = {
 }
 
 
-@pytest.mark.parametrize("via", VIAS)
-@pytest.mark.parametrize("name", list(NUMPY_DTYPES))
+@each_sample_via(NUMPY_DTYPES)
 def test_numpy_dtypes_roundtrip(name: str, via: Any) -> None:
     value = NUMPY_DTYPES[name]
     out = roundtrip(value, via)

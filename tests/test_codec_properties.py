@@ -7,7 +7,6 @@ import dataclasses
 import json
 import math
 import shutil
-import struct
 import tempfile
 from typing import Any
 
@@ -21,55 +20,9 @@ from hypothesis.extra import numpy as hnp
 from restartable import Checkpoint, CheckpointSerializationError, bind_checkpoint_state
 from restartable.codec import decode, encode
 
+from support import assert_same
+
 # --------------------------------------------------------------------------- exact equality
-
-
-def tensor_bytes(t: torch.Tensor) -> bytes:
-    t = t.detach().resolve_conj().resolve_neg()
-    if t.numel() == 0:
-        return b""
-    # A fresh buffer with unit stride (contiguous() keeps odd strides of size-1 dims).
-    flat = torch.empty(t.numel(), dtype=t.dtype)
-    flat.copy_(t.reshape(-1))
-    return flat.view(torch.uint8).numpy().tobytes()
-
-
-def assert_same(actual: Any, expected: Any, path: str = "value") -> None:
-    """Exact, recursive equality: same types, bitwise-equal arrays, NaN equals NaN, -0.0 is not 0.0."""
-    assert type(actual) is type(expected), f"{path}: type {type(actual)!r} != {type(expected)!r}"
-    if isinstance(expected, float):
-        if math.isnan(expected):
-            assert math.isnan(actual), f"{path}: {actual!r} is not nan"
-        else:
-            assert struct.pack("<d", actual) == struct.pack("<d", expected), f"{path}: {actual!r} != {expected!r}"
-    elif isinstance(expected, (list, tuple)):
-        assert len(actual) == len(expected), f"{path}: length {len(actual)} != {len(expected)}"
-        for i, (a, e) in enumerate(zip(actual, expected)):
-            assert_same(a, e, f"{path}[{i}]")
-    elif isinstance(expected, dict):
-        assert [(type(k), k) for k in actual] == [(type(k), k) for k in expected], f"{path}: keys differ"
-        for k in expected:
-            assert_same(actual[k], expected[k], f"{path}[{k!r}]")
-    elif dataclasses.is_dataclass(expected):
-        for f in dataclasses.fields(expected):
-            assert_same(getattr(actual, f.name), getattr(expected, f.name), f"{path}.{f.name}")
-    elif isinstance(expected, (np.ndarray, np.generic)):
-        assert actual.dtype == expected.dtype, f"{path}: dtype {actual.dtype} != {expected.dtype}"
-        assert actual.dtype.str == expected.dtype.str, f"{path}: dtype {actual.dtype.str} != {expected.dtype.str}"
-        assert actual.shape == expected.shape, f"{path}: shape {actual.shape} != {expected.shape}"
-        if expected.dtype.names is not None:
-            for field in expected.dtype.names:
-                assert_same(np.asarray(actual[field]), np.asarray(expected[field]), f"{path}[{field!r}]")
-        else:
-            assert actual.tobytes() == expected.tobytes(), f"{path}: bytes differ"
-    elif isinstance(expected, torch.Tensor):
-        assert actual.dtype == expected.dtype, f"{path}: dtype {actual.dtype} != {expected.dtype}"
-        assert actual.shape == expected.shape, f"{path}: shape {actual.shape} != {expected.shape}"
-        assert actual.device == expected.device, f"{path}: device {actual.device} != {expected.device}"
-        assert actual.requires_grad == expected.requires_grad, f"{path}: requires_grad differs"
-        assert tensor_bytes(actual) == tensor_bytes(expected), f"{path}: tensor bytes differ"
-    else:
-        assert actual == expected, f"{path}: {actual!r} != {expected!r}"
 
 
 def test_assert_same_is_strict() -> None:

@@ -25,6 +25,7 @@ from restartable import (
 )
 
 from conftest import run_python
+from support import TESTS_DIR
 
 # --------------------------------------------------------------------------- shared module
 
@@ -43,6 +44,8 @@ TYPES_SOURCE = textwrap.dedent(
 
     import numpy as np
     import torch
+
+    from support import NUMPY_INTEGER_EXTREMES, tensor_bytes
 
     STRUCT = np.dtype([("a", "<i4"), ("b", ">f8"), ("c", "S3"), ("d", [("e", ">u2"), ("f", "?")], (2,))])
 
@@ -147,14 +150,7 @@ TYPES_SOURCE = textwrap.dedent(
                 "longdouble": np.longdouble(1) / np.longdouble(3),
                 "complex64": np.complex64(1.5 - 2j),
                 "complex128": np.complex128(complex(math.inf, math.nan)),
-                "int8": np.int8(-128),
-                "int16": np.int16(-32768),
-                "int32": np.int32(2**31 - 1),
-                "int64": np.int64(-(2**63)),
-                "uint8": np.uint8(255),
-                "uint16": np.uint16(65535),
-                "uint32": np.uint32(2**32 - 1),
-                "uint64": np.uint64(2**64 - 1),
+                **NUMPY_INTEGER_EXTREMES,
                 "bool": np.bool_(True),
                 "datetime64": np.datetime64("2020-01-01T00:00:00.123456789", "ns"),
                 "nat": np.datetime64("NaT"),
@@ -211,15 +207,6 @@ TYPES_SOURCE = textwrap.dedent(
         return f"{type(value).__module__}.{type(value).__qualname__}"
 
 
-    def _tensor_hex(t):
-        t = t.detach().resolve_conj().resolve_neg()
-        if t.numel() == 0:
-            return ""
-        flat = torch.empty(t.numel(), dtype=t.dtype)
-        flat.copy_(t.reshape(-1))
-        return flat.view(torch.uint8).numpy().tobytes().hex()
-
-
     def describe(value):
         """Canonical, JSON-compatible description: type names and exact bytes."""
         t = type(value)
@@ -251,7 +238,7 @@ TYPES_SOURCE = textwrap.dedent(
         if isinstance(value, np.dtype):
             return [_name(value), value.str, repr(value), value.itemsize]
         if isinstance(value, torch.Tensor):
-            return [_name(value), str(value.dtype), list(value.shape), value.requires_grad, str(value.device), _tensor_hex(value)]
+            return [_name(value), str(value.dtype), list(value.shape), value.requires_grad, str(value.device), tensor_bytes(value).hex()]
         if t in (torch.device, torch.dtype):
             return [_name(value), str(value)]
         if t is torch.Size:
@@ -302,15 +289,20 @@ READER = textwrap.dedent(
 )
 
 
+def _prepend_pythonpath(monkeypatch: pytest.MonkeyPatch, *directories: Path) -> None:
+    """Put ``directories`` first on PYTHONPATH of every subprocess started by ``run_python``."""
+    parts = [str(d) for d in directories] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(parts))
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+
+
 @pytest.fixture
 def shared_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A module directory on PYTHONPATH of every subprocess started by ``run_python``."""
     directory = tmp_path / "modules"
     directory.mkdir()
     (directory / f"{TYPES_MODULE}.py").write_text(TYPES_SOURCE, encoding="utf-8")
-    parts = [str(directory)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(parts))
-    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    _prepend_pythonpath(monkeypatch, directory, TESTS_DIR)  # the shared module imports ``support``
     return directory
 
 
@@ -448,9 +440,7 @@ def small_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     directory.mkdir()
     path = directory / f"{SMALL_MODULE}.py"
     path.write_text(SMALL_V1, encoding="utf-8")
-    parts = [str(directory)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(parts))
-    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    _prepend_pythonpath(monkeypatch, directory)
     return path
 
 
