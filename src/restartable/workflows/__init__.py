@@ -98,26 +98,37 @@ def deterministic(
     """
     with open_session(checkpoint) as session, graceful_stop() as stop:
         prognostic, x, coords, input_coords, time = _prepare(time, prognostic, data, device)
-        check_plan(session, _plan("deterministic", time, nsteps))
         out = prognostic.output_coords(input_coords)
-        leads = lead_times(out["lead_time"], nsteps)
-        total, variables = io_coords(out, OrderedDict(time=time), leads, output_coords)
-        io.add_array(total, list(variables))
-        done = _completed_lead(session)
-        start = 0 if done is None else int(np.searchsorted(leads, done, side="right"))
-        with progress(len(leads), "deterministic", verbose, initial=start) as bar:
-            rollout(
-                prognostic.create_iterator(x, coords),
-                leads[-1],
-                done,
-                io_writer(io, output_coords),
-                session,
-                stop,
-                bar,
-                {"workflow": _plan("deterministic", time, nsteps)},
-            )
-        session.flush()
+        _single_rollout("deterministic", time, nsteps, session, stop, prognostic, x, coords, io, out, io_writer(io, output_coords), output_coords, verbose)
     return io
+
+
+def _single_rollout(
+    name: str,
+    time: np.ndarray,
+    nsteps: int,
+    session: Any,
+    stop: Any,
+    prognostic: Any,
+    x: Any,
+    coords: OrderedDict,
+    io: Any,
+    layout: OrderedDict,
+    write: Any,
+    output_coords: dict[str, np.ndarray],
+    verbose: bool,
+) -> None:
+    """One rollout into ``io``, resumed after the session's last completed lead time."""
+    plan = _plan(name, time, nsteps)
+    check_plan(session, plan)
+    leads = lead_times(prognostic.output_coords(prognostic.input_coords())["lead_time"], nsteps)
+    total, variables = io_coords(layout, OrderedDict(time=time), leads, output_coords)
+    io.add_array(total, list(variables))
+    done = _completed_lead(session)
+    start = 0 if done is None else int(np.searchsorted(leads, done, side="right"))
+    with progress(len(leads), name, verbose, initial=start) as bar:
+        rollout(prognostic.create_iterator(x, coords), leads[-1], done, write, session, stop, bar, {"workflow": plan})
+    session.flush()
 
 
 def diagnostic(
@@ -136,13 +147,6 @@ def diagnostic(
     with open_session(checkpoint) as session, graceful_stop() as stop:
         prognostic, x, coords, input_coords, time = _prepare(time, prognostic, data, device)
         diagnostic = to_device(diagnostic, x.device)
-        plan = _plan("diagnostic", time, nsteps)
-        check_plan(session, plan)
-        out = prognostic.output_coords(input_coords)
-        leads = lead_times(out["lead_time"], nsteps)
-        diag_out = diagnostic.output_coords(out)
-        total, variables = io_coords(diag_out, OrderedDict(time=time), leads, output_coords)
-        io.add_array(total, list(variables))
         write = io_writer(io, output_coords)
         diag_in = diagnostic.input_coords()
 
@@ -155,11 +159,8 @@ def diagnostic(
             coords_out["lead_time"] = coords["lead_time"]
             write(y, coords_out)
 
-        done = _completed_lead(session)
-        start = 0 if done is None else int(np.searchsorted(leads, done, side="right"))
-        with progress(len(leads), "diagnostic", verbose, initial=start) as bar:
-            rollout(prognostic.create_iterator(x, coords), leads[-1], done, write_diagnostic, session, stop, bar, {"workflow": plan})
-        session.flush()
+        layout = diagnostic.output_coords(prognostic.output_coords(input_coords))
+        _single_rollout("diagnostic", time, nsteps, session, stop, prognostic, x, coords, io, layout, write_diagnostic, output_coords, verbose)
     return io
 
 
