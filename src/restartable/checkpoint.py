@@ -562,7 +562,15 @@ def _display(value: Any) -> str:
 
 def entries_table(entries: tuple[CheckpointEntry, ...] | list[CheckpointEntry]) -> list[list[str]]:
     """Rows of the catalog table shown by ``print(checkpoint)`` and ``restartable ls``."""
-    keys = sorted({key for entry in entries for key in entry.metadata if key != "lead_time"})
+    # Structured values (a workflow's plan) do not fit a table cell; `restartable show` prints them.
+    keys = sorted(
+        {
+            key
+            for entry in entries
+            for key, value in entry.metadata.items()
+            if key != "lead_time" and not isinstance(value, (dict, list, tuple))
+        }
+    )
     header = ["row", "sequence", "lead_time", *keys, "write_count", "states", "saved_at"]
     table = [header]
     for index, entry in enumerate(entries):

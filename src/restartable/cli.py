@@ -1,8 +1,9 @@
-"""Command-line interface: ``restartable ls | show | verify | gc``.
+"""Command-line interface: ``restartable ls | show | verify | gc | demo``.
 
-Exit codes: 0 success; 1 damage found (``verify``); 2 usage error or a path
-that is not a checkpoint; 3 the checkpoint is locked by a running writer
-(``gc``). Every command takes ``--json`` for scripts.
+Exit codes: 0 success; 1 damage found (``verify``) or outputs that differ
+(``demo``); 2 usage error or a path that is not a checkpoint; 3 the
+checkpoint is locked by a running writer (``gc``). Every command takes
+``--json`` for scripts.
 """
 
 from __future__ import annotations
@@ -220,6 +221,17 @@ def build_parser() -> argparse.ArgumentParser:
     gc = add("gc", "Remove leftovers of interrupted commits and files no manifest references.")
     gc.add_argument("-n", "--dry-run", action="store_true", help="list what would be removed, remove nothing")
     gc.set_defaults(func=cmd_gc)
+    # The demo takes no PATH, so it is not made with add(). Its module imports
+    # only numpy here; torch, xarray and zarr are imported when it runs.
+    from . import demo
+
+    demo_parser = sub.add_parser(
+        "demo",
+        help="Kill an ensemble forecast with SIGKILL, resume it, and check it bit for bit against an uninterrupted run.",
+        description=demo.DESCRIPTION,
+        epilog=demo.EPILOG,
+    )
+    demo.add_arguments(demo_parser).set_defaults(func=demo.run_from_args)
     return parser
 
 
