@@ -768,7 +768,16 @@ class CheckpointSession:
         """
         if not (self._dirty or metadata):
             return None
+        if not self._dirty and self._entry is not None and self._unchanged(metadata):
+            return None  # the committed row already says exactly this
         return self._commit_now(metadata, pin=False)
+
+    def _unchanged(self, metadata: dict[str, Any]) -> bool:
+        committed = self._entry.metadata if self._entry is not None else {}
+        try:
+            return all(key in committed and bool(committed[key] == value) for key, value in self._normalize(metadata).items())
+        except (TypeError, ValueError):  # values such as arrays have no single truth value
+            return False
 
     def pin(self, **metadata: Any) -> CheckpointEntry:
         """Commit now, and keep this row until a newer row is pinned.
