@@ -48,6 +48,7 @@ from .state import (
     unwrap,
 )
 from .store import Row, RowWriter, Snapshot, scan_rows
+from .store.background import BackgroundPersist, HostBufferPool
 
 __all__ = [
     "Checkpoint",
@@ -241,6 +242,14 @@ class Checkpoint:
         row instead of writing them again. Faster for slowly changing state,
         but linked rows share one file: damage to it damages all of them, so
         falling back to an older row no longer helps. Off by default.
+    async_commit:
+        Persist rows on a background thread: ``write()`` and ``flush(wait=False)``
+        block only for the snapshot (state copied into reusable host buffers,
+        metadata encoded). One persist is in flight at a time; ``flush()``,
+        leaving the session, :meth:`close` and interpreter exit wait for it.
+        A background failure is raised as :class:`CheckpointWriteError` at the
+        next call into the checkpoint, never swallowed. Peak memory: up to
+        two extra copies of the state (one persisting, one being taken).
 
     Examples
     --------
@@ -268,6 +277,7 @@ class Checkpoint:
         *,
         durable: bool = True,
         link_unchanged: bool = False,
+        async_commit: bool = False,
     ) -> None:
         _validate(name, mode, flush_interval, history_size, level)
         if rank is None or world_size is None:
@@ -289,6 +299,9 @@ class Checkpoint:
         self._device = device
         self.durable = durable
         self.link_unchanged = link_unchanged
+        self.async_commit = bool(async_commit)
+        self._background = BackgroundPersist(str(self.rank_path)) if self.async_commit else None
+        self._buffers = HostBufferPool()
         self._writer: RowWriter | None = None
         self._writer_users = 0
         self._finalizer: weakref.finalize | None = None
@@ -333,6 +346,7 @@ class Checkpoint:
         Rows whose manifest is missing or damaged, or whose files have the
         wrong size, are left out with a :class:`CheckpointFallbackWarning`.
         """
+        self._settle()
         scan = scan_rows(self.rank_path)
         entries, rows = [], {}
         for row in scan.rows:
@@ -456,7 +470,13 @@ class Checkpoint:
             self._context_sessions.pop().__exit__(*exc_info)
 
     def close(self) -> None:
-        """Release the writer lock if a session left it held."""
+        """Wait for a background commit in flight, then release the writer lock."""
+        try:
+            self._settle()
+        finally:
+            self._release_all()
+
+    def _release_all(self) -> None:
         self._writer_users = 0
         if self._finalizer is not None:
             self._finalizer.detach()
@@ -482,21 +502,43 @@ class Checkpoint:
     def _release_writer(self) -> None:
         self._writer_users = max(0, self._writer_users - 1)
         if self._writer_users == 0:
-            self.close()
+            self._release_all()
 
-    def _commit(self, session: CheckpointSession, metadata: dict[str, Any], pin: bool = False) -> tuple[CheckpointEntry, Row]:
-        snapshot = self._snapshot(session, metadata)
+    def _settle(self) -> None:
+        """Wait for a background commit in flight and raise its failure, if any."""
+        if self._background is not None:
+            self._background.wait()
+
+    def _commit(self, session: CheckpointSession, metadata: dict[str, Any], pin: bool = False) -> None:
+        """Snapshot now; persist now, or in the background with ``async_commit``.
+
+        ``session._committed(entry, row)`` is called once the row is durable.
+        """
+        self._settle()
+        background = self._background
+        snapshot = self._snapshot(session, metadata, copy=self._buffers.copy if background is not None else False)
         snapshot.pin = pin
         writer = self._acquire_writer()
-        try:
-            row = writer.persist(snapshot)
-        finally:
+        if background is None:
+            try:
+                row = writer.persist(snapshot)
+            finally:
+                self._release_writer()
+            self._published(session, row)
+            return
+
+        def cleanup() -> None:
+            self._buffers.release(snapshot.payloads)
             self._release_writer()
+
+        background.submit(lambda: writer.persist(snapshot), lambda row: self._published(session, row), cleanup)
+
+    def _published(self, session: CheckpointSession, row: Row) -> None:
         entry = _entry_from_row(row)
         self._rows[entry.commit_id] = row
-        return entry, row
+        session._committed(entry, row)
 
-    def _snapshot(self, session: CheckpointSession, metadata: dict[str, Any], copy: bool = False) -> Snapshot:
+    def _snapshot(self, session: CheckpointSession, metadata: dict[str, Any], copy: Any = False) -> Snapshot:
         """Encode metadata and bound states (the caller-thread half of a commit)."""
         values: list[tuple[Any, str]] = [(metadata, "metadata")]
         records = []
@@ -679,6 +721,7 @@ class CheckpointSession:
 
     def bind(self, state: Any) -> CheckpointState[Any]:
         """Bind a dataclass (or proxy) to this session, restoring it from the row."""
+        self.checkpoint._settle()
         proxy = state if isinstance(state, CheckpointState) else CheckpointState(state)
         instance = proxy.checkpoint_dataclass
         sid = state_id(instance)
@@ -754,23 +797,26 @@ class CheckpointSession:
         interval = self.checkpoint.flush_interval
         if interval is not None and self.write_count % interval == 0:
             try:
-                return self.flush()
+                return self.flush(wait=False)
             except BaseException:
                 # A failed boundary is not recorded: a retry starts clean.
                 self.write_count, self._metadata, self._dirty = before
                 raise
         return None
 
-    def flush(self, **metadata: Any) -> CheckpointEntry | None:
+    def flush(self, wait: bool = True, **metadata: Any) -> CheckpointEntry | None:
         """Commit the pending writes (and ``metadata``) now.
 
         Returns the committed entry, or ``None`` when nothing is pending.
+        With ``async_commit``, ``wait=False`` returns ``None`` as soon as the
+        snapshot is taken; ``wait=True`` returns once the row is durable.
         """
+        self.checkpoint._settle()
         if not (self._dirty or metadata):
             return None
         if not self._dirty and self._entry is not None and self._unchanged(metadata):
             return None  # the committed row already says exactly this
-        return self._commit_now(metadata, pin=False)
+        return self._commit_now(metadata, pin=False, wait=wait)
 
     def _unchanged(self, metadata: dict[str, Any]) -> bool:
         committed = self._entry.metadata if self._entry is not None else {}
@@ -787,7 +833,7 @@ class CheckpointSession:
         batch): the row survives ``mode="overwrite"`` and ``history_size``
         until the next pin, so :meth:`rewind` can return to it.
         """
-        return self._commit_now(metadata, pin=True)
+        return self._commit_now(metadata, pin=True, wait=True)
 
     def rewind(self, commit_id: str) -> None:
         """Restore every bound state from row ``commit_id`` of this catalog.
@@ -812,16 +858,21 @@ class CheckpointSession:
             loaded = source._restore(sid, proxy.checkpoint_dataclass)
             object.__setattr__(proxy, "_state_loaded", loaded or proxy.checkpoint_state_loaded)
 
-    def _commit_now(self, metadata: dict[str, Any], pin: bool) -> CheckpointEntry:
+    def _commit_now(self, metadata: dict[str, Any], pin: bool, wait: bool) -> CheckpointEntry | None:
         pending = {**self._metadata, **self._normalize(metadata)}
-        entry, row = self.checkpoint._commit(self, pending, pin=pin)
+        self.checkpoint._commit(self, pending, pin=pin)
         self._metadata = pending
+        self._dirty = False
+        if not wait and self.checkpoint.async_commit:
+            return None
+        self.checkpoint._settle()
+        return self._entry
+
+    def _committed(self, entry: CheckpointEntry, row: Row) -> None:
         # The session now stands for the new row: a component that binds
         # from here on restores what was just committed, read back verified.
         self._entry, self._row, self._payloads = entry, row, row.read_payload
         self._saved_states = {record["id"]: record for record in row.body["states"]}
-        self._dirty = False
-        return entry
 
     @staticmethod
     def _normalize(metadata: dict[str, Any]) -> dict[str, Any]:
@@ -838,11 +889,17 @@ class CheckpointSession:
         try:
             self._adopt_pending()
         except BaseException:
-            self.__exit__(None, None, None)
+            self._leave()
             raise
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
+        try:
+            self.checkpoint._settle()  # the row in flight is durable before the lock goes
+        finally:
+            self._leave()
+
+    def _leave(self) -> None:
         if self._tokens:
             ACTIVE_SESSION.reset(self._tokens.pop())
         if not self._tokens:
@@ -893,7 +950,7 @@ class NullCheckpoint:
     def write(self, **metadata: Any) -> None:
         return None
 
-    def flush(self, **metadata: Any) -> None:
+    def flush(self, wait: bool = True, **metadata: Any) -> None:
         return None
 
     def pin(self, **metadata: Any) -> None:

@@ -222,8 +222,11 @@ def _fmt_key(key: Any) -> str:
 
 
 class _Encoder:
-    def __init__(self, copy: bool) -> None:
-        self.copy = copy
+    def __init__(self, copy: bool | Callable[[np.ndarray], np.ndarray]) -> None:
+        if copy is True:
+            self.copy_array: Callable[[np.ndarray], np.ndarray] | None = _private_copy
+        else:
+            self.copy_array = copy or None
         self.payloads: list[np.ndarray] = []
 
     def fail(self, path: str, value: Any, why: str = "") -> CheckpointSerializationError:
@@ -237,8 +240,8 @@ class _Encoder:
         )
 
     def add_payload(self, array: np.ndarray) -> int:
-        if self.copy:
-            array = np.array(array, copy=True, order="K")
+        if self.copy_array is not None:
+            array = self.copy_array(array)
         self.payloads.append(array)
         return len(self.payloads) - 1
 
@@ -365,7 +368,7 @@ class _Encoder:
             tensor = tensor.cpu()  # already a private copy
             copy_needed = False
         else:
-            copy_needed = self.copy
+            copy_needed = self.copy_array is not None
         tensor = tensor.resolve_conj().resolve_neg()
         doc: dict[str, Any] = {TAG: "tensor", "dtype": str(tensor.dtype).removeprefix("torch.")}
         try:
@@ -378,13 +381,17 @@ class _Encoder:
         if value.requires_grad:
             doc["requires_grad"] = True
         if copy_needed:
-            array = np.array(array, copy=True, order="K")
+            array = self.copy_array(array)  # type: ignore[misc]
         self.payloads.append(array)
         doc["i"] = len(self.payloads) - 1
         return doc
 
 
-def encode(value: Any, root: str = "value", *, copy: bool = False) -> Encoded:
+def _private_copy(array: np.ndarray) -> np.ndarray:
+    return np.array(array, copy=True, order="K")
+
+
+def encode(value: Any, root: str = "value", *, copy: bool | Callable[[np.ndarray], np.ndarray] = False) -> Encoded:
     """Encode ``value`` without pickle.
 
     Parameters
@@ -397,7 +404,8 @@ def encode(value: Any, root: str = "value", *, copy: bool = False) -> Encoded:
     copy:
         Copy arrays and CPU tensors so that the caller may mutate them right
         after this returns (the *snapshot* half of a commit). Without it,
-        payloads may share memory with the caller's values.
+        payloads may share memory with the caller's values. A callable is
+        used to make each copy (for example from a pool of reused buffers).
 
     Raises
     ------

@@ -41,7 +41,7 @@ class GaussianPerturbation:
     def __call__(self, x: torch.Tensor, coords: OrderedDict[str, np.ndarray]) -> tuple[torch.Tensor, OrderedDict[str, np.ndarray]]:
         state = self.checkpoint
         if state.rng_state is not None:
-            self.generator.set_state(state.rng_state)
+            self.generator.set_state(state.rng_state.cpu())  # restored tensors may live on the checkpoint device
         noise = torch.randn(x.shape, generator=self.generator, dtype=x.dtype)
         state.rng_state = self.generator.get_state()
         return x + self.std * noise.to(x.device), coords
