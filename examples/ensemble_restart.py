@@ -38,50 +38,17 @@ Run::
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import signal
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
-
 from restartable import Checkpoint
-from restartable.components import GaussianPerturbation, Lorenz96, SyntheticData, ZarrIO
+from restartable.components import GaussianPerturbation, Lorenz96, SyntheticData
 from restartable.workflows import ensemble
 
-START = ["2024-01-01T00:00"]
+import _harness  # the kill-and-resume harness shared by the examples, next to this script
+from _harness import START, KillingZarrIO, hours, say, span
 
-
-def hours(lead_time: object) -> str:
-    return "-" if lead_time is None else f"{np.timedelta64(lead_time) / np.timedelta64(1, 'h'):g}h"
-
-
-def span(members: object) -> str:
-    members = np.asarray(members)
-    first, last = int(members.min()), int(members.max())
-    return f"member {first}" if first == last else f"members {first}-{last}"
-
-
-class KillingZarrIO(ZarrIO):
-    """A :class:`ZarrIO` whose process dies by SIGKILL after its ``kill_after``-th write."""
-
-    def __init__(self, path: str | Path, kill_after: int | None = None) -> None:
-        super().__init__(path)
-        self.kill_after = kill_after
-        self.writes = 0
-
-    def write(self, x, coords, array_name) -> None:  # noqa: ANN001 - ZarrIO's signature
-        super().write(x, coords, array_name)
-        self.writes += 1
-        if self.kill_after is not None and self.writes == self.kill_after:
-            lead = hours(np.asarray(coords["lead_time"]).reshape(-1)[-1])
-            print(f"  [child {os.getpid()}] wrote {span(coords['ensemble'])} at lead time {lead}, "
-                  "killing this process with SIGKILL", flush=True)  # fmt: skip
-            os.kill(os.getpid(), signal.SIGKILL)
+NAME = "ensemble-example"
 
 
 def forecast(args: argparse.Namespace, store: Path, checkpoint_dir: Path | None = None, kill_after: int | None = None) -> None:
@@ -93,9 +60,7 @@ def forecast(args: argparse.Namespace, store: Path, checkpoint_dir: Path | None 
         noise = GaussianPerturbation(std=args.std, seed=args.seed)
         ensemble(START, args.nsteps, args.nensemble, model, data, io, noise, batch_size=args.batch_size, device="cpu", verbose=args.progress)
         return
-    checkpoint = Checkpoint(
-        "ensemble-example", path=checkpoint_dir, mode=args.mode, flush_interval=args.flush_interval, level=args.level
-    )
+    checkpoint = Checkpoint(NAME, path=checkpoint_dir, mode=args.mode, flush_interval=args.flush_interval, level=args.level)
     with checkpoint as session:
         # Restart-aware components are constructed inside the session, so that
         # their bound state is restored before they use it.
@@ -114,113 +79,32 @@ def forecast(args: argparse.Namespace, store: Path, checkpoint_dir: Path | None 
                 where = "no model state at this level: the batch is rerun from its pinned start row"
             if session.lead_time is not None:
                 where = f"next batch committed up to lead time {hours(session.lead_time)}; {where}"
-            print(f"  [child {os.getpid()}] resuming: {done} member(s) complete, {where}", flush=True)
+            say(f"resuming: {done} member(s) complete, {where}")
         ensemble(START, args.nsteps, args.nensemble, model, data, io, noise, batch_size=args.batch_size,
                  device="cpu", verbose=args.progress, checkpoint=session)  # fmt: skip
-        print(f"  [child {os.getpid()}] made {io.writes} IO write(s) (one per member batch and lead time)", flush=True)
-
-
-def compare(reference: Path, restarted: Path) -> bool:
-    """Every array of ``reference`` (data and coordinates) bitwise equal in ``restarted``."""
-    import zarr
-
-    a, b = zarr.open_group(str(reference), mode="r"), zarr.open_group(str(restarted), mode="r")
-    same = sorted(a.array_keys()) == sorted(b.array_keys())
-    for name in sorted(a.array_keys()):
-        x = a[name][...]
-        y = b[name][...] if name in b else None
-        equal = y is not None and x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes()
-        unwritten = int(np.isnan(x).sum()) if x.dtype.kind == "f" else 0
-        note = f", {unwritten} unwritten (NaN) values" if unwritten else ""
-        print(f"  {name:<10} {str(x.shape):<22} {'identical' if equal else 'DIFFERENT'}{note}")
-        same = same and equal and not unwritten
-    return same
-
-
-def child(args: argparse.Namespace, step: str) -> int:
-    """Run this script's ``--child`` mode in a fresh process; returns its exit status."""
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", step, *args.forward]
-    return subprocess.run(cmd, check=False).returncode
+        say(f"made {io.writes} IO write(s) (one per member batch and lead time)")
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nensemble", type=int, default=6, help="ensemble members (default 6)")
     parser.add_argument("--batch-size", type=int, default=2, help="members per batch (default 2)")
-    parser.add_argument("--nsteps", type=int, default=12, help="6-hour steps of the forecast (default 12)")
-    parser.add_argument("--nlat", type=int, default=32, help="latitudes of the grid (default 32)")
-    parser.add_argument("--nlon", type=int, default=64, help="longitudes of the grid (default 64)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the initial condition and of the perturbation")
+    _harness.add_forecast_options(parser, nsteps=12, seed_help="seed of the initial condition and of the perturbation")
     parser.add_argument("--std", type=float, default=0.5, help="standard deviation of the perturbation (default 0.5)")
-    parser.add_argument("--level", type=int, choices=(0, 1, 2), default=2, help="checkpoint level (default 2)")
-    parser.add_argument("--flush-interval", type=int, default=1, help="IO writes per durable commit (default 1)")
-    parser.add_argument("--mode", choices=("overwrite", "append"), default="overwrite")
-    parser.add_argument("--kill-after", type=int, default=None, help="IO writes before the SIGKILL (default: about 60%% of the run)")
-    parser.add_argument("--dir", default=None, help="where to write (default: a new temporary directory)")
-    parser.add_argument("--keep", action="store_true", help="keep the stores and the checkpoint")
-    parser.add_argument("--progress", action="store_true", help="show the workflow's progress bars")
-    parser.add_argument("--child", choices=("crash", "resume"), help=argparse.SUPPRESS)
+    _harness.add_restart_options(parser)
     args = parser.parse_args(argv)
     if args.nensemble < 1 or not 1 <= args.batch_size <= args.nensemble:
         parser.error("need --nensemble >= 1 and 1 <= --batch-size <= --nensemble")
-    args.writes = -(-args.nensemble // args.batch_size) * (args.nsteps + 1)  # batches x lead times
-    if args.kill_after is None:
-        args.kill_after = max(1, args.writes * 3 // 5)
-    if not 1 <= args.kill_after <= args.writes:
-        parser.error(f"--kill-after must be in [1, {args.writes}] (the forecast makes {args.writes} IO writes)")
-    return args
+    writes = -(-args.nensemble // args.batch_size) * (args.nsteps + 1)  # batches x lead times
+    return _harness.check_kill_after(parser, args, writes, f"the forecast makes {writes} IO writes")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    if args.child:
-        root = Path(args.dir)
-        forecast(args, root / "restarted.zarr", root / "checkpoint", args.kill_after if args.child == "crash" else None)
-        return 0
-
-    root = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="restartable-ensemble-"))
-    root.mkdir(parents=True, exist_ok=True)
-    for item in ("reference.zarr", "restarted.zarr", "checkpoint"):
-        shutil.rmtree(root / item, ignore_errors=True)
-    args.forward = [
-        f"--nensemble={args.nensemble}", f"--batch-size={args.batch_size}", f"--std={args.std}",
-        f"--nsteps={args.nsteps}", f"--nlat={args.nlat}", f"--nlon={args.nlon}", f"--seed={args.seed}",
-        f"--level={args.level}", f"--flush-interval={args.flush_interval}", f"--mode={args.mode}",
-        f"--kill-after={args.kill_after}", f"--dir={root}", *(["--progress"] if args.progress else []),
-    ]  # fmt: skip
-    print(f"ensemble forecast: {args.nensemble} members in batches of {args.batch_size}, Lorenz-96 on "
-          f"{args.nlat}x{args.nlon}, {args.nsteps} steps; "
-          f"checkpoint level {args.level}, flush_interval {args.flush_interval}, mode {args.mode}")  # fmt: skip
-    print(f"writing under {root}")
-    if args.level == 0:
-        print("note: level 0 saves no component state; a member batch rerun after the restart draws other noise")
-
-    started = time.perf_counter()
-    forecast(args, root / "reference.zarr")
-    print(f"1. reference run, uninterrupted: {time.perf_counter() - started:.2f} s")
-
-    print(f"2. checkpointed run, killed after {args.kill_after} of {args.writes} IO writes:")
-    started = time.perf_counter()
-    status = child(args, "crash")
-    killed = status == -signal.SIGKILL
-    print(f"   child ended {'by SIGKILL' if killed else f'with status {status}'} after {time.perf_counter() - started:.2f} s")
-    print("   catalog after the crash:")
-    catalog = str(Checkpoint("ensemble-example", path=root / "checkpoint", mode=args.mode, level=args.level))
-    print("\n".join(f"     {line}".rstrip() for line in catalog.splitlines()))
-
-    print("3. the same command again, resuming:")
-    started = time.perf_counter()
-    status = child(args, "resume")
-    print(f"   child ended with status {status} after {time.perf_counter() - started:.2f} s")
-
-    print("4. reference.zarr vs restarted.zarr:")
-    same = killed and status == 0 and compare(root / "reference.zarr", root / "restarted.zarr")
-    print(f"resumed forecast equals the uninterrupted one bit for bit: {same}")
-    if args.keep or args.dir:
-        print(f"kept {root}")
-    else:
-        shutil.rmtree(root, ignore_errors=True)
-    return 0 if same else 1
+    headline = (f"ensemble forecast: {args.nensemble} members in batches of {args.batch_size}, Lorenz-96 on "
+                f"{args.nlat}x{args.nlon}, {args.nsteps} steps")  # fmt: skip
+    note = "note: level 0 saves no component state; a member batch rerun after the restart draws other noise"
+    return _harness.main(__file__, argv, args, forecast, name=NAME, headline=headline, note=note if args.level == 0 else None)
 
 
 if __name__ == "__main__":
