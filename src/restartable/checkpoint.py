@@ -347,21 +347,31 @@ class Checkpoint:
         wrong size, are left out with a :class:`CheckpointFallbackWarning`.
         """
         self._settle()
-        scan = scan_rows(self.rank_path)
-        entries, rows = [], {}
+        for _attempt in range(_SELECT_ATTEMPTS):
+            scan = scan_rows(self.rank_path)
+            entries, rows, retired = self._entries_of(scan)
+            if not retired:
+                break
+        for problem in scan.problems:
+            self._warn_damaged(Path(problem.row).name, problem.reason)
+        self._entries, self._rows = entries, rows
+
+    def _entries_of(self, scan: Any) -> tuple[list[CheckpointEntry], dict[str, Row], bool]:
+        entries, rows, retired = [], {}, False
         for row in scan.rows:
             if row.commit_id in self._damaged:
                 continue
             try:
                 entry = _entry_from_row(row)
             except CheckpointCorruptError as exc:
+                if not row.path.exists():
+                    retired = True  # retired by the writer while we read it: rescan
+                    continue
                 self._warn_damaged(row.commit_id, str(exc))
                 continue
             entries.append(entry)
             rows[row.commit_id] = row
-        for problem in scan.problems:
-            self._warn_damaged(Path(problem.row).name, problem.reason)
-        self._entries, self._rows = entries, rows
+        return entries, rows, retired
 
     def _warn_damaged(self, commit_id: str, reason: str) -> None:
         if commit_id in self._warned:
@@ -531,7 +541,10 @@ class Checkpoint:
             self._buffers.release(snapshot.payloads)
             self._release_writer()
 
-        background.submit(lambda: writer.persist(snapshot), lambda row: self._published(session, row), cleanup)
+        def failed(error: BaseException) -> None:
+            session._dirty = True  # what the lost row held is still pending
+
+        background.submit(lambda: writer.persist(snapshot), lambda row: self._published(session, row), cleanup, failed)
 
     def _published(self, session: CheckpointSession, row: Row) -> None:
         entry = _entry_from_row(row)
@@ -790,6 +803,8 @@ class CheckpointSession:
         metadata of the previous row. Returns the committed entry, or
         ``None`` when the commit is deferred.
         """
+        if self.checkpoint._background is not None:
+            self.checkpoint._background.poll()  # a failure already known is raised now
         before = (self.write_count, dict(self._metadata), self._dirty)
         self.write_count += 1
         self._metadata.update(self._normalize(metadata))

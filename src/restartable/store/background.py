@@ -48,9 +48,16 @@ class HostBufferPool:
         return buffer
 
     def release(self, arrays: list[np.ndarray]) -> None:
+        """Keep the buffers of the snapshot just persisted, and only those.
+
+        Buffers of shapes the state no longer has are dropped, so the pool
+        never holds more than one snapshot's worth of memory.
+        """
+        free: dict[tuple[tuple[int, ...], str], list[np.ndarray]] = {}
+        for array in arrays:
+            free.setdefault((array.shape, array.dtype.str), []).append(array)
         with self._lock:
-            for array in arrays:
-                self._free.setdefault((array.shape, array.dtype.str), []).append(array)
+            self._free = free
 
     def clear(self) -> None:
         with self._lock:
@@ -75,6 +82,7 @@ class BackgroundPersist:
         self._result: Any = None
         self._error: BaseException | None = None
         self._on_done: Callable[[Any], None] | None = None
+        self._on_error: Callable[[BaseException], None] | None = None
         self._cleanup: Callable[[], None] | None = None
         _live.add(self)
 
@@ -82,10 +90,16 @@ class BackgroundPersist:
     def busy(self) -> bool:
         return self._thread is not None
 
-    def submit(self, job: Callable[[], Any], on_done: Callable[[Any], None], cleanup: Callable[[], None]) -> None:
-        """Start ``job``; ``on_done(result)`` and ``cleanup()`` run in the caller's thread at :meth:`wait`."""
+    def submit(
+        self,
+        job: Callable[[], Any],
+        on_done: Callable[[Any], None],
+        cleanup: Callable[[], None],
+        on_error: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        """Start ``job``; ``on_done(result)`` or ``on_error(exc)``, then ``cleanup()``, run in the caller's thread at :meth:`wait`."""
         self.wait()
-        self._on_done, self._cleanup = on_done, cleanup
+        self._on_done, self._cleanup, self._on_error = on_done, cleanup, on_error
 
         def run() -> None:
             try:
@@ -97,6 +111,11 @@ class BackgroundPersist:
         self._thread = threading.Thread(target=run, name=f"restartable-persist[{self.name}]")
         self._thread.start()
 
+    def poll(self) -> None:
+        """Collect the job's outcome if it has finished (raising its failure); never blocks."""
+        if self._thread is not None and not self._thread.is_alive():
+            self.wait()
+
     def wait(self) -> None:
         """Wait for the job in flight; run its completion; raise its failure."""
         thread = self._thread
@@ -105,11 +124,13 @@ class BackgroundPersist:
         thread.join()
         self._thread = None
         result, error = self._result, self._error
-        on_done, cleanup = self._on_done, self._cleanup
-        self._result = self._error = self._on_done = self._cleanup = None
+        on_done, on_error, cleanup = self._on_done, self._on_error, self._cleanup
+        self._result = self._error = self._on_done = self._on_error = self._cleanup = None
         try:
             if error is None and on_done is not None:
                 on_done(result)
+            elif error is not None and on_error is not None:
+                on_error(error)
         finally:
             if cleanup is not None:
                 cleanup()

@@ -183,9 +183,10 @@ class SyncGroup:
 
     def wait(self) -> None:
         """Wait for every flush; raise the first error, naming its file."""
-        errors = self._errors
-        self._errors = []
-        self.abandon()
+        for thread in self._threads:
+            thread.join()
+        self._threads.clear()
+        errors, self._errors = self._errors, []
         if errors:
             path, exc = errors[0]
             raise type(exc)(exc.errno, f"{exc.strerror} (flushing {path.name})")

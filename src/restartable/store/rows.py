@@ -212,6 +212,10 @@ def verify_row(path: Path) -> list[Problem]:
             problems.append(Problem(str(path), str(file_path), f"is {size} bytes, the manifest says {entry['size']}"))
         elif digest != entry["checksum"]:
             problems.append(Problem(str(path), str(file_path), f"checksum {digest} does not match the manifest's {entry['checksum']}"))
-    for name in sorted(set(os.listdir(path)) - listed):
+    try:
+        present = set(os.listdir(path))
+    except FileNotFoundError:
+        return []  # retired by its writer while we checked it: nothing to report
+    for name in sorted(present - listed):
         problems.append(Problem(str(path), str(path / name), "is not listed in the manifest"))
     return problems
