@@ -65,6 +65,8 @@ def _row_summary(index: int, row: Any) -> dict[str, Any]:
         "states": list(entry.state_ids),
         "saved_at": entry.saved_at,
         "bytes": sum(f["size"] for f in row.files),
+        # The step of an iterator checkpoint row (restartable.iterators); None for catalog rows.
+        "step": row.body.get("step"),
     }
 
 
@@ -75,12 +77,23 @@ def cmd_ls(args: argparse.Namespace) -> int:
         rows = [_row_summary(i, row) for i, row in enumerate(scan.rows)]
         damaged = [{"row": p.row, "file": p.file, "reason": p.reason} for p in scan.problems]
         report.append({"path": str(rank_path), "rows": rows, "damaged": damaged})
-        table = [["row", "sequence", "lead_time", "write_count", "level", "states", "bytes", "saved_at"]]
-        for r in rows:
-            table.append(
-                [str(r["row"]), str(r["sequence"]), str(r["lead_time"] if r["lead_time"] is not None else "-"),
-                 str(r["write_count"]), str(r["level"]), str(len(r["states"])), str(r["bytes"]), r["saved_at"][:19]]
-            )
+        # Iterator checkpoints (restartable.iterators) key their rows by step:
+        # the step column replaces lead_time and write_count, which they do not use.
+        by_step = bool(rows) and all(r["step"] is not None for r in rows)
+        if by_step:
+            table = [["row", "sequence", "step", "metadata", "bytes", "saved_at"]]
+            for r in rows:
+                table.append(
+                    [str(r["row"]), str(r["sequence"]), str(r["step"]), _short_metadata(r["metadata"]),
+                     str(r["bytes"]), r["saved_at"][:19]]
+                )
+        else:
+            table = [["row", "sequence", "lead_time", "write_count", "level", "states", "bytes", "saved_at"]]
+            for r in rows:
+                table.append(
+                    [str(r["row"]), str(r["sequence"]), str(r["lead_time"] if r["lead_time"] is not None else "-"),
+                     str(r["write_count"]), str(r["level"]), str(len(r["states"])), str(r["bytes"]), r["saved_at"][:19]]
+                )
         text = f"{rank_path}: {len(rows)} row(s)"
         if rows:
             text += "\n" + format_table(table)
@@ -89,6 +102,13 @@ def cmd_ls(args: argparse.Namespace) -> int:
         blocks.append(text)
     _emit(args, report, "\n\n".join(blocks))
     return EXIT_OK
+
+
+def _short_metadata(metadata: Any) -> str:
+    if not metadata:
+        return "-"
+    text = " ".join(f"{key}={value}" for key, value in metadata.items())
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _find_row(rank_path: Path, selector: str) -> Path:
@@ -128,12 +148,14 @@ def cmd_show(args: argparse.Namespace) -> int:
     lines = [
         f"row {row.commit_id} (sequence {row.sequence}) of {rank_path}",
         f"saved_at: {body['saved_at']}  level: {body['level']}  write_count: {body['write_count']}",
+        *([f"step: {body['step']}"] if body.get("step") is not None else []),
         "metadata:",
         *(f"  {k}: {v}" for k, v in payload["metadata"].items()),
         "states:",
     ]
     for state in payload["states"]:
-        lines.append(f"  {state['id']} (schema {state['schema'][:12]}, level {state['level']})")
+        schema = f"schema {state['schema'][:12]}, " if state["schema"] else ""
+        lines.append(f"  {state['id']} ({schema}level {state['level']})")
         value = state["value"]
         if isinstance(value, dict):
             lines.extend(f"    {k}: {v}" for k, v in value.items() if k != "__dataclass__")

@@ -98,8 +98,17 @@ class WriterLock:
                         "only one writer per checkpoint directory (and rank) is allowed"
                     ) from None
                 raise
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        record = f"{os.getpid()}\n".encode()
+        try:
+            current = os.pread(fd, 64, 0)
+        except OSError:
+            current = b""
+        if current != record:
+            # A front end that locks for each commit (the iterator checkpoints)
+            # finds its own pid here and skips the truncate, a journalled
+            # metadata change that can wait for another file's fsync.
+            os.ftruncate(fd, 0)
+            os.write(fd, record)
         self._fd = fd
 
     @staticmethod
@@ -216,17 +225,28 @@ class RowWriter:
             self._empty_trash()
         self.lock.release()
 
-    def persist(self, snapshot: Snapshot) -> Row:
+    def row_path(self, uid: str) -> Path:
+        """The directory that :meth:`persist` with this ``uid`` will publish next."""
+        return self.commits / row_dir_name(self._next_sequence, uid)
+
+    def persist(self, snapshot: Snapshot, *, uid: str | None = None) -> Row:
         """Make ``snapshot`` a durable row; retire rows beyond ``keep``.
+
+        ``uid`` (32 hex digits) names the row, so that a front end can tell
+        the caller where the row will be (:meth:`row_path`) before a
+        background persist publishes it; a fresh one by default.
 
         Raises :class:`CheckpointWriteError` if the row could not be made
         durable; every earlier row is then untouched.
         """
         if not self.lock.held:
             raise CheckpointWriteError(f"the writer of {self.rank_path} is closed")
+        if uid is None:
+            uid = uuid.uuid4().hex
+        elif not (len(uid) == 32 and all(c in "0123456789abcdef" for c in uid)):
+            raise ValueError(f"uid must be 32 lowercase hex digits, got {uid!r}")
         sequence = self._next_sequence
         self._next_sequence += 1
-        uid = uuid.uuid4().hex
         staging = self.rank_path / f"{STAGING_PREFIX}{uid}"
         final = self.commits / row_dir_name(sequence, uid)
         step = "creating the staging directory"
@@ -330,6 +350,36 @@ class RowWriter:
             del self._rows[index]
             self._undeleted_trash.append(trash)
             self._empty_trash()
+
+    def retire(self, paths: list[Path]) -> list[tuple[Path, OSError]]:
+        """Retire the given committed rows now, whatever ``keep`` says.
+
+        For front ends with their own retention policy (the iterator front
+        end keeps the newest steps, not the newest sequence numbers). Call it
+        only once the rows that supersede them are durable. Each row is
+        renamed to ``.trash-<uuid>`` (one atomic step) and deleted. Returns
+        the rows that could not be retired, with the error; they stay listed
+        and nothing is warned here, so that a background thread can hand the
+        failures to the caller's thread.
+        """
+        failed: list[tuple[Path, OSError]] = []
+        for path in paths:
+            path = Path(path)
+            trash = self.rank_path / f"{TRASH_PREFIX}{uuid.uuid4().hex}"
+            try:
+                os.rename(path, trash)
+            except FileNotFoundError:
+                pass  # already gone
+            except OSError as exc:
+                failed.append((path, exc))
+                continue
+            else:
+                self._undeleted_trash.append(trash)
+            self._rows = deque(item for item in self._rows if item[1] != path)
+            if self._pinned == path:
+                self._pinned = None
+        self._empty_trash()
+        return failed
 
     def _find_pinned(self) -> Path | None:
         """The newest pinned row left by an earlier writer (read at open only)."""
