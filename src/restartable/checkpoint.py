@@ -524,8 +524,10 @@ class Checkpoint:
 
         ``session._committed(entry, row)`` is called once the row is durable.
         """
-        self._settle()
         background = self._background
+        # With async_commit the snapshot is taken while the previous persist
+        # may still run; submit() then waits for it. At most two snapshots
+        # exist: the one being written and this one.
         snapshot = self._snapshot(session, metadata, copy=self._buffers.copy if background is not None else False)
         snapshot.pin = pin
         writer = self._acquire_writer()
@@ -544,7 +546,11 @@ class Checkpoint:
         def failed(error: BaseException) -> None:
             session._dirty = True  # what the lost row held is still pending
 
-        background.submit(lambda: writer.persist(snapshot), lambda row: self._published(session, row), cleanup, failed)
+        try:
+            background.submit(lambda: writer.persist(snapshot), lambda row: self._published(session, row), cleanup, failed)
+        except BaseException:
+            self._release_writer()  # the previous persist failed; this snapshot is not written
+            raise
 
     def _published(self, session: CheckpointSession, row: Row) -> None:
         entry = _entry_from_row(row)
@@ -826,7 +832,8 @@ class CheckpointSession:
         With ``async_commit``, ``wait=False`` returns ``None`` as soon as the
         snapshot is taken; ``wait=True`` returns once the row is durable.
         """
-        self.checkpoint._settle()
+        if wait or not (self._dirty or metadata):
+            self.checkpoint._settle()  # else the commit below overlaps its snapshot with the persist in flight
         if not (self._dirty or metadata):
             return None
         if not self._dirty and self._entry is not None and self._unchanged(metadata):
