@@ -7,6 +7,7 @@ import itertools
 import os
 import platform
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -65,3 +66,27 @@ def log_run_head(meta: dict[str, Any], directory_note: str = "") -> None:
 def log_table_header(header: str) -> None:
     log(header)
     log("-" * len(header))
+
+
+def timed_commits(session: Any) -> list[float]:
+    """Record the time of every ``write``/``flush`` call of ``session`` (the commits) in the returned list.
+
+    ``write`` calls ``flush`` when a commit is due: only the outermost call is timed.
+    """
+    spent: list[float] = []
+    depth = [0]
+    for name in ("write", "flush"):
+        method = getattr(session, name)
+
+        def timed(*args: Any, _method: Any = method, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            depth[0] += 1
+            try:
+                return _method(*args, **kwargs)
+            finally:
+                depth[0] -= 1
+                if not depth[0]:
+                    spent.append(time.perf_counter() - started)
+
+        setattr(session, name, timed)  # an instance attribute shadows the method for this session only
+    return spent

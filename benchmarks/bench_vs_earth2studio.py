@@ -108,7 +108,7 @@ from restartable.components import Lorenz96, MemoryIO, SyntheticData
 from restartable.components.prognostic import Lorenz96State
 from restartable.workflows import deterministic
 
-from _common import log, log_table_header, log_to_stderr, run_meta
+from _common import log, log_table_header, log_to_stderr, run_meta, timed_commits
 
 MB = 1_000_000
 MiB = 1 << 20
@@ -616,27 +616,6 @@ def e2s_lorenz96_class(e2s: Any) -> type:
             self.checkpoint = e2s.bind_checkpoint_state(Lorenz96State())
 
     return E2SLorenz96
-
-
-def timed_commits(session: Any) -> list[float]:
-    """Record the time of every outermost ``write``/``flush`` call of ``session``."""
-    spent: list[float] = []
-    depth = [0]
-    for name in ("write", "flush"):
-        method = getattr(session, name)
-
-        def timed(*args: Any, _method: Any = method, **kwargs: Any) -> Any:
-            started = time.perf_counter()
-            depth[0] += 1
-            try:
-                return _method(*args, **kwargs)
-            finally:
-                depth[0] -= 1
-                if not depth[0]:
-                    spent.append(time.perf_counter() - started)
-
-        setattr(session, name, timed)
-    return spent
 
 
 STAGING = "staging only"  # restartable with flush_interval=None: the model stages its state every step, one commit at the end

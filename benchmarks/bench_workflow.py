@@ -55,7 +55,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -64,7 +63,7 @@ from restartable import Checkpoint
 from restartable.components import Lorenz96, MemoryIO, SyntheticData
 from restartable.workflows import deterministic
 
-from _common import log, log_to_stderr, run_meta
+from _common import log, log_to_stderr, run_meta, timed_commits
 
 VARIABLES = ("u10m", "v10m")
 START = ["2024-01-01T00:00"]
@@ -73,30 +72,6 @@ MiB = 1 << 20
 
 def directory_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-
-
-def timed_commits(session: Any) -> list[float]:
-    """Record the time of every ``write``/``flush`` call of ``session`` (the commits) in the returned list.
-
-    ``write`` calls ``flush`` when a commit is due: only the outermost call is timed.
-    """
-    spent: list[float] = []
-    depth = [0]
-    for name in ("write", "flush"):
-        method = getattr(session, name)
-
-        def timed(*args: Any, _method: Any = method, **kwargs: Any) -> Any:
-            started = time.perf_counter()
-            depth[0] += 1
-            try:
-                return _method(*args, **kwargs)
-            finally:
-                depth[0] -= 1
-                if not depth[0]:
-                    spent.append(time.perf_counter() - started)
-
-        setattr(session, name, timed)  # an instance attribute shadows the method for this session only
-    return spent
 
 
 def one_run(data: SyntheticData, steps: int, checkpoint_dir: Path | None) -> tuple[float, float, MemoryIO, int]:
