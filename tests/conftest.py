@@ -40,3 +40,60 @@ def run_python(code: str, *args: str, timeout: float = 120, check: bool = True) 
     if check and result.returncode != 0:
         raise AssertionError(f"subprocess failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
+
+
+# --------------------------------------------------------------------------- S3
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3-protocol server (moto's server mode) on 127.0.0.1 and a free port.
+
+    The endpoint and dummy credentials go into ``os.environ`` for the whole
+    session, so that s3fs in this process and in every subprocess started by
+    a test reaches this server through the usual AWS configuration
+    (``AWS_ENDPOINT_URL``), exactly as a user's job would reach S3.
+    """
+    pytest.importorskip("s3fs")
+    moto_server = pytest.importorskip("moto.server")
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    saved = {k: os.environ.get(k) for k in _S3_ENV}
+    os.environ.update(
+        AWS_ENDPOINT_URL=endpoint,
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION="us-east-1",
+        # Give up fast on a dead endpoint; restartable retries on its own.
+        AWS_MAX_ATTEMPTS="2",
+    )
+    try:
+        yield endpoint
+    finally:
+        server.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+_S3_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_MAX_ATTEMPTS")
+
+
+@pytest.fixture
+def s3_bucket(s3_server: str) -> str:
+    """A fresh, empty bucket on the test S3 server, as ``s3://<bucket>``."""
+    import uuid
+
+    import s3fs
+
+    name = f"test-{uuid.uuid4().hex[:16]}"
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    fs.mkdir(name)
+    return f"s3://{name}"

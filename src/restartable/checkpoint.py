@@ -48,6 +48,7 @@ from .state import (
     unwrap,
 )
 from .store import Row, RowWriter, Snapshot, scan_rows
+from .store.objects import LOCAL_PROTOCOLS, is_url, local_path_of, url_protocol
 from .store.background import BackgroundPersist, HostBufferPool
 
 __all__ = [
@@ -216,7 +217,12 @@ class Checkpoint:
         Name of the checkpoint store, used in the default path and in manifests.
     path:
         Directory of the store. Default ``$RESTARTABLE_CACHE/checkpoints/<name>``
-        or ``~/.cache/restartable/checkpoints/<name>``.
+        or ``~/.cache/restartable/checkpoints/<name>``. Any fsspec URL
+        (``"s3://bucket/prefix"``, ``"gs://..."``, ``"memory://..."``) puts
+        the catalog on an object store: rows are uploaded payloads first and
+        manifest last, and a writer holds an expiring lease instead of a
+        lock (see :mod:`restartable.store.object_rows`). ``file://`` URLs
+        are local directories.
     mode:
         ``"overwrite"`` keeps only the latest row; ``"append"`` keeps a history.
     flush_interval:
@@ -242,6 +248,11 @@ class Checkpoint:
         row instead of writing them again. Faster for slowly changing state,
         but linked rows share one file: damage to it damages all of them, so
         falling back to an older row no longer helps. Off by default.
+    storage_options:
+        Options for fsspec when ``path`` is a URL (``{"endpoint_url": ...}``);
+        by default fsspec's and the cloud SDK's own configuration.
+        ``durable`` and ``link_unchanged`` apply to local stores only: an
+        object store has an upload complete when it returns.
     async_commit:
         Persist rows on a background thread: ``write()`` and ``flush(wait=False)``
         block only for the snapshot (state copied into reusable host buffers,
@@ -278,6 +289,7 @@ class Checkpoint:
         durable: bool = True,
         link_unchanged: bool = False,
         async_commit: bool = False,
+        storage_options: dict[str, Any] | None = None,
     ) -> None:
         _validate(name, mode, flush_interval, history_size, level)
         if rank is None or world_size is None:
@@ -289,7 +301,15 @@ class Checkpoint:
         if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank!r}")
         self.name = name
-        self.path = Path(path).expanduser() if path is not None else default_checkpoint_path(name)
+        self.path: Path | str
+        if is_url(path) and url_protocol(str(path)) not in LOCAL_PROTOCOLS:
+            self.path = str(path).rstrip("/")
+        elif is_url(path):
+            self.path = local_path_of(str(path))
+        else:
+            self.path = Path(path).expanduser() if path is not None else default_checkpoint_path(name)
+        self.storage_options = dict(storage_options or {})
+        self._object_store: Any = None
         self.mode = mode
         self.flush_interval = flush_interval
         self.history_size = 1 if mode == "overwrite" else history_size
@@ -302,7 +322,7 @@ class Checkpoint:
         self.async_commit = bool(async_commit)
         self._background = BackgroundPersist(str(self.rank_path)) if self.async_commit else None
         self._buffers = HostBufferPool()
-        self._writer: RowWriter | None = None
+        self._writer: Any = None  # RowWriter, or ObjectRowWriter for a URL
         self._writer_users = 0
         self._finalizer: weakref.finalize | None = None
         self._entries: list[CheckpointEntry] = []
@@ -320,11 +340,32 @@ class Checkpoint:
         return resolve_device(self._device)
 
     @property
-    def rank_path(self) -> Path:
-        """Directory of this process's rows: ``path`` or ``path/rank_<rank:06d>``."""
+    def rank_path(self) -> Path | str:
+        """Directory (or URL) of this process's rows: ``path`` or ``path/rank_<rank:06d>``."""
         if self.world_size == 1:
             return self.path
+        if isinstance(self.path, str):
+            return f"{self.path}/rank_{self.rank:06d}"
         return self.path / f"rank_{self.rank:06d}"
+
+    @property
+    def remote(self) -> bool:
+        """Whether the catalog lives on an object store."""
+        return isinstance(self.path, str)
+
+    def _store(self) -> Any:
+        if self._object_store is None:
+            from .store.objects import ObjectStore
+
+            self._object_store = ObjectStore(str(self.rank_path), self.storage_options)
+        return self._object_store
+
+    def _scan(self) -> Any:
+        if self.remote:
+            from .store.object_rows import scan_object_rows
+
+            return scan_object_rows(self._store())
+        return scan_rows(self.rank_path)
 
     @property
     def active(self) -> CheckpointSession | None:
@@ -348,12 +389,12 @@ class Checkpoint:
         """
         self._settle()
         for _attempt in range(_SELECT_ATTEMPTS):
-            scan = scan_rows(self.rank_path)
+            scan = self._scan()
             entries, rows, retired = self._entries_of(scan)
             if not retired:
                 break
         for problem in scan.problems:
-            self._warn_damaged(Path(problem.row).name, problem.reason)
+            self._warn_damaged(str(problem.row).rstrip("/").rsplit("/", 1)[-1], problem.reason)
         self._entries, self._rows = entries, rows
 
     def _entries_of(self, scan: Any) -> tuple[list[CheckpointEntry], dict[str, Row], bool]:
@@ -364,7 +405,7 @@ class Checkpoint:
             try:
                 entry = _entry_from_row(row)
             except CheckpointCorruptError as exc:
-                if not row.path.exists():
+                if not row.exists():
                     retired = True  # retired by the writer while we read it: rescan
                     continue
                 self._warn_damaged(row.commit_id, str(exc))
@@ -429,7 +470,7 @@ class Checkpoint:
         try:
             loader = stored.load_all_payloads()
         except CheckpointCorruptError as exc:
-            if not stored.path.exists():
+            if not stored.exists():
                 raise _RowRetired(entry.commit_id) from exc
             self._damaged.add(entry.commit_id)
             raise
@@ -499,12 +540,17 @@ class Checkpoint:
 
     def _acquire_writer(self) -> RowWriter:
         if self._writer is None:
-            self._writer = RowWriter(
-                self.rank_path,
-                keep=self.history_size,
-                durable=self.durable,
-                link_unchanged=self.link_unchanged,
-            )
+            if self.remote:
+                from .store.object_rows import ObjectRowWriter
+
+                self._writer = ObjectRowWriter(self._store(), keep=self.history_size)
+            else:
+                self._writer = RowWriter(
+                    self.rank_path,
+                    keep=self.history_size,
+                    durable=self.durable,
+                    link_unchanged=self.link_unchanged,
+                )
             self._finalizer = weakref.finalize(self, self._writer.close)
         self._writer_users += 1
         return self._writer

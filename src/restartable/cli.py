@@ -1,9 +1,11 @@
-"""Command-line interface: ``restartable ls | show | verify | gc | demo``.
+"""Command-line interface: ``restartable ls | show | verify | gc | push | pull | demo``.
 
-Exit codes: 0 success; 1 damage found (``verify``) or outputs that differ
-(``demo``); 2 usage error or a path that is not a checkpoint; 3 the
-checkpoint is locked by a running writer (``gc``). Every command takes
-``--json`` for scripts.
+Exit codes: 0 success; 1 damage found (``verify``, or rows ``push``/``pull``
+skipped as damaged) or outputs that differ (``demo``); 2 usage error or a
+path that is not a checkpoint; 3 the checkpoint is locked by a running
+writer (``gc``, ``push``, ``pull``); 4 an object store failed (network,
+permissions). Every command takes ``--json`` for scripts. ``ls`` and
+``verify`` also take a URL (``s3://bucket/prefix``).
 """
 
 from __future__ import annotations
@@ -20,16 +22,49 @@ from typing import Any
 from . import codec
 from ._version import __version__
 from .checkpoint import _entry_from_row, format_table
-from .errors import CheckpointCorruptError, CheckpointLockedError
+from .errors import CheckpointCorruptError, CheckpointLockedError, CheckpointRemoteError
 from .store import Problem, WriterLock, clean_leftovers, list_row_dirs, open_row, scan_rows, verify_row
 from .store.manifest import MANIFEST_NAME
 from .store.rows import STAGING_PREFIX, TRASH_PREFIX
 
-EXIT_OK, EXIT_DAMAGED, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 3
+EXIT_OK, EXIT_DAMAGED, EXIT_USAGE, EXIT_LOCKED, EXIT_REMOTE = 0, 1, 2, 3, 4
 
 
 class UsageError(Exception):
     pass
+
+
+def location(text: str) -> Path | str:
+    """A command-line PATH argument: a URL stays a string, anything else is a path."""
+    from .store.objects import LOCAL_PROTOCOLS, is_url, local_path_of, url_protocol
+
+    if is_url(text):
+        return local_path_of(text) if url_protocol(text) in LOCAL_PROTOCOLS else text.rstrip("/")
+    return Path(text).expanduser()
+
+
+def _local_only(path: Path | str, command: str) -> Path:
+    if isinstance(path, str):
+        raise UsageError(f"{command} works on local stores only; copy the rows first with: restartable pull {path} DIR")
+    return path
+
+
+def _remote_scans(url: str, options: dict[str, Any]) -> list[tuple[str, Any]]:
+    """(rank URL, scan) for every rank prefix under a URL."""
+    from .remote.sync import remote_ranks
+    from .store.object_rows import scan_object_rows
+    from .store.objects import ObjectStore, join_url
+
+    ranks = remote_ranks(ObjectStore(url, options))
+    if not ranks:
+        raise UsageError(f"{url} is not a restartable checkpoint (no commits/ and no rank_* prefixes with rows)")
+    return [(join_url(url, rank), scan_object_rows(ObjectStore(join_url(url, rank), options))) for rank in ranks]
+
+
+def _scans(path: Path | str, options: dict[str, Any]) -> list[tuple[str, Any]]:
+    if isinstance(path, str):
+        return _remote_scans(path, options)
+    return [(str(rank_path), scan_rows(rank_path)) for rank_path in rank_dirs(path)]
 
 
 def rank_dirs(path: Path) -> list[Path]:
@@ -72,8 +107,7 @@ def _row_summary(index: int, row: Any) -> dict[str, Any]:
 
 def cmd_ls(args: argparse.Namespace) -> int:
     report, blocks = [], []
-    for rank_path in rank_dirs(args.path):
-        scan = scan_rows(rank_path)
+    for rank_path, scan in _scans(args.path, args.storage_options):
         rows = [_row_summary(i, row) for i, row in enumerate(scan.rows)]
         damaged = [{"row": p.row, "file": p.file, "reason": p.reason} for p in scan.problems]
         report.append({"path": str(rank_path), "rows": rows, "damaged": damaged})
@@ -129,8 +163,9 @@ def _find_row(rank_path: Path, selector: str) -> Path:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    ranks = rank_dirs(args.path)
-    rank_path = ranks[0] if args.rank is None else args.path / f"rank_{args.rank:06d}"
+    base = _local_only(args.path, "show")
+    ranks = rank_dirs(base)
+    rank_path = ranks[0] if args.rank is None else base / f"rank_{args.rank:06d}"
     row = open_row(_find_row(rank_path, args.row))
     body = row.body
     payload = {
@@ -165,18 +200,29 @@ def cmd_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _verify_targets(path: Path | str, options: dict[str, Any]) -> list[tuple[str, list[Problem]]]:
+    """(row, problems) for every row of every rank, damaged manifests included."""
+    if isinstance(path, str):
+        from .store.object_rows import verify_object_row
+
+        found = []
+        for _rank, scan in _remote_scans(path, options):
+            found.extend((problem.row, [problem]) for problem in scan.problems)
+            found.extend((str(row.path), verify_object_row(row)) for row in scan.rows)
+        return sorted(found)
+    return [(str(row_path), verify_row(row_path)) for rank_path in rank_dirs(path) for _, row_path in list_row_dirs(rank_path)]
+
+
 def cmd_verify(args: argparse.Namespace) -> int:
     report, lines, damaged = [], [], 0
-    for rank_path in rank_dirs(args.path):
-        for _, row_path in list_row_dirs(rank_path):
-            problems = verify_row(row_path)
-            damaged += bool(problems)
-            report.append({"row": str(row_path), "ok": not problems, "problems": [_problem(p) for p in problems]})
-            if problems:
-                lines.append(f"DAMAGED {row_path}")
-                lines.extend(f"  {p.file or p.row}: {p.reason}" for p in problems)
-            elif not args.quiet:
-                lines.append(f"ok      {row_path}")
+    for row_path, problems in _verify_targets(args.path, args.storage_options):
+        damaged += bool(problems)
+        report.append({"row": str(row_path), "ok": not problems, "problems": [_problem(p) for p in problems]})
+        if problems:
+            lines.append(f"DAMAGED {row_path}")
+            lines.extend(f"  {p.file or p.row}: {p.reason}" for p in problems)
+        elif not args.quiet:
+            lines.append(f"ok      {row_path}")
     lines.append(f"{len(report)} row(s) checked, {damaged} damaged")
     _emit(args, {"rows": report, "checked": len(report), "damaged": damaged}, "\n".join(lines))
     return EXIT_DAMAGED if damaged else EXIT_OK
@@ -188,7 +234,7 @@ def _problem(problem: Problem) -> dict[str, Any]:
 
 def cmd_gc(args: argparse.Namespace) -> int:
     removed: list[str] = []
-    for rank_path in rank_dirs(args.path):
+    for rank_path in rank_dirs(_local_only(args.path, "gc")):
         lock = WriterLock(rank_path)
         lock.acquire()  # a running writer makes this raise CheckpointLockedError
         try:
@@ -217,19 +263,64 @@ def cmd_gc(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _sync_command(args: argparse.Namespace, direction: str) -> int:
+    from .remote.sync import pull, push
+    from .store.objects import is_url
+
+    source, destination = args.source, args.destination
+    remote = destination if direction == "push" else source
+    local = source if direction == "push" else destination
+    if not is_url(remote):
+        raise UsageError(f"{remote!r} is not a URL (expected protocol://bucket/prefix)")
+    if is_url(local):
+        raise UsageError(f"{local!r} must be a local directory, not a URL")
+    try:
+        if direction == "push":
+            report = push(Path(local), remote, storage_options=args.storage_options)
+        else:
+            report = pull(remote, Path(local), storage_options=args.storage_options)
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from None
+    lines = [f"copied  {row}" for row in report.copied]
+    lines += [f"DAMAGED {row}: {reason}" for row, reason in report.damaged]
+    lines.append(
+        f"{len(report.copied)} row(s) copied ({report.bytes_copied} bytes), {len(report.present)} already present, "
+        f"{len(report.damaged)} damaged and skipped"
+    )
+    _emit(args, report.as_dict(), "\n".join(lines))
+    return EXIT_DAMAGED if report.damaged else EXIT_OK
+
+
+def _storage_option(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="restartable",
         description="Inspect, verify and clean restartable checkpoints.",
-        epilog="Exit codes: 0 ok, 1 damage found, 2 usage error, 3 checkpoint locked by a writer.",
+        epilog="Exit codes: 0 ok, 1 damage found, 2 usage error, 3 checkpoint locked by a writer, 4 object store failed.",
     )
     parser.add_argument("--version", action="version", version=f"restartable {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    def options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+        p.add_argument(
+            "-o", "--storage-option", dest="storage_option", action="append", type=_storage_option, default=[],
+            metavar="KEY=VALUE", help="fsspec option for URLs, repeatable (VALUE parsed as JSON when it can be)",
+        )
+
     def add(name: str, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("path", type=Path, metavar="PATH", help="checkpoint directory (the one holding commits/ or rank_* folders)")
-        p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+        p.add_argument("path", type=location, metavar="PATH", help="checkpoint directory (the one holding commits/ or rank_* folders)")
+        options(p)
         return p
 
     add("ls", "List the committed rows of a checkpoint as a table.").set_defaults(func=cmd_ls)
@@ -243,6 +334,24 @@ def build_parser() -> argparse.ArgumentParser:
     gc = add("gc", "Remove leftovers of interrupted commits and files no manifest references.")
     gc.add_argument("-n", "--dry-run", action="store_true", help="list what would be removed, remove nothing")
     gc.set_defaults(func=cmd_gc)
+    push_parser = sub.add_parser(
+        "push", help="Upload a local checkpoint's committed rows to a URL.",
+        description="Upload the committed rows of a local checkpoint that the URL lacks, verifying every checksum; "
+        "damaged rows are reported and skipped.",
+    )
+    push_parser.add_argument("source", metavar="LOCAL", help="local checkpoint directory")
+    push_parser.add_argument("destination", metavar="URL", help="object-store prefix, e.g. s3://bucket/run")
+    options(push_parser)
+    push_parser.set_defaults(func=lambda args: _sync_command(args, "push"))
+    pull_parser = sub.add_parser(
+        "pull", help="Download a URL's committed rows into a local checkpoint.",
+        description="Download the committed rows under a URL that the local checkpoint lacks, verifying every "
+        "checksum; damaged rows are reported and skipped.",
+    )
+    pull_parser.add_argument("source", metavar="URL", help="object-store prefix, e.g. s3://bucket/run")
+    pull_parser.add_argument("destination", metavar="LOCAL", help="local checkpoint directory (created if needed)")
+    options(pull_parser)
+    pull_parser.set_defaults(func=lambda args: _sync_command(args, "pull"))
     # The demo takes no PATH, so it is not made with add(). Its module imports
     # only numpy here; torch, xarray and zarr are imported when it runs.
     from . import demo
@@ -260,6 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.storage_options = dict(getattr(args, "storage_option", []) or [])
     try:
         return args.func(args)
     except UsageError as exc:
@@ -271,6 +381,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CheckpointCorruptError as exc:
         print(f"restartable {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_DAMAGED
+    except CheckpointRemoteError as exc:
+        print(f"restartable {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_REMOTE
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -24,6 +24,8 @@ __all__ = [
     "CheckpointCorruptError",
     "CheckpointLockedError",
     "CheckpointWriteError",
+    "CheckpointRemoteError",
+    "CheckpointUnsafeArchiveError",
     "CheckpointWarning",
     "CheckpointFallbackWarning",
     "CheckpointLateBindWarning",
@@ -82,6 +84,33 @@ class CheckpointWriteError(CheckpointError):
     def __init__(self, message: str, errno: int | None = None) -> None:
         super().__init__(message)
         self.errno = errno
+
+
+class CheckpointRemoteError(CheckpointError):
+    """An object store could not be reached, refused access, or kept failing.
+
+    Raised after bounded retries with backoff for transient failures
+    (connection errors, timeouts, throttling, server errors) and at once for
+    permanent ones (permission denied, missing bucket). :attr:`url` is the
+    object or prefix at fault and ``__cause__`` the original error.
+    """
+
+    def __init__(self, message: str, url: str | None = None) -> None:
+        super().__init__(message)
+        self.url = url
+
+
+class CheckpointUnsafeArchiveError(CheckpointError, ValueError):
+    """An archive holds a member that would land outside its target or is not plain data.
+
+    Absolute paths, ``..`` components, links escaping the target, device
+    files and oversized members are refused before anything is extracted.
+    :attr:`member` names the offending member.
+    """
+
+    def __init__(self, message: str, member: str | None = None) -> None:
+        super().__init__(message)
+        self.member = member
 
 
 class CheckpointWarning(UserWarning):

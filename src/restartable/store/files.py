@@ -241,44 +241,48 @@ def read_payload(path: Path, size: int, checksum: str | None) -> np.ndarray:
     chunk while the chunk is still in cache. Object arrays are refused:
     nothing is ever unpickled.
     """
-    hasher = new_hasher() if checksum is not None else None
     with open(path, "rb", buffering=0) as fh:
-        actual_size = os.fstat(fh.fileno()).st_size
-        if actual_size != size:
-            raise PayloadError(f"size {actual_size} bytes, expected {size}")
-        try:
-            version = np.lib.format.read_magic(fh)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
-            elif version == (2, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
-            elif version == (3, 0):
-                shape, fortran, dtype = _read_header_v3(fh)
-            else:
-                raise PayloadError(f"unsupported .npy version {version}")
-        except (ValueError, SyntaxError, TypeError, struct.error) as exc:
-            raise PayloadError(f"invalid .npy header ({exc})") from exc
-        if dtype.hasobject:
-            raise PayloadError("holds an object array; refusing to unpickle it")
-        header_len = fh.tell()
-        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
-        if header_len + count * dtype.itemsize != size:
-            raise PayloadError(f"header describes {count * dtype.itemsize} data bytes, file holds {size - header_len}")
+        return read_npy(fh, os.fstat(fh.fileno()).st_size, size, checksum)
+
+
+def read_npy(fh: Any, actual_size: int, size: int, checksum: str | None) -> np.ndarray:
+    """Read an ``.npy`` stream of ``actual_size`` bytes (see :func:`read_payload`)."""
+    hasher = new_hasher() if checksum is not None else None
+    if actual_size != size:
+        raise PayloadError(f"size {actual_size} bytes, expected {size}")
+    try:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+        elif version == (3, 0):
+            shape, fortran, dtype = _read_header_v3(fh)
+        else:
+            raise PayloadError(f"unsupported .npy version {version}")
+    except (ValueError, SyntaxError, TypeError, struct.error) as exc:
+        raise PayloadError(f"invalid .npy header ({exc})") from exc
+    if dtype.hasobject:
+        raise PayloadError("holds an object array; refusing to unpickle it")
+    header_len = fh.tell()
+    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    if header_len + count * dtype.itemsize != size:
+        raise PayloadError(f"header describes {count * dtype.itemsize} data bytes, file holds {size - header_len}")
+    if hasher is not None:
+        fh.seek(0)
+        hasher.update(fh.read(header_len))
+    flat = np.empty(count, dtype=dtype)
+    view = memoryview(flat.reshape(-1).view(np.uint8)) if count else memoryview(b"")
+    for start in range(0, view.nbytes, CHUNK_BYTES):
+        chunk = view[start : start + CHUNK_BYTES]
+        got = fh.readinto(chunk)
+        while got is not None and got < chunk.nbytes:
+            more = fh.readinto(chunk[got:])
+            if not more:
+                raise PayloadError("file ended early")
+            got += more
         if hasher is not None:
-            fh.seek(0)
-            hasher.update(fh.read(header_len))
-        flat = np.empty(count, dtype=dtype)
-        view = memoryview(flat.reshape(-1).view(np.uint8)) if count else memoryview(b"")
-        for start in range(0, view.nbytes, CHUNK_BYTES):
-            chunk = view[start : start + CHUNK_BYTES]
-            got = fh.readinto(chunk)
-            while got is not None and got < chunk.nbytes:
-                more = fh.readinto(chunk[got:])
-                if not more:
-                    raise PayloadError("file ended early")
-                got += more
-            if hasher is not None:
-                hasher.update(chunk)
+            hasher.update(chunk)
     if hasher is not None and hasher.hexdigest() != checksum:
         raise PayloadError(f"checksum {hasher.hexdigest()} does not match the manifest's {checksum}")
     if fortran:

@@ -38,7 +38,12 @@ def dump_manifest(body: dict[str, Any]) -> bytes:
     return _PREFIX + checksum_bytes(data).encode("ascii") + _MIDDLE + data + _SUFFIX
 
 
-def load_manifest(raw: bytes) -> dict[str, Any]:
+def load_manifest(raw: bytes, kind: str = FORMAT, version: int = FORMAT_VERSION) -> dict[str, Any]:
+    """Check and parse a manifest whose body has ``format == kind``.
+
+    The same self-checksummed framing serves every small record the
+    library writes (rows, remote saves, links between attempts).
+    """
     head = len(_PREFIX) + 16 + len(_MIDDLE)
     if not (raw.startswith(_PREFIX) and raw.endswith(_SUFFIX) and raw[head - len(_MIDDLE) : head] == _MIDDLE):
         raise ManifestError("not a restartable manifest (wrong framing; truncated?)")
@@ -53,11 +58,11 @@ def load_manifest(raw: bytes) -> dict[str, Any]:
         body = json.loads(data)
     except ValueError as exc:  # pragma: no cover - the checksum matched, so only a writer bug gets here
         raise ManifestError(f"unparsable JSON ({exc})") from exc
-    if not isinstance(body, dict) or body.get("format") != FORMAT:
-        raise ManifestError("not a restartable row manifest")
-    if int(body.get("format_version", 0)) > FORMAT_VERSION:
+    if not isinstance(body, dict) or body.get("format") != kind:
+        raise ManifestError(f"not a {kind} record")
+    if int(body.get("format_version", 0)) > version:
         raise ManifestError(
             f"written in format version {body.get('format_version')}, newer than this restartable "
-            f"understands ({FORMAT_VERSION}); upgrade restartable"
+            f"understands ({version}); upgrade restartable"
         )
     return body

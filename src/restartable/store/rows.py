@@ -77,6 +77,10 @@ class Row:
         except (PayloadError, OSError) as exc:
             raise CheckpointCorruptError(f"{path} is damaged: {exc} (row {self.commit_id})", row=str(self.path), file=str(path)) from exc
 
+    def exists(self) -> bool:
+        """Whether the row is still there (a writer may retire it while it is read)."""
+        return self.path.exists()
+
     def load_all_payloads(self) -> Callable[[int], np.ndarray]:
         """Read and verify every payload now; return a loader over the results."""
         arrays = [self.read_payload(i) for i in range(len(self.files))]

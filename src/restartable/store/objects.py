@@ -1,0 +1,341 @@
+"""Object stores through fsspec: bounded retries, clear errors, create-only writes.
+
+Object stores have no rename and no directories. What the engine needs from
+them is small: put an object (optionally only if it does not exist yet),
+get one, list a prefix, delete a list of keys. :class:`ObjectStore` offers
+exactly that over any fsspec URL (``s3://``, ``gs://``, ``memory://``,
+``file://``), and turns every failure into one of three outcomes:
+
+* ``FileNotFoundError`` passes through: the caller asked for something that
+  is not there, which is an answer, not a failure;
+* transient failures (connection errors, timeouts, throttling, server
+  errors) are retried with exponential backoff and jitter, a bounded number
+  of times, and then raised as :class:`CheckpointRemoteError` naming the URL;
+* permanent failures (permission denied, a missing bucket) are raised as
+  :class:`CheckpointRemoteError` at once.
+
+Credentials and endpoints come from the usual fsspec and s3fs configuration
+(``AWS_*`` variables, ``AWS_ENDPOINT_URL``, ``~/.aws``, fsspec's config
+files and ``FSSPEC_<PROTOCOL>_<OPTION>`` variables), or from
+``storage_options``. fsspec is imported lazily: only code that touches a URL
+needs it.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ..errors import CheckpointRemoteError
+from .files import fsync_dir, new_hasher
+
+T = TypeVar("T")
+
+_URL = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
+LOCAL_PROTOCOLS = frozenset({"file", "local"})
+# Parts of an upload or download stream; large enough for S3 multipart parts.
+STREAM_BYTES = 16 << 20
+
+
+def is_url(location: Any) -> bool:
+    """Whether ``location`` is a ``protocol://`` URL rather than a local path."""
+    return isinstance(location, str) and _URL.match(location) is not None
+
+
+def url_protocol(url: str) -> str:
+    match = _URL.match(url)
+    return match.group(1).lower() if match else "file"
+
+
+def local_path_of(url: str) -> Path:
+    """The local path of a ``file://`` URL."""
+    return Path(url.split("://", 1)[1]).expanduser()
+
+
+def join_url(base: str, *parts: str) -> str:
+    base = base.rstrip("/")
+    tail = "/".join(part.strip("/") for part in parts if part)
+    return f"{base}/{tail}" if tail else base
+
+
+def _is_permanent(exc: BaseException) -> bool:
+    """Failures no retry will cure: access denied, a missing bucket, a bad request."""
+    if isinstance(exc, (PermissionError, IsADirectoryError, NotADirectoryError, ValueError, TypeError)):
+        return True
+    text = str(exc)
+    return any(
+        phrase in text
+        for phrase in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "NoSuchBucket", "Forbidden")
+    )
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently transient failures are retried."""
+
+    attempts: int = 5
+    first_delay: float = 0.2
+    max_delay: float = 5.0
+
+    def delays(self) -> Iterator[float]:
+        delay = self.first_delay
+        for _ in range(self.attempts - 1):
+            # Full jitter: retrying clients spread out instead of stampeding.
+            yield random.uniform(0, delay)
+            delay = min(self.max_delay, delay * 2)
+
+
+class ObjectStore:
+    """One fsspec filesystem rooted at a URL prefix, with retries and clear errors.
+
+    Parameters
+    ----------
+    url:
+        The prefix, for example ``"s3://bucket/runs/forecast"``.
+    storage_options:
+        Passed to ``fsspec.filesystem`` (for example ``{"endpoint_url": ...}``
+        or ``{"anon": True}``); by default fsspec's own configuration.
+    retry:
+        How transient failures are retried.
+
+    Keys are paths relative to the prefix, with ``/`` separators.
+    """
+
+    def __init__(self, url: str, storage_options: dict[str, Any] | None = None, retry: RetryPolicy | None = None) -> None:
+        if not is_url(url):
+            raise ValueError(f"not a URL: {url!r} (expected protocol://...)")
+        try:
+            import fsspec
+        except ImportError as exc:  # pragma: no cover - fsspec is a dependency of the remote extra
+            raise ImportError(
+                f"{url} needs fsspec (and s3fs for s3://): pip install 'restartable[remote]'"
+            ) from exc
+        self.url = url.rstrip("/")
+        self.protocol = url_protocol(url)
+        self.retry = retry or RetryPolicy()
+        self.storage_options = dict(storage_options or {})
+        try:
+            self.fs, root = fsspec.core.url_to_fs(self.url, **self.storage_options)
+        except ImportError as exc:
+            raise ImportError(f"{url}: {exc}") from exc
+        except Exception as exc:
+            raise CheckpointRemoteError(f"cannot open {self.url}: {exc}", url=self.url) from exc
+        self.root = root.rstrip("/")
+        self.local = self.protocol in LOCAL_PROTOCOLS
+
+    def __repr__(self) -> str:
+        return f"ObjectStore({self.url!r})"
+
+    # ------------------------------------------------------------------ naming
+
+    def path(self, key: str) -> str:
+        """The filesystem path (no protocol) of ``key``."""
+        return f"{self.root}/{key}" if key else self.root
+
+    def url_of(self, key: str) -> str:
+        return join_url(self.url, key)
+
+    def key_of(self, path: str) -> str:
+        """The key of a filesystem path listed under this store's root."""
+        path = path.rstrip("/")
+        root = self.root + "/"
+        if path.startswith(root):
+            return path[len(root) :]
+        stripped = self.fs._strip_protocol(path).rstrip("/")
+        return stripped[len(root) :] if stripped.startswith(root) else stripped
+
+    # ------------------------------------------------------------------ retries
+
+    def call(self, what: str, key: str, operation: Callable[[], T]) -> T:
+        """Run ``operation``, retrying transient failures; raise clear errors.
+
+        ``what`` is a verb phrase for the message ("reading", "listing").
+        """
+        url = self.url_of(key)
+        last: BaseException | None = None
+        delays = self.retry.delays()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return operation()
+            except (FileNotFoundError, FileExistsError):
+                raise
+            except Exception as exc:  # every other failure is either retried or wrapped
+                last = exc
+                if _is_permanent(exc):
+                    raise CheckpointRemoteError(f"{what} {url} failed: {_describe(exc)}", url=url) from exc
+                delay = next(delays, None)
+                if delay is None:
+                    break
+                time.sleep(delay)
+        raise CheckpointRemoteError(
+            f"{what} {url} failed after {attempt} attempt(s): {_describe(last)}", url=url
+        ) from last
+
+    def _invalidate(self, key: str = "") -> None:
+        # fsspec caches listings; a reader must see objects others wrote since.
+        try:
+            self.fs.invalidate_cache(self.path(key))
+        except Exception:  # pragma: no cover - caches are an optimisation
+            pass
+
+    # ------------------------------------------------------------------ operations
+
+    def put_bytes(self, key: str, data: bytes, *, create: bool = False) -> None:
+        """Write one object. ``create=True`` refuses to replace an existing one
+        (``FileExistsError``), atomically where the store supports it (S3's
+        ``If-None-Match``)."""
+        if self.local:
+            self._put_local(key, lambda fh: fh.write(data), create)
+            return
+        mode = "create" if create else "overwrite"
+        self.call("writing", key, lambda: self.fs.pipe_file(self.path(key), data, mode=mode))
+
+    def put_stream(self, key: str, chunks: Callable[[], Iterator[memoryview | bytes]]) -> None:
+        """Write one object from a stream of chunks (multipart upload on S3).
+
+        ``chunks`` is called again for each attempt, so that a retried upload
+        starts from the first byte.
+        """
+        if self.local:
+            self._put_local(key, lambda fh: [fh.write(chunk) for chunk in chunks()], False)
+            return
+
+        def upload() -> None:
+            fh = self.fs.open(self.path(key), "wb", block_size=STREAM_BYTES)
+            try:
+                for chunk in chunks():
+                    fh.write(chunk)
+            except BaseException:
+                # Leaving the file's context would complete the upload and
+                # publish a partial object; abort it instead.
+                discard = getattr(fh, "discard", None)
+                if discard is not None:
+                    discard()
+                raise
+            fh.close()
+
+        self.call("writing", key, upload)
+
+    def put_file(self, local: Path, key: str) -> None:
+        """Upload a local file to ``key``."""
+        if self.local:
+            def copy(fh: Any) -> None:
+                with open(local, "rb") as src:
+                    while chunk := src.read(STREAM_BYTES):
+                        fh.write(chunk)
+
+            self._put_local(key, copy, False)
+            return
+        self.call("uploading", key, lambda: self.fs.put_file(str(local), self.path(key)))
+
+    def _put_local(self, key: str, write: Callable[[Any], Any], create: bool) -> None:
+        """Write a local file atomically and durably: temp file, fsync, rename."""
+        target = Path(self.path(key))
+
+        def run() -> None:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    write(fh)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                if create:
+                    os.link(tmp, target)  # fails with FileExistsError: create-only
+                    os.unlink(tmp)
+                else:
+                    os.replace(tmp, target)
+                fsync_dir(target.parent)
+            except BaseException:
+                if os.path.lexists(tmp):
+                    os.unlink(tmp)
+                raise
+
+        self.call("writing", key, run)
+
+    def get_bytes(self, key: str, *, start: int | None = None, end: int | None = None) -> bytes:
+        """Read one object (or a byte range of it); ``FileNotFoundError`` if absent."""
+        return self.call("reading", key, lambda: self.fs.cat_file(self.path(key), start=start, end=end))
+
+    def get_file(self, key: str, destination: Path) -> tuple[int, str]:
+        """Download ``key`` into the local file ``destination``, hashing it on the way.
+
+        Returns the size and checksum of what arrived. A retried download
+        starts over from the first byte (file truncated, hash reset).
+        """
+
+        def download() -> tuple[int, str]:
+            hasher, size = new_hasher(), 0
+            with open(destination, "wb") as out:
+                with self.fs.open(self.path(key), "rb", block_size=STREAM_BYTES, cache_type="none") as fh:
+                    while chunk := fh.read(STREAM_BYTES):
+                        out.write(chunk)
+                        hasher.update(chunk)
+                        size += len(chunk)
+            return size, hasher.hexdigest()
+
+        return self.call("reading", key, download)
+
+    def size(self, key: str) -> int:
+        self._invalidate(key)
+        return int(self.call("checking", key, lambda: self.fs.size(self.path(key))))
+
+    def exists(self, key: str) -> bool:
+        self._invalidate(key)
+        return bool(self.call("checking", key, lambda: self.fs.exists(self.path(key))))
+
+    def list(self, prefix: str = "") -> dict[str, int]:
+        """Every object under ``prefix`` (recursively), as key to size, read fresh."""
+        self._invalidate(prefix)
+
+        def listing() -> dict[str, int]:
+            try:
+                found = self.fs.find(self.path(prefix), detail=True, withdirs=False)
+            except FileNotFoundError:
+                return {}
+            return {
+                self.key_of(path): int(info.get("size") or 0)
+                for path, info in found.items()
+                if info.get("type", "file") != "directory"
+            }
+
+        return self.call("listing", prefix, listing)
+
+    def delete(self, keys: list[str]) -> None:
+        """Delete objects; keys already gone are fine."""
+        if not keys:
+            return
+
+        def remove() -> None:
+            paths = [self.path(key) for key in keys]
+            if self.local:
+                for path in paths:
+                    try:
+                        os.unlink(path)
+                    except FileNotFoundError:
+                        pass
+                return
+            try:
+                self.fs.rm(paths)
+            except FileNotFoundError:
+                pass
+
+        self.call("deleting", keys[0], remove)
+        for key in keys:
+            self._invalidate(key)
+
+
+def _describe(exc: BaseException | None) -> str:
+    if exc is None:  # pragma: no cover
+        return "unknown error"
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if type(exc).__name__ not in text else text
