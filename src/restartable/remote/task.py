@@ -35,17 +35,18 @@ import tempfile
 import uuid
 import warnings
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .._version import __version__
 from ..errors import CheckpointCorruptError, CheckpointFallbackWarning
-from ..store.files import CHECKSUM_ALGORITHM, checksum_bytes, new_hasher
+from ..store.files import CHECKSUM_ALGORITHM
 from ..store.manifest import ManifestError, dump_manifest, load_manifest
 from ..store.objects import STREAM_BYTES, ObjectStore, RetryPolicy, is_url
 from .archive import extract_archive, write_archive
+from .parts import PartUploader, download_parts
 
 SAVE_FORMAT = "restartable-remote-save"
 LINK_FORMAT = "restartable-remote-link"
@@ -78,6 +79,13 @@ class SaveRecord:
     """Base name of a saved file."""
     payload: str
     unpacked_size: int | None
+    parts: tuple[dict[str, Any], ...] = ()
+    """Parts of a payload stored in several objects (empty: one object, ``payload``)."""
+
+    @property
+    def keys(self) -> list[str]:
+        """Every object key of the payload."""
+        return [part["key"] for part in self.parts] if self.parts else [self.payload]
 
 
 def _as_url(location: str | os.PathLike[str]) -> str:
@@ -260,12 +268,15 @@ class RemoteCheckpoint:
                 name=body.get("name"),
                 payload=str(body["payload"]),
                 unpacked_size=body.get("unpacked_size"),
+                parts=tuple(
+                    {"key": str(part["key"]), "size": int(part["size"]), "checksum": str(part["checksum"])}
+                    for part in body.get("parts") or ()
+                ),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointCorruptError(f"save record {url} lacks {exc}", row=url, file=url) from exc
-        if record.kind not in ("bytes", "file", "directory") or not re.fullmatch(
-            rf"{PAYLOADS}/[0-9a-f]{{32}}\.(bin|tar\.gz)", record.payload
-        ):
+        valid_key = re.compile(rf"{PAYLOADS}/[0-9a-f]{{32}}\.(bin|tar\.gz)(\.\d{{6}})?")
+        if record.kind not in ("bytes", "file", "directory") or not all(valid_key.fullmatch(key) for key in [record.payload, *record.keys]):
             raise CheckpointCorruptError(f"save record {url} names an invalid payload {record.payload!r}", row=url, file=url)
         return record
 
@@ -336,7 +347,11 @@ class RemoteCheckpoint:
         download = target / f".download-{uuid.uuid4().hex}"
         url = store.url_of(record.payload)
         try:
-            size, digest = store.get_file(record.payload, download)
+            if record.parts:
+                download_parts(store, record.url, list(record.parts), record.size, record.checksum, download)
+                size, digest = record.size, record.checksum
+            else:
+                size, digest = store.get_file(record.payload, download)
             if size != record.size:
                 raise CheckpointCorruptError(
                     f"{url} is {size} bytes, its save record says {record.size} (truncated or altered)", row=record.url, file=url
@@ -378,26 +393,40 @@ class RemoteCheckpoint:
         CheckpointRemoteError
             The store could not be written (after retries for transient failures).
         """
+        # Listed (and orphans of interrupted saves collected) before this
+        # save's payload exists, which is referenced by no record yet.
+        saves = self._own_saves()
         uid = uuid.uuid4().hex
         record: dict[str, Any]
         if isinstance(data, (bytes, bytearray, memoryview)):
-            payload = bytes(data)
             key = f"{PAYLOADS}/{uid}.bin"
-            self._dest.put_bytes(key, payload, create=True)
-            record = {"kind": "bytes", "size": len(payload), "checksum": checksum_bytes(payload), "name": None}
+            record = self._upload(key, lambda sink: sink.write(memoryview(data).cast("B")))
+            record.update(kind="bytes", name=None)
         elif isinstance(data, (str, os.PathLike)):
             source = Path(data).expanduser()
             if source.is_dir():
                 key = f"{PAYLOADS}/{uid}.tar.gz"
-                record = self._save_directory(source, key)
+                unpacked = [0]
+
+                def archive(sink: PartUploader) -> None:
+                    unpacked[0] = write_archive(source, sink)[1]
+
+                record = self._upload(key, archive)
+                record.update(kind="directory", name=source.name, unpacked_size=unpacked[0])
             elif source.is_file():
                 key = f"{PAYLOADS}/{uid}.bin"
-                record = self._save_file(source, key)
+
+                def copy(sink: PartUploader) -> None:
+                    with open(source, "rb") as fh:
+                        while chunk := fh.read(STREAM_BYTES):
+                            sink.write(chunk)
+
+                record = self._upload(key, copy)
+                record.update(kind="file", name=source.name)
             else:
                 raise FileNotFoundError(f"cannot save {source}: no such file or directory")
         else:
             raise TypeError(f"save() takes a path (str or os.PathLike) or bytes, got {type(data).__name__}")
-        saves = self._own_saves()
         sequence = (saves[-1][0] if saves else 0) + 1
         name = f"{sequence:012d}-{uid}.json"
         record.update(
@@ -424,34 +453,19 @@ class RemoteCheckpoint:
             raise TypeError(f"write() takes bytes, got {type(data).__name__}")
         self.save_sync(data)
 
-    def _save_file(self, source: Path, key: str) -> dict[str, Any]:
-        digests: list[str] = []
-        sizes: list[int] = []
-
-        def chunks() -> Iterator[bytes]:
-            # Called once per upload attempt: hash from the first byte each time.
-            hasher, size = new_hasher(), 0
-            with open(source, "rb") as fh:
-                while chunk := fh.read(STREAM_BYTES):
-                    hasher.update(chunk)
-                    size += len(chunk)
-                    yield chunk
-            digests.append(hasher.hexdigest())
-            sizes.append(size)
-
-        self._dest.put_stream(key, chunks)
-        return {"kind": "file", "size": sizes[-1], "checksum": digests[-1], "name": source.name}
-
-    def _save_directory(self, source: Path, key: str) -> dict[str, Any]:
-        spool = self.path / f".upload-{uuid.uuid4().hex}.tar.gz"
+    def _upload(self, key: str, produce: Callable[[PartUploader], Any]) -> dict[str, Any]:
+        """Stream what ``produce`` writes to ``key``, in parts uploaded concurrently."""
+        sink = PartUploader(self._dest, key)
         try:
-            hasher = new_hasher()
-            size, unpacked = write_archive(source, spool, hasher)
-            self._dest.put_file(spool, key)
-        finally:
-            if spool.exists():
-                spool.unlink()
-        return {"kind": "directory", "size": size, "checksum": hasher.hexdigest(), "name": source.name, "unpacked_size": unpacked}
+            produce(sink)
+        except BaseException:
+            sink.abort()
+            raise
+        parts, size, checksum = sink.close()
+        record: dict[str, Any] = {"size": size, "checksum": checksum}
+        if len(parts) > 1:
+            record["parts"] = parts
+        return record
 
     def _own_saves(self) -> list[tuple[int, str]]:
         if self._saves is None:
@@ -461,10 +475,10 @@ class RemoteCheckpoint:
 
     def _collect_orphans(self) -> None:
         """Delete payloads no save record references (left by interrupted saves)."""
-        referenced = set()
+        referenced: set[str] = set()
         for _sequence, key in self._saves or []:
             try:
-                referenced.add(self._read_record(self._dest, key).payload)
+                referenced.update(self._read_record(self._dest, key).keys)
             except CheckpointCorruptError:
                 return  # cannot tell what a damaged record referenced: delete nothing
         orphans = [key for key in self._dest.list(PAYLOADS) if key not in referenced]
@@ -476,12 +490,11 @@ class RemoteCheckpoint:
         excess, remaining = saves[: -self.keep], saves[-self.keep :]
         for _sequence, key in excess:
             try:
-                payload = self._read_record(self._dest, key).payload
+                payload = self._read_record(self._dest, key).keys
             except CheckpointCorruptError:
-                payload = None
+                payload = []  # what it referenced is collected as an orphan later
             # The record goes first: a save without its payload must never be visible.
             self._dest.delete([key])
-            if payload is not None and payload != keep_payload:
-                self._dest.delete([payload])
+            self._dest.delete([k for k in payload if k != keep_payload])
         saves[:] = remaining
 

@@ -153,10 +153,12 @@ class ObjectStore:
 
     # ------------------------------------------------------------------ retries
 
-    def call(self, what: str, key: str, operation: Callable[[], T]) -> T:
+    def call(self, what: str, key: str, operation: Callable[[], T], *, writing: bool = False) -> T:
         """Run ``operation``, retrying transient failures; raise clear errors.
 
         ``what`` is a verb phrase for the message ("reading", "listing").
+        ``FileNotFoundError`` passes through for reads of a missing object;
+        for writes, and for a missing bucket, it is a :class:`CheckpointRemoteError`.
         """
         url = self.url_of(key)
         last: BaseException | None = None
@@ -166,7 +168,11 @@ class ObjectStore:
             attempt += 1
             try:
                 return operation()
-            except (FileNotFoundError, FileExistsError):
+            except FileNotFoundError as exc:
+                if writing or _missing_bucket(exc):
+                    raise CheckpointRemoteError(f"{what} {url} failed: {_describe(exc)}", url=url) from exc
+                raise
+            except FileExistsError:
                 raise
             except Exception as exc:  # every other failure is either retried or wrapped
                 last = exc
@@ -197,7 +203,7 @@ class ObjectStore:
             self._put_local(key, lambda fh: fh.write(data), create)
             return
         mode = "create" if create else "overwrite"
-        self.call("writing", key, lambda: self.fs.pipe_file(self.path(key), data, mode=mode))
+        self.call("writing", key, lambda: self.fs.pipe_file(self.path(key), data, mode=mode), writing=True)
 
     def put_stream(self, key: str, chunks: Callable[[], Iterator[memoryview | bytes]]) -> None:
         """Write one object from a stream of chunks (multipart upload on S3).
@@ -223,7 +229,7 @@ class ObjectStore:
                 raise
             fh.close()
 
-        self.call("writing", key, upload)
+        self.call("writing", key, upload, writing=True)
 
     def put_file(self, local: Path, key: str) -> None:
         """Upload a local file to ``key``."""
@@ -235,7 +241,7 @@ class ObjectStore:
 
             self._put_local(key, copy, False)
             return
-        self.call("uploading", key, lambda: self.fs.put_file(str(local), self.path(key)))
+        self.call("uploading", key, lambda: self.fs.put_file(str(local), self.path(key)), writing=True)
 
     def _put_local(self, key: str, write: Callable[[Any], Any], create: bool) -> None:
         """Write a local file atomically and durably: temp file, fsync, rename."""
@@ -260,7 +266,7 @@ class ObjectStore:
                     os.unlink(tmp)
                 raise
 
-        self.call("writing", key, run)
+        self.call("writing", key, run, writing=True)
 
     def get_bytes(self, key: str, *, start: int | None = None, end: int | None = None) -> bytes:
         """Read one object (or a byte range of it); ``FileNotFoundError`` if absent."""
@@ -300,7 +306,9 @@ class ObjectStore:
         def listing() -> dict[str, int]:
             try:
                 found = self.fs.find(self.path(prefix), detail=True, withdirs=False)
-            except FileNotFoundError:
+            except FileNotFoundError as exc:
+                if _missing_bucket(exc):
+                    raise
                 return {}
             return {
                 self.key_of(path): int(info.get("size") or 0)
@@ -332,6 +340,12 @@ class ObjectStore:
         self.call("deleting", keys[0], remove)
         for key in keys:
             self._invalidate(key)
+
+
+def _missing_bucket(exc: BaseException) -> bool:
+    """s3fs and gcsfs report a missing bucket as FileNotFoundError; it is a configuration error, not an absent key."""
+    text = str(exc).lower()
+    return "bucket" in text and ("not exist" in text or "nosuchbucket" in text or "not found" in text)
 
 
 def _describe(exc: BaseException | None) -> str:
