@@ -454,11 +454,6 @@ def test_write_archive_refuses_what_cannot_be_restored_safely(tmp_path: Path, ma
     assert not destination.exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: write_archive's source check (_check_source) judges a symlink's target lexically; "
-    "'b -> a/..' beside 'a -> .' really points at the source's parent but is saved, and the save cannot be restored",
-)
 def test_write_archive_refuses_symlink_escaping_through_another_link(tmp_path: Path) -> None:
     source = tmp_path / "source"
     source.mkdir()
@@ -472,12 +467,6 @@ def test_write_archive_refuses_symlink_escaping_through_another_link(tmp_path: P
 # --------------------------------------------------------------------------- links made to escape by other links
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: check_members checks a symlink's target lexically (posixpath.normpath), ignoring earlier "
-    "symlink members on that path: 'b -> a/..' with 'a -> .' is accepted although it leaves the target; "
-    "extraction starts and only tarfile's data filter stops it",
-)
 @pytest.mark.parametrize("case", [c for c in CASES if not c.first_line], ids=[c.id for c in CASES if not c.first_line])
 def test_check_members_refuses_symlink_escaping_through_earlier_link(tmp_path: Path, case: Case) -> None:
     members, bad = case.build(tmp_path)
@@ -494,11 +483,6 @@ def test_check_members_refuses_symlink_escaping_through_earlier_link(tmp_path: P
 LATE_ESCAPE = [_sym("l", "x/../evil"), _sym("x", ".")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: extract_archive accepts 'l -> x/../evil' followed by 'x -> .' (each link checked alone, "
-    "lexically / at its own extraction time) and leaves the symlink <target>/l resolving to <target>/../evil",
-)
 def test_extract_archive_refuses_link_made_to_escape_by_a_later_link(tmp_path: Path) -> None:
     archive = _write_tarball(tmp_path / "bad.tar.gz", BENIGN_PREFIX + LATE_ESCAPE)
     box = tmp_path / "box"
@@ -578,7 +562,9 @@ def _save_then_tamper(tmp_path: Path, dest: str, payload: bytes, unpacked: int) 
     prefix.write(record_key, dump_manifest(body))
 
 
-def _load_refused(tmp_path: Path, urls: tuple[str, str], payload: bytes, unpacked: int = 10_000) -> tuple[CheckpointUnsafeArchiveError, Path]:
+def _load_refused(
+    tmp_path: Path, urls: tuple[str, str], payload: bytes, unpacked: int = 10_000
+) -> tuple[CheckpointUnsafeArchiveError, Path]:
     dest, dest2 = urls
     _save_then_tamper(tmp_path, dest, payload, unpacked)
     (tmp_path / "restore").mkdir()
@@ -641,11 +627,6 @@ def test_remote_load_restores_tampered_benign_save(tmp_path: Path, attempt_urls:
     assert sorted(os.listdir(tmp_path / "restore")) == ["cp"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a directory save holding 'l -> x/../evil' then 'x -> .' is restored, leaving cp.path/l "
-    "pointing outside cp.path (see test_extract_archive_refuses_link_made_to_escape_by_a_later_link)",
-)
 def test_remote_load_refuses_link_made_to_escape_by_a_later_link(tmp_path: Path, attempt_urls: tuple[str, str]) -> None:
     error, _ = _load_refused(tmp_path, attempt_urls, _tarball_bytes(BENIGN_PREFIX + LATE_ESCAPE))
     assert error.member in ("l", "x")

@@ -29,6 +29,7 @@ from .errors import (
     CheckpointStateSchemaError,
     CheckpointUnsafeArchiveError,
     CheckpointWarning,
+    CheckpointWorldSizeError,
     CheckpointWriteError,
 )
 from .state import CheckpointState, bind_checkpoint_state
@@ -50,6 +51,7 @@ __all__ = [
     "CheckpointStateSchemaError",
     "CheckpointUnsafeArchiveError",
     "CheckpointWarning",
+    "CheckpointWorldSizeError",
     "CheckpointWriteError",
     "NullCheckpoint",
     "__version__",

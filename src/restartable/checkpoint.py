@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 import warnings
 import weakref
@@ -37,6 +38,7 @@ from .errors import (
     CheckpointSerializationError,
     CheckpointStateCollision,
     CheckpointStateSchemaError,
+    CheckpointWorldSizeError,
 )
 from .state import (
     ACTIVE_SESSION,
@@ -48,6 +50,7 @@ from .state import (
     unwrap,
 )
 from .store import Row, RowWriter, Snapshot, scan_rows
+from .store.rows import COMMITS_DIR, ROW_NAME
 from .store.objects import LOCAL_PROTOCOLS, is_url, local_path_of, url_protocol
 from .store.background import BackgroundPersist, HostBufferPool
 
@@ -64,6 +67,7 @@ CheckpointLevel = Literal[0, 1, 2]
 # A reader without the lock may see a row retired between listing and
 # reading it; it re-reads the catalog this many times before giving up.
 _SELECT_ATTEMPTS = 5
+_RANK_DIR = re.compile(r"rank_\d{6}")
 
 
 class _RowRetired(Exception):
@@ -395,7 +399,28 @@ class Checkpoint:
                 break
         for problem in scan.problems:
             self._warn_damaged(str(problem.row).rstrip("/").rsplit("/", 1)[-1], problem.reason)
+        self._check_world_size(entries)
         self._entries, self._rows = entries, rows
+
+    def _check_world_size(self, entries: list[CheckpointEntry]) -> None:
+        """Refuse a store written by a run with another number of ranks."""
+        other = sorted({entry.world_size for entry in entries if entry.world_size != self.world_size})
+        on_disk: str | None = f"{other[0]}" if other else None
+        if on_disk is None and not self.remote and self.path.is_dir():
+            ranks = sorted(int(name[5:]) for name in os.listdir(self.path) if _RANK_DIR.fullmatch(name))
+            commits = self.path / COMMITS_DIR
+            serial = commits.is_dir() and any(ROW_NAME.match(name) for name in os.listdir(commits))
+            if self.world_size == 1 and ranks:
+                on_disk = f"at least {ranks[-1] + 1} (folders rank_{ranks[0]:06d}..rank_{ranks[-1]:06d})"
+            elif self.world_size > 1 and serial:
+                on_disk = "1 (rows directly in commits/)"
+            elif self.world_size > 1 and ranks and ranks[-1] >= self.world_size:
+                on_disk = f"at least {ranks[-1] + 1} (folder rank_{ranks[-1]:06d})"
+        if on_disk is not None:
+            raise CheckpointWorldSizeError(
+                f"{self.path} was written by a run with world_size {on_disk}, but this run has world_size "
+                f"{self.world_size}; resume with the same number of ranks, or use another path"
+            )
 
     def _entries_of(self, scan: Any) -> tuple[list[CheckpointEntry], dict[str, Row], bool]:
         entries, rows, retired = [], {}, False
@@ -505,6 +530,8 @@ class Checkpoint:
         if session is not None:
             self._context_sessions.append(session)
             return session.__enter__()
+        # Before the writer creates this rank's folder: a refused run leaves no trace.
+        self._check_world_size([])
         # Lock before reading, so that the row chosen cannot be retired by
         # another writer between reading and entering.
         self._acquire_writer()

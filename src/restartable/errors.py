@@ -25,6 +25,7 @@ __all__ = [
     "CheckpointLockedError",
     "CheckpointWriteError",
     "CheckpointRemoteError",
+    "CheckpointWorldSizeError",
     "CheckpointUnsafeArchiveError",
     "CheckpointWarning",
     "CheckpointFallbackWarning",
@@ -84,6 +85,14 @@ class CheckpointWriteError(CheckpointError):
     def __init__(self, message: str, errno: int | None = None) -> None:
         super().__init__(message)
         self.errno = errno
+
+
+class CheckpointWorldSizeError(CheckpointError, ValueError):
+    """The store was written by a run with another number of ranks.
+
+    Resuming with a different world size would silently mix the folders of
+    two layouts; the message names both sizes.
+    """
 
 
 class CheckpointRemoteError(CheckpointError):

@@ -107,6 +107,31 @@ class _BlockGzipWriter:
             self._pool.shutdown(wait=True, cancel_futures=True)
 
 
+def link_target_problem(name: str, target: str) -> str | None:
+    """Why the symbolic link ``name -> target`` (names relative to the tree) is unsafe, or None.
+
+    A target must be relative, may climb with ``..`` only before its first
+    name (``../../shared/x``, never ``a/../x``: ``a`` may be or become a
+    link, which changes where ``..`` leads), and must stay inside the tree.
+    """
+    if not target or "\x00" in target:
+        return "has an empty or invalid target"
+    if posixpath.isabs(target) or target.startswith("\\") or (len(target) > 1 and target[1] == ":"):
+        return f"is a symbolic link to {target!r}, an absolute path"
+    parts = [part for part in target.split("/") if part not in ("", ".")]
+    climbing = True
+    for part in parts:
+        if part == "..":
+            if not climbing:
+                return f"is a symbolic link to {target!r}, with '..' after a name"
+        else:
+            climbing = False
+    joined = posixpath.normpath(posixpath.join(posixpath.dirname(name), target))
+    if joined == ".." or joined.startswith("../"):
+        return f"is a symbolic link to {target!r}, outside the target"
+    return None
+
+
 def _check_source(root: Path) -> int:
     """Refuse what could not be restored safely; return the bytes of regular files."""
     total = 0
@@ -116,12 +141,16 @@ def _check_source(root: Path) -> int:
             info = path.lstat()
             if stat.S_ISLNK(info.st_mode):
                 target = os.readlink(path)
-                relative = posixpath.normpath(posixpath.join(path.parent.relative_to(root).as_posix(), target))
-                if posixpath.isabs(target) or relative == ".." or relative.startswith("../"):
+                member = path.relative_to(root).as_posix()
+                problem = link_target_problem(member, target)
+                real_root = os.path.realpath(root)
+                resolved = os.path.realpath(path)
+                if problem is None and resolved != real_root and not resolved.startswith(real_root + os.sep):
+                    problem = f"resolves to {resolved}, outside the directory"
+                if problem is not None:
                     raise CheckpointUnsafeArchiveError(
-                        f"cannot save {root}: the symbolic link {path} points outside the directory ({target}); "
-                        "it could not be restored safely",
-                        member=str(path.relative_to(root)),
+                        f"cannot save {root}: the symbolic link {member} {problem}; it could not be restored safely",
+                        member=member,
                     )
             elif stat.S_ISREG(info.st_mode):
                 total += info.st_size
@@ -191,6 +220,7 @@ class MemberChecker:
         self.max_member_bytes = max_member_bytes
         self.links: set[str] = set()
         self.regular: set[str] = set()
+        self.directories: set[str] = set()  # every directory a member created or lies in
         self.total = 0
 
     def _refuse(self, member: tarfile.TarInfo, why: str) -> None:
@@ -204,16 +234,27 @@ class MemberChecker:
         if name is None:
             self._refuse(member, "has an absolute path or a '..' component")
         assert name is not None
+        parts = name.split("/")
+        self.directories.update("/".join(parts[:depth]) for depth in range(1, len(parts)))
         ancestors = name.split("/")[:-1]
         for depth in range(1, len(ancestors) + 1):
             if "/".join(ancestors[:depth]) in self.links:
                 self._refuse(member, "lies below a symbolic link of the archive")
+        if name in self.links:
+            self._refuse(member, "replaces a symbolic link of the archive (it would be written through it)")
         if member.issym():
-            target_name = member.linkname
-            joined = posixpath.normpath(posixpath.join(posixpath.dirname(name), target_name))
-            if not target_name or posixpath.isabs(target_name) or joined == ".." or joined.startswith("../"):
-                self._refuse(member, f"is a symbolic link to {target_name!r}, outside the target")
+            problem = link_target_problem(name, member.linkname)
+            if problem is not None:
+                self._refuse(member, problem)
+            resolved = posixpath.normpath(posixpath.join(posixpath.dirname(name), member.linkname))
+            steps = resolved.split("/")
+            for depth in range(1, len(steps) + 1):
+                if "/".join(steps[:depth]) in self.links:
+                    self._refuse(member, f"is a symbolic link to {member.linkname!r}, through another link of the archive")
+            if name in self.directories:
+                self._refuse(member, "turns a directory of the archive into a symbolic link")
             self.links.add(name)
+            self.regular.discard(name)
         elif member.islnk():
             linked = _normalized(member.linkname)
             if linked is None or linked not in self.regular:
@@ -226,9 +267,8 @@ class MemberChecker:
                 why = "free space of the target filesystem" if self.limit_total == self.free else "limit"
                 self._refuse(member, f"brings the archive to {self.total} bytes, over the {why} ({self.limit_total} bytes)")
             self.regular.add(name)
-            self.links.discard(name)
         elif member.isdir():
-            self.links.discard(name)
+            self.directories.add(name)
         else:
             self._refuse(member, "is a device file, FIFO or other special file")
 
