@@ -287,27 +287,34 @@ def check_members(
 
 
 def extract_archive(
-    archive: Path,
+    archive: Path | BinaryIO,
     target: Path,
     *,
     max_member_bytes: int | None = None,
     max_total_bytes: int | None = None,
     on_member: Callable[[tarfile.TarInfo], None] | None = None,
 ) -> None:
-    """Extract a gzipped tarball into ``target`` after checking every member.
+    """Extract a gzipped tarball (a path, or a readable stream) into ``target``, checking every member.
 
     Raises :class:`CheckpointUnsafeArchiveError` when a member is unsafe;
-    the target is then untouched. ``target`` is created if needed; its
-    existing entries with the same names as members are replaced.
+    the target is then untouched, as it is when reading the stream fails
+    (a stream that verifies its bytes may raise at its very end, which is
+    why nothing is moved into place before the archive has been read to its
+    end). ``target`` is created if needed; its existing entries with the
+    same names as members are replaced.
     """
     target = Path(target)
     target.mkdir(parents=True, exist_ok=True)
     checker = MemberChecker(target, max_member_bytes=max_member_bytes, max_total_bytes=max_total_bytes)
     staging = target / f".extract-{uuid.uuid4().hex}"
     try:
-        # One pass: each member is checked, then extracted into the staging
-        # directory; nothing reaches the target until every member passed.
-        with tarfile.open(archive, mode="r:gz", copybufsize=1 << 20) as tar:  # type: ignore[call-overload]
+        with contextlib.ExitStack() as stack:
+            raw = stack.enter_context(open(archive, "rb")) if isinstance(archive, (str, os.PathLike)) else archive
+            gz = stack.enter_context(gzip.GzipFile(fileobj=raw, mode="rb"))
+            # One pass: each member is checked, then extracted into the
+            # staging directory; nothing reaches the target until every
+            # member passed. Mode "r:" reads forward only, so a stream works.
+            tar = stack.enter_context(tarfile.open(fileobj=gz, mode="r:", copybufsize=1 << 20))  # type: ignore[call-overload]
             staging.mkdir()
             for member in tar:
                 checker.check(member)
@@ -317,6 +324,8 @@ def extract_archive(
                     tar.extract(member, staging)
                 if on_member is not None:
                     on_member(member)
+            while gz.read(1 << 20):
+                pass  # to the end of the stream: trailing bytes are verified too
         _move_into(staging, target)
     except tarfile.FilterError as exc:
         raise CheckpointUnsafeArchiveError(

@@ -14,6 +14,7 @@ check each part's size and checksum, then the checksum of the whole.
 
 from __future__ import annotations
 
+import io
 import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -148,3 +149,87 @@ def download_parts(store: ObjectStore, record_url: str, parts: list[dict[str, An
         raise CheckpointCorruptError(
             f"the parts of {record_url} join to checksum {digest}, the record says {checksum}", row=record_url
         )
+
+
+class PartReader(io.RawIOBase):
+    """A read-only stream over a payload's parts, fetched ahead concurrently.
+
+    Each part is checked (size and checksum) before any of its bytes is
+    handed out, and the checksum of the whole is checked when the last byte
+    has been read; a mismatch raises :class:`CheckpointCorruptError`. Up to
+    ``WORKERS`` parts are in flight or buffered at a time.
+    """
+
+    def __init__(self, store: ObjectStore, record_url: str, parts: list[dict[str, Any]], size: int, checksum: str) -> None:
+        super().__init__()
+        total = sum(int(part["size"]) for part in parts)
+        if total != size:
+            raise CheckpointCorruptError(f"save record {record_url} lists parts of {total} bytes in all, not {size}", row=record_url)
+        self.store, self.record_url, self.parts, self.size, self.checksum = store, record_url, parts, size, checksum
+        self._pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="restartable-download")
+        self._ahead: deque[Future[bytes]] = deque()
+        self._next = 0
+        self._current = memoryview(b"")
+        self._hasher = new_hasher()
+        self._consumed = 0
+        self._fill()
+
+    def _fetch(self, index: int) -> bytes:
+        part = self.parts[index]
+        data = self.store.get_bytes(part["key"])
+        url = self.store.url_of(part["key"])
+        if len(data) != int(part["size"]):
+            raise CheckpointCorruptError(
+                f"{url} is {len(data)} bytes, its save record says {part['size']} (truncated or altered)", row=self.record_url, file=url
+            )
+        digest = checksum_bytes(data)
+        if digest != part["checksum"]:
+            raise CheckpointCorruptError(
+                f"{url} has checksum {digest}, its save record says {part['checksum']} (altered)", row=self.record_url, file=url
+            )
+        return data
+
+    def _fill(self) -> None:
+        while len(self._ahead) < WORKERS and self._next < len(self.parts):
+            self._ahead.append(self._pool.submit(self._fetch, self._next))
+            self._next += 1
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        target = memoryview(buffer).cast("B")
+        while not self._current:
+            if not self._ahead:
+                self._finish()
+                return 0
+            data = self._ahead.popleft().result()
+            self._fill()
+            self._hasher.update(data)
+            self._consumed += len(data)
+            self._current = memoryview(data)
+        count = min(len(target), len(self._current))
+        target[:count] = self._current[:count]
+        self._current = self._current[count:]
+        return count
+
+    def _finish(self) -> None:
+        if self._consumed != self.size or self._hasher.hexdigest() != self.checksum:
+            raise CheckpointCorruptError(
+                f"the payload of {self.record_url} has checksum {self._hasher.hexdigest()} over {self._consumed} bytes, "
+                f"the record says {self.checksum} over {self.size}",
+                row=self.record_url,
+            )
+
+    def drain(self) -> None:
+        """Read to the end, so that the checksum of the whole is checked."""
+        sink = bytearray(1 << 20)
+        while self.readinto(sink):
+            pass
+
+    def close(self) -> None:
+        for future in self._ahead:
+            future.cancel()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._ahead.clear()
+        super().close()

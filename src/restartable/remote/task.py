@@ -28,9 +28,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as _dt
+import io
 import os
 import re
 import shutil
+import tarfile
 import tempfile
 import uuid
 import warnings
@@ -41,12 +43,12 @@ from pathlib import Path
 from typing import Any
 
 from .._version import __version__
-from ..errors import CheckpointCorruptError, CheckpointFallbackWarning
+from ..errors import CheckpointCorruptError, CheckpointFallbackWarning, CheckpointRemoteError
 from ..store.files import CHECKSUM_ALGORITHM
 from ..store.manifest import ManifestError, dump_manifest, load_manifest
 from ..store.objects import STREAM_BYTES, ObjectStore, RetryPolicy, is_url
 from .archive import extract_archive, write_archive
-from .parts import PartUploader, download_parts
+from .parts import PartReader, PartUploader, download_parts
 
 SAVE_FORMAT = "restartable-remote-save"
 LINK_FORMAT = "restartable-remote-link"
@@ -344,37 +346,37 @@ class RemoteCheckpoint:
 
     def _restore(self, store: ObjectStore, record: SaveRecord) -> Path:
         target = self.path
-        download = target / f".download-{uuid.uuid4().hex}"
-        url = store.url_of(record.payload)
+        parts = list(record.parts) or [{"key": record.payload, "size": record.size, "checksum": record.checksum}]
         try:
-            if record.parts:
-                download_parts(store, record.url, list(record.parts), record.size, record.checksum, download)
-                size, digest = record.size, record.checksum
-            else:
-                size, digest = store.get_file(record.payload, download)
-            if size != record.size:
-                raise CheckpointCorruptError(
-                    f"{url} is {size} bytes, its save record says {record.size} (truncated or altered)", row=record.url, file=url
-                )
-            if digest != record.checksum:
-                raise CheckpointCorruptError(
-                    f"{url} has checksum {digest}, its save record says {record.checksum} (altered)", row=record.url, file=url
-                )
             if record.kind == "directory":
                 limit = self.max_extract_bytes
                 if isinstance(record.unpacked_size, int):
                     # A directory cannot unpack to more than was saved.
                     limit = record.unpacked_size if limit is None else min(limit, record.unpacked_size)
-                extract_archive(download, target, max_total_bytes=limit)
+                # Streamed: parts are fetched ahead and verified while earlier
+                # ones are unpacked into a staging directory, which reaches
+                # the target only after the whole payload verified.
+                with PartReader(store, record.url, parts, record.size, record.checksum) as reader:
+                    stream = io.BufferedReader(reader, buffer_size=1 << 20)
+                    try:
+                        extract_archive(stream, target, max_total_bytes=limit)
+                    except (OSError, EOFError, tarfile.TarError) as exc:
+                        if isinstance(exc, CheckpointRemoteError):
+                            raise
+                        raise CheckpointCorruptError(f"the archive of {record.url} is unreadable: {exc}", row=record.url) from exc
                 return target
-            final = target / PAYLOAD_BASENAME
-            os.replace(download, final)
+            download = target / f".download-{uuid.uuid4().hex}"
+            try:
+                download_parts(store, record.url, parts, record.size, record.checksum, download)
+                final = target / PAYLOAD_BASENAME
+                os.replace(download, final)
+            finally:
+                if download.exists():
+                    download.unlink()
             return final
         except FileNotFoundError as exc:
-            raise CheckpointCorruptError(f"{url} is missing", row=record.url, file=url) from exc
-        finally:
-            if download.exists():
-                download.unlink()
+            url = store.url_of(record.payload)
+            raise CheckpointCorruptError(f"{url} (or one of its parts) is missing", row=record.url, file=url) from exc
 
     # ------------------------------------------------------------------ saving
 
