@@ -30,7 +30,7 @@ from typing import Any, Literal
 import numpy as np
 
 from . import codec
-from .distributed import detect_rank_and_world_size
+from .distributed import all_gather, detect_rank_and_world_size, process_group_size, rank_folder, read_head
 from .errors import (
     CheckpointCorruptError,
     CheckpointFallbackWarning,
@@ -39,6 +39,7 @@ from .errors import (
     CheckpointStateCollision,
     CheckpointStateSchemaError,
     CheckpointWorldSizeError,
+    CheckpointWriteError,
 )
 from .state import (
     ACTIVE_SESSION,
@@ -49,7 +50,7 @@ from .state import (
     take_pending,
     unwrap,
 )
-from .store import Row, RowWriter, Snapshot, scan_rows
+from .store import Row, RowWriter, Snapshot, list_row_dirs, scan_rows
 from .store.rows import COMMITS_DIR, ROW_NAME
 from .store.objects import LOCAL_PROTOCOLS, is_url, local_path_of, url_protocol
 from .store.background import BackgroundPersist, HostBufferPool
@@ -129,6 +130,9 @@ class CheckpointEntry:
         The row directory.
     pinned:
         Whether the row was committed with :meth:`CheckpointSession.pin`.
+    all_ranks:
+        In a multi-rank run, whether every rank has a row with this sequence
+        number (read from the other ranks' folders); ``None`` otherwise.
     """
 
     commit_id: str
@@ -143,6 +147,7 @@ class CheckpointEntry:
     state_ids: tuple[str, ...]
     path: Path
     pinned: bool = False
+    all_ranks: bool | None = None
 
     @property
     def labels(self) -> Mapping[str, Any]:
@@ -252,6 +257,13 @@ class Checkpoint:
         row instead of writing them again. Faster for slowly changing state,
         but linked rows share one file: damage to it damages all of them, so
         falling back to an older row no longer helps. Off by default.
+    consistent:
+        With ``world_size > 1`` (the default ``True``): every rank resumes from
+        the same row, the newest one every rank committed whole, and no rank
+        retires that row or a newer one. Entering the checkpoint and
+        ``select()`` are then collective calls when ``torch.distributed`` is
+        initialised. ``False`` lets each rank resume from its own newest row
+        (independent ranks, as in earth2studio).
     storage_options:
         Options for fsspec when ``path`` is a URL (``{"endpoint_url": ...}``);
         by default fsspec's and the cloud SDK's own configuration.
@@ -294,6 +306,7 @@ class Checkpoint:
         link_unchanged: bool = False,
         async_commit: bool = False,
         storage_options: dict[str, Any] | None = None,
+        consistent: bool = True,
     ) -> None:
         _validate(name, mode, flush_interval, history_size, level)
         if rank is None or world_size is None:
@@ -334,6 +347,8 @@ class Checkpoint:
         self._damaged: set[str] = set()
         self._warned: set[str] = set()
         self._context_sessions: list[CheckpointSession] = []
+        self.consistent = bool(consistent)
+        self._agreed: int | None = None  # the restart sequence every rank agreed on
         CURRENT_CHECKPOINT.set(self)
 
     # ------------------------------------------------------------------ facts
@@ -400,7 +415,19 @@ class Checkpoint:
         for problem in scan.problems:
             self._warn_damaged(str(problem.row).rstrip("/").rsplit("/", 1)[-1], problem.reason)
         self._check_world_size(entries)
+        if self.multi_rank and entries:
+            entries = self._flag_common(entries)
         self._entries, self._rows = entries, rows
+
+    def _flag_common(self, entries: list[CheckpointEntry]) -> list[CheckpointEntry]:
+        """Mark entries whose sequence every rank's folder holds (names only: cheap)."""
+        present = None
+        for rank in range(self.world_size):
+            if rank == self.rank:
+                continue
+            names = {sequence for sequence, _ in list_row_dirs(self._rank_folder(rank))}
+            present = names if present is None else present & names
+        return [dataclasses.replace(entry, all_ranks=entry.sequence in (present or set())) for entry in entries]
 
     def _check_world_size(self, entries: list[CheckpointEntry]) -> None:
         """Refuse a store written by a run with another number of ranks."""
@@ -457,7 +484,9 @@ class Checkpoint:
         Every file of the row is read and verified now; its bound states are
         restored when the session is entered or when components bind.
         ``select()`` with no row gives the latest row, or a new session when
-        the catalog is empty.
+        the catalog is empty. In a multi-rank run (:attr:`multi_rank`) the
+        position counts the rows every rank has, so every rank selects the
+        same sequence number, and ``select()`` gives the newest of them.
 
         Raises
         ------
@@ -466,6 +495,10 @@ class Checkpoint:
         CheckpointCorruptError
             The row is damaged; the message names the file.
         """
+        if self.multi_rank:
+            if row is not None and (isinstance(row, bool) or not isinstance(row, (int, np.integer))):
+                raise TypeError(f"row must be an integer, got {row!r}")
+            return self._open_common(None if row is None else int(row))
         self.refresh()
         if row is None:
             if not self._entries:
@@ -525,6 +558,132 @@ class Checkpoint:
             )
         return CheckpointSession(self, None)
 
+    # ------------------------------------------------------------------ ranks
+
+    @property
+    def multi_rank(self) -> bool:
+        """Whether ranks agree on one restart point (``world_size > 1``, ``consistent``, a local path)."""
+        return self.world_size > 1 and self.consistent and not self.remote
+
+    def _rank_folder(self, rank: int) -> Path:
+        return rank_folder(Path(self.path), rank)
+
+    def _collective(self) -> bool:
+        return process_group_size() == self.world_size
+
+    def _rank_views(self) -> list[tuple[set[int], set[int]]]:
+        """(whole sequences, listed sequences) of every rank, by collective or from the shared path."""
+        own_whole = {entry.sequence for entry in self._entries}
+        own_listed = {sequence for sequence, _ in list_row_dirs(Path(self.rank_path))}
+        if self._collective():
+            gathered = all_gather([sorted(own_whole), sorted(own_listed)], self.world_size)
+            return [(set(whole), set(listed)) for whole, listed in gathered]
+        views = []
+        for rank in range(self.world_size):
+            if rank == self.rank:
+                views.append((own_whole, own_listed))
+                continue
+            folder = self._rank_folder(rank)
+            whole = {row.sequence for row in scan_rows(folder).rows}
+            views.append((whole, {sequence for sequence, _ in list_row_dirs(folder)}))
+        return views
+
+    def _verified_everywhere(self, sequence: int, own_ok: bool) -> list[int]:
+        """The ranks whose row ``sequence`` fails verification (every rank gets the same answer)."""
+        if self._collective():
+            oks = all_gather(own_ok, self.world_size)
+            return [rank for rank, ok in enumerate(oks) if not ok]
+        failed = [] if own_ok else [self.rank]
+        for rank in range(self.world_size):
+            if rank == self.rank:
+                continue
+            rows = [row for row in scan_rows(self._rank_folder(rank)).rows if row.sequence == sequence]
+            try:
+                if not rows:
+                    raise CheckpointCorruptError(f"rank {rank} has no row {sequence}")
+                rows[0].load_all_payloads()
+            except CheckpointCorruptError:
+                failed.append(rank)
+        return sorted(failed)
+
+    def _common_sequences(self) -> list[int]:
+        """Sequences every rank committed whole, oldest first; warns about gaps above the newest."""
+        views = self._rank_views()
+        common = set.intersection(*(whole for whole, _ in views))
+        newest_common = max(common, default=0)
+        lacking = []
+        for sequence in sorted(set.union(*(whole for whole, _ in views))):
+            if sequence <= newest_common:
+                continue
+            for rank, (whole, listed) in enumerate(views):
+                # A gap (the rank went past it) or a damaged row, not a rank that simply stopped earlier.
+                if sequence not in whole and (sequence in listed or sequence < max(listed, default=0)):
+                    lacking.append(f"rank {rank} row {sequence}")
+        if lacking:
+            warnings.warn(
+                f"{', '.join(lacking)} of {self.path} is damaged or missing; every rank falls back to "
+                + (f"row {newest_common}, the newest every rank has whole" if common else "a new session (no row is common to every rank)"),
+                CheckpointFallbackWarning,
+                stacklevel=4,
+            )
+        return sorted(common)
+
+    def _open_common(self, position: int | None = None) -> CheckpointSession:
+        """The session of the newest row every rank has whole (or the one at ``position`` among them)."""
+        self.refresh()
+        common = self._common_sequences()
+        by_sequence = {entry.sequence: entry for entry in self._entries}
+        if position is not None:
+            if not common:
+                raise IndexError(f"checkpoint {self.name!r} has no row that every rank committed, in {self.path}")
+            try:
+                chosen = common[position]
+            except IndexError:
+                raise IndexError(
+                    f"row {position} is out of range: {len(common)} row(s) of {self.path} are common to every rank"
+                ) from None
+            session = self._open_session(by_sequence[chosen])
+            self._agreed = chosen
+            return session
+        for sequence in reversed(common):
+            session: CheckpointSession | None = None
+            try:
+                session = self._open_session(by_sequence[sequence])
+            except (CheckpointCorruptError, _RowRetired):
+                session = None
+            failed = self._verified_everywhere(sequence, session is not None)
+            if not failed:
+                assert session is not None
+                self._agreed = sequence
+                return session
+            warnings.warn(
+                f"row {sequence} of {', '.join(f'rank {rank}' for rank in failed)} in {self.path} is damaged; "
+                "every rank falls back to the previous row common to all ranks",
+                CheckpointFallbackWarning,
+                stacklevel=3,
+            )
+        self._agreed = 0
+        return CheckpointSession(self, None)
+
+    def _floor(self) -> int | None:
+        """The newest sequence every rank has committed, as far as the ranks' HEAD files tell."""
+        heads = []
+        for rank in range(self.world_size):
+            head = read_head(Path(self.rank_path) if rank == self.rank else self._rank_folder(rank))
+            heads.append(head if head is not None else (self._agreed or 0))
+        return min(heads)
+
+    def _restart_writer(self, session: CheckpointSession) -> None:
+        """Align this rank's next sequence with the other ranks after the agreed row."""
+        sequence = session.entry.sequence if session.entry is not None else 0
+        failed = self._writer.restart_after(sequence)
+        if failed:
+            path, exc = failed[0]
+            raise CheckpointWriteError(
+                f"cannot resume {self.rank_path} after row {sequence}: the newer row {path} could not be retired ({exc})",
+                errno=exc.errno,
+            )
+
     def __enter__(self) -> CheckpointSession:
         session = self.active
         if session is not None:
@@ -536,7 +695,11 @@ class Checkpoint:
         # another writer between reading and entering.
         self._acquire_writer()
         try:
-            session = self._open_latest()
+            if self.multi_rank:
+                session = self._open_common()
+                self._restart_writer(session)
+            else:
+                session = self._open_latest()
             session.__enter__()
         finally:
             self._release_writer()
@@ -577,6 +740,8 @@ class Checkpoint:
                     keep=self.history_size,
                     durable=self.durable,
                     link_unchanged=self.link_unchanged,
+                    floor=self._floor if self.multi_rank else None,
+                    head=self.multi_rank,
                 )
             self._finalizer = weakref.finalize(self, self._writer.close)
         self._writer_users += 1

@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -105,9 +106,47 @@ def _row_summary(index: int, row: Any) -> dict[str, Any]:
     }
 
 
+def _rank_summary(scans: list[tuple[str, Any]]) -> tuple[list[dict[str, Any]], str]:
+    """Each sequence with the ranks that have it whole, and the newest every rank has."""
+    ranks = {}
+    for rank_path, scan in scans:
+        name = rank_path.rstrip("/").rsplit("/", 1)[-1]
+        if name.startswith("rank_"):
+            ranks[int(name[5:])] = {row.sequence for row in scan.rows}
+    if len(ranks) < 2:
+        return [], ""
+    world = max(ranks) + 1
+    # Rows record the world size they were written with; trust it over the folders present.
+    for _, scan in scans:
+        for row in scan.rows:
+            world = max(world, int(row.body.get("world_size", world)))
+    sequences = sorted(set().union(*ranks.values()))
+    common = [s for s in sequences if all(s in ranks.get(r, set()) for r in range(world))]
+    restart = max(common, default=None)
+    summary = [
+        {
+            "sequence": s,
+            "ranks": [r for r in range(world) if s in ranks.get(r, set())],
+            "all_ranks": s in common,
+            "restart_point": s == restart,
+        }
+        for s in sequences
+    ]
+    table = [["sequence", "ranks", "all ranks"]]
+    for item in summary:
+        mark = "yes  <- restart point" if item["restart_point"] else ("yes" if item["all_ranks"] else "no")
+        table.append([str(item["sequence"]), ",".join(map(str, item["ranks"])), mark])
+    head = f"{world} ranks; newest row every rank has: {restart if restart is not None else 'none'}"
+    return summary, head + "\n" + format_table(table)
+
+
 def cmd_ls(args: argparse.Namespace) -> int:
     report, blocks = [], []
-    for rank_path, scan in _scans(args.path, args.storage_options):
+    scans = _scans(args.path, args.storage_options)
+    summary, summary_text = _rank_summary(scans)
+    if summary_text:
+        blocks.append(summary_text)
+    for rank_path, scan in scans:
         rows = [_row_summary(i, row) for i, row in enumerate(scan.rows)]
         damaged = [{"row": p.row, "file": p.file, "reason": p.reason} for p in scan.problems]
         report.append({"path": str(rank_path), "rows": rows, "damaged": damaged})
@@ -134,6 +173,12 @@ def cmd_ls(args: argparse.Namespace) -> int:
         for d in damaged:
             text += f"\n  DAMAGED {d['reason']}"
         blocks.append(text)
+    if summary:
+        flags = {item["sequence"]: item for item in summary}
+        for block in report:
+            for row in block["rows"]:
+                row["all_ranks"] = flags[row["sequence"]]["all_ranks"]
+                row["restart_point"] = flags[row["sequence"]]["restart_point"]
     _emit(args, report, "\n\n".join(blocks))
     return EXIT_OK
 
@@ -369,6 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if argv is None and hasattr(signal, "SIGPIPE"):
+        # `restartable ls | head`: stop quietly when the reader goes away.
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     args.storage_options = dict(getattr(args, "storage_option", []) or [])
     try:
         return args.func(args)

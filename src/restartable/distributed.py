@@ -5,8 +5,10 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+from pathlib import Path
+from typing import Any
 
-__all__ = ["detect_rank_and_world_size"]
+__all__ = ["detect_rank_and_world_size", "process_group_size"]
 
 _RANK_VARIABLES = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK")
 _WORLD_SIZE_VARIABLES = ("WORLD_SIZE", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
@@ -77,3 +79,55 @@ def detect_rank_and_world_size() -> tuple[int, int]:
         # node) says nothing about the world: treat the run as serial.
         return 0, 1
     return rank, world_size
+
+
+# ---------------------------------------------------------------- agreement
+#
+# Ranks agree on one restart point: the newest sequence number that every
+# rank committed whole. With an initialised torch.distributed process group
+# of the same size they exchange what they have by collectives, issued only
+# from the caller's thread when the checkpoint is opened; otherwise each rank
+# reads the other ranks' folders on the shared path. Between commits, each
+# rank publishes its newest sequence in a small HEAD file, so that retention
+# can keep the newest common row at the cost of one small read per rank.
+
+HEAD_NAME = "HEAD"
+
+
+def rank_folder(path: Path, rank: int) -> Path:
+    return Path(path) / f"rank_{rank:06d}"
+
+
+def process_group_size() -> int | None:
+    """The world size of an initialised torch.distributed process group, else None."""
+    found = _from_torch_distributed()
+    return None if found is None else found[1]
+
+
+def all_gather(value: Any, world_size: int) -> list[Any]:
+    """Every rank's ``value`` (JSON-able), by ``all_gather_object``; call from every rank."""
+    import torch.distributed as dist
+
+    gathered: list[Any] = [None] * world_size
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
+def write_head(rank_path: Path, sequence: int) -> None:
+    """Publish this rank's newest committed sequence (temp file and rename, no fsync).
+
+    A HEAD lost in a crash only makes other ranks keep more rows: it is a
+    hint for retention, never a source of truth for restoring.
+    """
+    tmp = Path(rank_path) / f".{HEAD_NAME}.{os.getpid()}.tmp"
+    with open(tmp, "w") as fh:
+        fh.write(f"{sequence}\n")
+    os.replace(tmp, Path(rank_path) / HEAD_NAME)
+
+
+def read_head(rank_path: Path) -> int | None:
+    try:
+        text = (Path(rank_path) / HEAD_NAME).read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import errno as _errno
-import itertools
 import os
 import shutil
 import uuid
@@ -29,6 +28,7 @@ import warnings
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -174,6 +174,13 @@ class RowWriter:
     link_unchanged:
         Hard-link array files whose bytes equal those of the same payload in
         the previous row written by this writer, instead of writing them again.
+    floor:
+        Called at each retirement; rows with a sequence number at or above
+        what it returns are never retired (multi-rank runs keep the newest
+        row every rank has, and everything newer).
+    head:
+        Publish the newest committed sequence in ``HEAD`` after each commit,
+        for the other ranks' ``floor``.
     """
 
     def __init__(
@@ -183,8 +190,12 @@ class RowWriter:
         keep: int | None = None,
         durable: bool = True,
         link_unchanged: bool = False,
+        floor: Callable[[], int | None] | None = None,
+        head: bool = False,
     ) -> None:
         self.rank_path = Path(rank_path)
+        self.floor = floor
+        self.head = head
         self.keep = keep
         self.durable = durable
         self.link_unchanged = link_unchanged
@@ -224,6 +235,30 @@ class RowWriter:
         if self.lock.held:
             self._empty_trash()
         self.lock.release()
+
+    def restart_after(self, sequence: int) -> list[tuple[Path, OSError]]:
+        """Continue after row ``sequence``: retire every newer row, number the next ``sequence + 1``.
+
+        Multi-rank runs resume every rank from the same sequence; rows a rank
+        committed beyond it belong to a future the other ranks never reached,
+        and the sequence numbers of the ranks must stay aligned.
+        """
+        newer = [path for seq, path in self._rows if seq > sequence]
+        failed = self.retire(newer)
+        if failed:
+            return failed
+        self._next_sequence = sequence + 1
+        if self.head:
+            self._publish_head(sequence)
+        return []
+
+    def _publish_head(self, sequence: int) -> None:
+        from ..distributed import write_head
+
+        try:
+            write_head(self.rank_path, sequence)
+        except OSError as exc:  # only a retention hint for other ranks
+            warnings.warn(f"could not update {self.rank_path}/HEAD: {exc}", CheckpointCleanupWarning, stacklevel=3)
 
     def row_path(self, uid: str) -> Path:
         """The directory that :meth:`persist` with this ``uid`` will publish next."""
@@ -305,6 +340,8 @@ class RowWriter:
                 f"row {final.name} was published in {self.commits} but syncing the directory failed: {exc}",
                 errno=exc.errno,
             ) from exc
+        if self.head:
+            self._publish_head(sequence)
         self._retire()
         return Row(path=final, sequence=sequence, body=body)
 
@@ -328,26 +365,25 @@ class RowWriter:
         self._empty_trash()
         if self.keep is None:
             return
-        while True:
-            excess = len(self._rows) - self.keep
-            oldest = [path for _, path in itertools.islice(self._rows, max(excess, 0))]
-            if self._pinned in oldest:
-                excess -= 1  # the pinned row is kept on top of the policy
-            if excess <= 0:
-                return
-            index = next(i for i, (_, path) in enumerate(self._rows) if path != self._pinned)
-            _, path = self._rows[index]
+        floor = self.floor() if self.floor is not None else None
+        rows = list(self._rows)
+        # Kept: the newest ``keep`` rows, the pinned row, and (multi-rank)
+        # every row at or above the floor.
+        kept = {path for _, path in rows[max(0, len(rows) - self.keep) :]} if self.keep > 0 else set()
+        for sequence, path in rows:
+            if path in kept or path == self._pinned or (floor is not None and sequence >= floor):
+                continue
             trash = self.rank_path / f"{TRASH_PREFIX}{uuid.uuid4().hex}"
             try:
                 os.rename(path, trash)
             except FileNotFoundError:
-                del self._rows[index]
+                self._rows.remove((sequence, path))
                 continue
             except OSError as exc:
                 # The row stays listed and is retried after the next commit.
                 warnings.warn(f"could not retire old row {path}: {exc}", CheckpointCleanupWarning, stacklevel=3)
                 return
-            del self._rows[index]
+            self._rows.remove((sequence, path))
             self._undeleted_trash.append(trash)
             self._empty_trash()
 
