@@ -53,6 +53,7 @@ from ._run import (
     io_writer,
     open_session,
     progress,
+    rank_and_world_size,
     rollout,
     to_device,
 )
@@ -187,16 +188,25 @@ def ensemble(
     (it then yields the next lead time); otherwise it rewinds the components
     to the pinned row, perturbs again — drawing the same noise — and reruns
     the batch without rewriting the lead times already written.
+
+    With ``world_size > 1`` (taken from the checkpoint, else detected) member
+    batches are spread over the ranks round robin: batch ``b`` (members
+    ``b * batch_size`` onwards) runs on rank ``b % world_size``, which writes
+    only those members to its ``io``. Every rank still draws the
+    perturbation of the batches it skips, so each member gets exactly the
+    noise it gets in a single-process run. Ranks are independent: each
+    resumes from its own newest row.
     """
     if nensemble < 1:
         raise ValueError(f"nensemble must be at least 1, got {nensemble}")
     batch_size = nensemble if batch_size is None else min(int(batch_size), nensemble)
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    with open_session(checkpoint) as session, graceful_stop() as stop:
+    rank, world_size = rank_and_world_size(checkpoint)
+    with open_session(checkpoint, independent_ranks=True) as session, graceful_stop() as stop:
         prognostic, x0, coords0, input_coords, time = _prepare(time, prognostic, data, device)
         perturbation = to_device(perturbation, x0.device)
-        plan = _plan("ensemble", time, nsteps, nensemble=int(nensemble), batch_size=batch_size)
+        plan = _plan("ensemble", time, nsteps, nensemble=int(nensemble), batch_size=batch_size, world_size=world_size)
         check_plan(session, plan)
         out = prognostic.output_coords(input_coords)
         leads = lead_times(out["lead_time"], nsteps)
@@ -210,13 +220,19 @@ def ensemble(
         completed = int(metadata.get("completed_ensembles", 0))
         done = metadata.get("lead_time") if resumed else None
         batch_row = metadata.get("batch_row")
-        nbatches = ceil(nensemble / batch_size)
-        with progress(nbatches, "ensemble batches", verbose, initial=completed // batch_size) as batches:
+        mine = [b for b in range(ceil(nensemble / batch_size)) if b % world_size == rank]
+        done_batches = sum(1 for b in mine if b * batch_size < completed)
+        with progress(len(mine), "ensemble batches", verbose, initial=done_batches) as batches:
             for first in range(completed, nensemble, batch_size):
                 members = np.arange(first, min(first + batch_size, nensemble))
                 coords = OrderedDict(ensemble=members, **coords0)
                 x = x0.unsqueeze(0).repeat(len(members), *([1] * x0.ndim))
                 x, coords = map_coords(x, coords, input_coords)
+                if (first // batch_size) % world_size != rank:
+                    # Another rank's batch: draw its noise all the same, so that
+                    # the random streams stay those of a single-process run.
+                    perturbation(x, coords)
+                    continue
                 mid_batch = first == completed and done is not None
                 if mid_batch:
                     iterator = _resume_batch(session, prognostic, perturbation, x, coords, done, batch_row)

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..checkpoint import Checkpoint, NullCheckpoint
+from ..distributed import detect_rank_and_world_size
 from .coords import map_coords, split_coords
 
 __all__ = ["PREEMPTED_EXIT_CODE", "WorkflowPreempted"]
@@ -39,19 +40,38 @@ class WorkflowPreempted(SystemExit):
 
 
 @contextlib.contextmanager
-def open_session(checkpoint: Any) -> Iterator[Any]:
+def open_session(checkpoint: Any, independent_ranks: bool = False) -> Iterator[Any]:
     """The session a workflow records into.
 
     ``None`` gives a :class:`NullCheckpoint`; a session is used as is; a
-    :class:`Checkpoint` is entered for the duration of the workflow.
+    :class:`Checkpoint` is entered for the duration of the workflow. With
+    ``independent_ranks`` (ranks that never exchange data, as ensemble
+    members spread over ranks) each rank resumes from its own newest row:
+    the ranks' commit counts differ, so a common restart point would only
+    throw work away.
     """
     if checkpoint is None:
         yield NullCheckpoint()
     elif isinstance(checkpoint, Checkpoint):
-        with checkpoint as session:
-            yield session
+        consistent = checkpoint.consistent
+        if independent_ranks:
+            checkpoint.consistent = False
+        try:
+            with checkpoint as session:
+                yield session
+        finally:
+            checkpoint.consistent = consistent
     else:
         yield checkpoint
+
+
+def rank_and_world_size(checkpoint: Any) -> tuple[int, int]:
+    """The rank and world size of a run: the checkpoint's, else detected."""
+    owner = getattr(checkpoint, "checkpoint", checkpoint)  # a session's checkpoint
+    rank, world = getattr(owner, "rank", None), getattr(owner, "world_size", None)
+    if isinstance(rank, int) and isinstance(world, int):
+        return rank, world
+    return detect_rank_and_world_size()
 
 
 class StopRequest:
