@@ -100,12 +100,30 @@ def in_fresh_context(func: Any, *args: Any) -> Any:
 # --------------------------------------------------------------------------- object-store helpers
 
 
-def _fs(url: str) -> tuple[Any, str]:
+def _fs(url: str, *, shared: bool = False) -> tuple[Any, str]:
+    """The filesystem the test looks at the store through.
+
+    By default not the instance fsspec caches for the library in this
+    process: the test's listings must neither fill nor refresh the library's
+    caches. ``shared=True`` gives that instance, for damage done "in this
+    process" (its writes refresh the library's listings cache).
+    """
     import fsspec
 
-    fs, root = fsspec.core.url_to_fs(url)
-    fs.invalidate_cache()
-    return fs, root.rstrip("/")
+    if shared:
+        fs, root = fsspec.core.url_to_fs(url)
+        return fs, root.rstrip("/")
+    protocol = url.split("://", 1)[0]
+    if protocol not in _OWN_FS:
+        options: dict[str, Any] = {"skip_instance_cache": True}
+        if protocol == "s3":
+            options["use_listings_cache"] = False
+        _OWN_FS[protocol] = fsspec.filesystem(protocol, **options)
+    fs = _OWN_FS[protocol]
+    return fs, fs._strip_protocol(url).rstrip("/")
+
+
+_OWN_FS: dict[str, Any] = {}
 
 
 def objects_under(url: str) -> dict[str, int]:
@@ -147,21 +165,24 @@ def read_object(url: str) -> bytes:
 
 
 def write_object(url: str, data: bytes) -> None:
-    fs, path = _fs(url)
+    fs, path = _fs(url, shared=True)
     fs.pipe_file(path, data)
 
 
 def delete_object(url: str) -> None:
-    fs, path = _fs(url)
+    fs, path = _fs(url, shared=True)
     fs.rm(path)
 
 
 def garble(url: str) -> None:
-    """Replace an object by garbage of the same size (a silent bit-rot, not a truncation)."""
-    data = read_object(url)
-    garbage = bytes((b ^ 0x5A) for b in data)
-    assert len(garbage) == len(data) and garbage != data
-    write_object(url, garbage)
+    """Overwrite the last bytes of an object with garbage of the same size.
+
+    A silent bit-rot: the size and the ``.npy`` header stay valid, so only
+    the checksum can tell.
+    """
+    data = bytearray(read_object(url))
+    data[-16:] = bytes(b ^ 0x5A for b in data[-16:])
+    write_object(url, bytes(data))
 
 
 def assert_whole_rows_only(url: str, commit_ids: list[str]) -> None:
@@ -323,7 +344,12 @@ def _reference(steps: int) -> np.ndarray:
 def _start_until(code: str, argv: list[str], ready: Any) -> tuple[subprocess.Popen, list[dict[str, Any]]]:
     """Start a child and read its JSON lines until ``ready(lines)``; it is left running."""
     proc = subprocess.Popen(
-        [sys.executable, "-c", code, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ)
+        [sys.executable, "-c", code, *argv],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ),
     )
     watchdog = threading.Timer(CHILD_TIMEOUT, proc.kill)  # a hang guard
     watchdog.start()
@@ -400,6 +426,7 @@ from restartable import Checkpoint
 from restartable.store.objects import ObjectStore
 
 url, stage, hang_at = sys.argv[1], sys.argv[2], int(sys.argv[3])
+last = int(sys.argv[4]) if len(sys.argv) > 4 else 99
 done = [0]  # commits returned so far
 
 
@@ -410,9 +437,11 @@ class Blob:
 
 
 def hang(what):
+    """Stop here until the parent says "go" (or SIGKILLs us)."""
     print(json.dumps({"hang": what}), flush=True)
-    time.sleep(600)  # until the parent's SIGKILL
-    os._exit(7)
+    if sys.stdin.readline().strip() != "go":
+        time.sleep(600)
+        os._exit(7)
 
 
 original_put, original_delete = ObjectStore.put_bytes, ObjectStore.delete
@@ -437,7 +466,7 @@ ObjectStore.put_bytes, ObjectStore.delete = put_bytes, delete
 
 with Checkpoint("hang", path=url, mode="append", history_size=2) as session:
     state = session.bind(Blob())
-    for step in range(1, 100):
+    for step in range(1, last + 1):
         state.a = np.full(4096, float(step))
         state.b = np.arange(16, dtype=np.int64) * step
         session.write(lead_time=step)
@@ -491,6 +520,26 @@ def test_kill_mid_commit_leaves_whole_rows_and_the_next_writer_removes_leftovers
     assert catalog[-1].sequence > int(left_row.split("-")[0])  # never reuses the sequence of the leftover
     assert_whole_rows_only(url, [e.commit_id for e in catalog])
     assert object_rows.LEASE_NAME not in objects_under(url)
+
+
+def test_rows_committed_after_a_reader_saw_the_commit_in_progress_are_seen(
+    s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RESTARTABLE_LEASE_SECONDS", LONG_LEASE)
+    url = f"{s3_bucket}/stale"
+    proc, lines = _start_until(HANG_CHILD, [url, "manifest", "2", "2"], lambda lines: any("hang" in r for r in lines))
+    try:
+        # Row 1 is whole; row 2's payloads are uploaded, its manifest is not: a reader sees row 1.
+        assert [e.lead_time for e in Checkpoint("hang", path=url, mode="append").catalog] == [1]
+    finally:
+        out, err = proc.communicate("go\n", timeout=CHILD_TIMEOUT)  # row 2 is committed, the writer exits
+    assert proc.returncode == 0, err
+    assert '{"committed": 2}' in out
+    assert sorted(row_objects(url)) and all(MANIFEST_NAME in files for files in row_objects(url).values())
+    # Row 2 is committed now: every reader, in this process too, must see it.
+    assert [e.lead_time for e in Checkpoint("hang", path=url, mode="append").catalog] == [1, 2]
+    with Checkpoint("hang", path=url, mode="append", history_size=2) as session:
+        assert session.lead_time == 2
 
 
 # --------------------------------------------------------------------------- 4. damage
@@ -572,7 +621,9 @@ def _lease_record(url: str) -> dict[str, Any]:
     return json.loads(read_object(f"{url}/{object_rows.LEASE_NAME}"))
 
 
-def test_second_writer_waits_one_lease_period_then_is_refused(s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_second_writer_waits_one_lease_period_then_is_refused(
+    s3_bucket: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setattr(object_rows, "LEASE_SECONDS", 1.0)
     url = f"{s3_bucket}/locked"
     first = Checkpoint("locked", path=url, mode="append")
@@ -589,6 +640,13 @@ def test_second_writer_waits_one_lease_period_then_is_refused(s3_bucket: str, mo
         # The heartbeat kept the first lease alive through the wait; the refusal left it alone.
         assert _lease_record(url)["owner"] == holder["owner"]
         assert _lease_record(url)["expires"] > holder["expires"]
+        # `restartable push` into a prefix with a running writer: exit 3, nothing copied.
+        local = tmp_path / "local"
+        _write_rows(str(local), range(10, 12))
+        code, out, err = cli(capsys, "push", str(local), url)
+        assert code == 3, (out, err)
+        assert url in err
+        assert len(row_objects(url)) == 1
         session.write(lead_time=2)
     assert object_rows.LEASE_NAME not in objects_under(url)
     with second as session:
@@ -652,6 +710,79 @@ def test_writer_whose_lease_was_taken_over_refuses_to_publish(s3_bucket: str, mo
     # The refused commit's uploads were discarded: nothing but whole rows.
     assert_whole_rows_only(url, [e.commit_id for e in catalog])
     assert object_rows.LEASE_NAME not in objects_under(url)
+
+
+READER_WRITER_CHILD = r'''
+import sys, time
+import numpy as np
+from restartable import Checkpoint
+with Checkpoint("busy", path=sys.argv[1], mode="append") as session:
+    for step in range(1, 31):
+        session.write(lead_time=step, values=np.full(2000, float(step)), counts=np.arange(64) * step)
+        print(step, flush=True)
+        time.sleep(0.02)  # leave the readers some commits to overlap
+'''
+
+
+def test_readers_never_see_a_partial_row_while_a_writer_commits(s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Readers take no lease: they list, read manifests and payloads while the
+    # writer uploads payloads and publishes manifests. No retention here (see
+    # test_reader_racing_a_retirement_rescans), and no listings cache (see
+    # test_rows_committed_after_a_reader_saw_the_commit_in_progress_are_seen).
+    monkeypatch.setenv("RESTARTABLE_LEASE_SECONDS", LONG_LEASE)
+    url = f"{s3_bucket}/busy"
+    options = {"use_listings_cache": False}
+    proc, _ = _start_until(READER_WRITER_CHILD, [url], lambda lines: True)
+    watchdog = threading.Timer(CHILD_TIMEOUT, proc.kill)
+    watchdog.start()
+    seen: list[int] = []
+    try:
+        first = proc.stdout.readline()  # the first row is committed
+        assert first.strip() == "1", first + proc.stderr.read()
+        while proc.poll() is None:
+            # Any CheckpointWarning is an error here (pyproject): no damaged row may ever show.
+            leads = [e.lead_time for e in Checkpoint("busy", path=url, mode="append", storage_options=options).catalog]
+            assert leads == list(range(1, len(leads) + 1)), leads
+            session = Checkpoint("busy", path=url, mode="append", storage_options=options).select(-1)
+            step = session.lead_time
+            assert step >= leads[-1]
+            assert session.metadata["values"].tobytes() == np.full(2000, float(step)).tobytes()
+            assert session.metadata["counts"].tobytes() == (np.arange(64) * step).tobytes()
+            seen.append(step)
+        out, err = proc.communicate(timeout=CHILD_TIMEOUT)
+    finally:
+        watchdog.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert seen == sorted(seen), "a reader went back in time"
+    assert len(set(seen)) > 1, f"the readers did not overlap the commits: {seen}"
+    assert [e.lead_time for e in Checkpoint("busy", path=url).catalog] == list(range(1, 31))
+
+
+def test_reader_racing_a_retirement_rescans(s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"{s3_bucket}/race"
+    writer = Checkpoint("race", path=url, mode="overwrite")
+    with writer as session:
+        session.write(lead_time=1, values=np.arange(10.0))
+        reader = Checkpoint("race", path=url, mode="overwrite")
+        fetch = object_rows._fetch_manifests
+        raced: list[bool] = []
+
+        def racing(store: Any, names: list[str]) -> Any:
+            # The reader has listed commits/ (row 1 only); now the writer
+            # publishes row 2 and retires row 1, before the reader reads manifests.
+            if not raced:
+                raced.append(True)
+                session.write(lead_time=2, values=np.arange(10.0) * 2)
+            return fetch(store, names)
+
+        monkeypatch.setattr(object_rows, "_fetch_manifests", racing)
+        leads = [e.lead_time for e in reader.catalog]
+        assert raced
+    # At every moment one whole row existed: a reader must see one of them.
+    assert leads == [2]
 
 
 # --------------------------------------------------------------------------- 6. retention
@@ -761,6 +892,7 @@ def test_push_and_pull_two_ranks(s3_bucket: str, tmp_path: Path, capsys: pytest.
 
     # Pull into an empty directory: the same catalogs and the same states.
     pulled = tmp_path / "pulled"
+    pulled.mkdir()
     code, out, err = cli(capsys, "pull", url, str(pulled), "--json")
     assert code == 0, err
     assert json.loads(out)["copied"] == labels
@@ -826,13 +958,6 @@ def test_pull_skips_a_damaged_remote_row(s3_bucket: str, tmp_path: Path, capsys:
     assert cli(capsys, "verify", str(local))[0] == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: remote/sync.py _push_row (line ~114) re-uploads over a remote row that the scan reported as "
-    "damaged, then the create-only manifest write raises FileExistsError, which push() does not handle: "
-    "`restartable push` dies with a traceback, deletes the re-uploaded payload objects of that row, "
-    "and pushes none of the rows after it",
-)
 def test_push_over_a_damaged_remote_copy_of_a_row(s3_bucket: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     local, url = tmp_path / "local", f"{s3_bucket}/repush"
     checkpoint = _write_rows(str(local), range(1, 3))

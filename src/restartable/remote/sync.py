@@ -112,6 +112,8 @@ def _push_row(row: Row, store: ObjectStore, lease: Lease) -> int:
                 raise CheckpointCorruptError(failures[0], row=str(row.path), file=str(Path(row.path) / entry["name"]))
         lease.check()
         store.put_bytes(f"{key}/{MANIFEST_NAME}", dump_manifest(row.body), create=True)
+    except FileExistsError:
+        raise  # the row exists there now: its payloads are no longer ours to delete
     except BaseException:
         store.delete(uploaded)  # manifest-less uploads are not a row; do not leave them behind
         raise
@@ -143,16 +145,29 @@ def push(
         lease = Lease(store)
         lease.acquire()
         try:
-            present = {row.commit_id for row in scan_object_rows(store).rows}
+            remote = scan_object_rows(store)
+            present = {row.commit_id for row in remote.rows}
+            damaged_there = {problem.row.rstrip("/").rsplit("/", 1)[-1]: problem.reason for problem in remote.problems}
             for row in scan.rows:
                 label = _label(rank, row.commit_id)
                 if row.commit_id in present:
                     report.present.append(label)
                     continue
+                if row.commit_id in damaged_there:
+                    # Never overwrite a committed (if damaged) row: its manifest
+                    # stays, and our payloads would only mix with its own.
+                    report.damaged.append(
+                        (label, f"the destination holds a damaged copy of this row ({damaged_there[row.commit_id]}); "
+                         "delete it there to push it again")
+                    )
+                    continue
                 try:
                     report.bytes_copied += _push_row(row, store, lease)
                 except CheckpointCorruptError as exc:
                     report.damaged.append((label, str(exc)))
+                    continue
+                except FileExistsError:
+                    report.damaged.append((label, "another writer published this row at the destination meanwhile"))
                     continue
                 report.copied.append(label)
         finally:

@@ -176,23 +176,30 @@ def _fetch_manifests(store: ObjectStore, names: list[str]) -> dict[str, bytes | 
     return fetched
 
 
-def scan_object_rows(store: ObjectStore) -> Scan:
+def scan_object_rows(store: ObjectStore, attempts: int = 5) -> Scan:
     """Every committed row under a rank prefix, oldest first; damaged rows become problems.
 
     Rows without a manifest are commits in progress (or interrupted) and are
-    not rows at all: they are neither listed nor reported.
+    not rows at all: they are neither listed nor reported. A manifest that
+    vanishes between the listing and its reading was retired by the writer,
+    which may have published a newer row since: the scan starts over, a
+    bounded number of times, as on a local disk.
     """
-    grouped = _group_rows(store.list(COMMITS_DIR))
-    names = sorted(name for name, files in grouped.items() if MANIFEST_NAME in files)
-    fetched = _fetch_manifests(store, names)
-    scan = Scan()
-    for name in names:
-        try:
-            scan.rows.append(_validate(store, name, fetched[name], grouped[name]))
-        except CheckpointCorruptError as exc:
-            if isinstance(fetched[name], FileNotFoundError):
-                continue  # retired between listing and reading
-            scan.problems.append(Problem(row=exc.row or name, file=exc.file, reason=str(exc)))
+    for _attempt in range(attempts):
+        grouped = _group_rows(store.list(COMMITS_DIR))
+        names = sorted(name for name, files in grouped.items() if MANIFEST_NAME in files)
+        fetched = _fetch_manifests(store, names)
+        scan, stale = Scan(), False
+        for name in names:
+            try:
+                scan.rows.append(_validate(store, name, fetched[name], grouped[name]))
+            except CheckpointCorruptError as exc:
+                if isinstance(fetched[name], FileNotFoundError):
+                    stale = True  # retired between listing and reading: not damage
+                    continue
+                scan.problems.append(Problem(row=exc.row or name, file=exc.file, reason=str(exc)))
+        if not stale:
+            break
     return scan
 
 

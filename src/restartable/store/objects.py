@@ -121,6 +121,10 @@ class ObjectStore:
         self.protocol = url_protocol(url)
         self.retry = retry or RetryPolicy()
         self.storage_options = dict(storage_options or {})
+        # Readers must see what other processes wrote since: fsspec's
+        # listings cache would hide new rows (and keep retired ones) for the
+        # life of the filesystem instance.
+        self.storage_options.setdefault("use_listings_cache", False)
         try:
             self.fs, root = fsspec.core.url_to_fs(self.url, **self.storage_options)
         except ImportError as exc:
