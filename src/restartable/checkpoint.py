@@ -183,6 +183,14 @@ def _entry_from_row(row: Row) -> CheckpointEntry:
         ) from exc
 
 
+def _metadata_key(path: str | None) -> str:
+    """The metadata key of a codec path like ``metadata['lead_time'][2]``."""
+    if path and path.startswith("metadata[") and "]" in path:
+        head = path[len("metadata[") : path.index("]")]
+        return head.strip("'\"")
+    return path or "?"
+
+
 def _refuse_dataclasses(doc: Any) -> None:
     """Metadata is read by every catalog reader, which may lack the user's types."""
     if isinstance(doc, dict):
@@ -290,6 +298,10 @@ class Checkpoint:
     2
     """
 
+    # Where a store without an explicit path goes (the earth2studio bridge
+    # moves it to earth2studio's cache).
+    _default_path = staticmethod(default_checkpoint_path)
+
     def __init__(
         self,
         name: str,
@@ -324,7 +336,7 @@ class Checkpoint:
         elif is_url(path):
             self.path = local_path_of(str(path))
         else:
-            self.path = Path(path).expanduser() if path is not None else default_checkpoint_path(name)
+            self.path = Path(path).expanduser() if path is not None else self._default_path(name)
         self.storage_options = dict(storage_options or {})
         self._object_store: Any = None
         self.mode = mode
@@ -697,7 +709,6 @@ class Checkpoint:
         try:
             if self.multi_rank:
                 session = self._open_common()
-                self._restart_writer(session)
             else:
                 session = self._open_latest()
             session.__enter__()
@@ -812,8 +823,9 @@ class Checkpoint:
                 try:
                     codec.encode(value, root=root)
                 except CheckpointSerializationError as exc:
-                    owner = f" of bound state {records[index - 1]['id']}" if index else ""
-                    raise CheckpointSerializationError(f"{exc}{owner}", path=exc.path) from None
+                    if index == 0:
+                        raise CheckpointSerializationError(f"Invalid checkpoint metadata {_metadata_key(exc.path)!r}: {exc}", path=exc.path) from None
+                    raise CheckpointSerializationError(f"{exc} of bound state {records[index - 1]['id']}", path=exc.path) from None
             raise
         metadata_doc, *state_docs = encoded.document
         _refuse_dataclasses(metadata_doc)
@@ -911,6 +923,7 @@ class CheckpointSession:
         self._entry = entry
         self._row = row
         self._payloads = payloads
+        self._aligned = False  # multi-rank: the writer continues after this session's row
         self._saved_states = {record["id"]: record for record in row.body["states"]} if row is not None else {}
         self.bound_states: dict[str, CheckpointState[Any]] = {}
         self._carried_over: set[str] = set()
@@ -1006,7 +1019,9 @@ class CheckpointSession:
         if record is None or self.checkpoint.level == 0:
             return False
         expected = codec.schema_hash(type(instance))
-        if record.get("schema") != expected:
+        # A state migrated from earth2studio has no comparable schema hash
+        # (None); the codec then checks its field names.
+        if record.get("schema") is not None and record.get("schema") != expected:
             raise CheckpointStateSchemaError(
                 f"saved state {sid} in row {self.commit_id} was written for a different definition of the "
                 f"dataclass (schema {record.get('schema')}, now {expected}): its fields or their types changed. "
@@ -1031,9 +1046,10 @@ class CheckpointSession:
                 late.append(state_id(proxy))
         if late:
             warnings.warn(
-                f"checkpoint state {', '.join(late)} was bound before the session of row {self.commit_id} "
-                "opened and has been restored late; constructor side effects that used the default state are "
-                "not replayed. Construct restart-aware components inside `with checkpoint:`.",
+                f"checkpoint state {', '.join(late)} was bound before an existing checkpoint session "
+                f"(row {self.commit_id}) was active and has been restored late; constructor side effects that "
+                "used the default state are not replayed. Construct restart-aware components inside "
+                "`with checkpoint:`.",
                 CheckpointLateBindWarning,
                 stacklevel=4,
             )
@@ -1147,6 +1163,11 @@ class CheckpointSession:
         self._holds_writer += 1
         self._tokens.append(ACTIVE_SESSION.set(self))
         try:
+            if self.checkpoint.multi_rank and not self._aligned:
+                # Rows this rank wrote beyond the agreed one are retired and
+                # the next row is numbered after it, as on every other rank.
+                self.checkpoint._restart_writer(self)
+                self._aligned = True
             self._adopt_pending()
         except BaseException:
             self._leave()

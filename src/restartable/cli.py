@@ -1,4 +1,4 @@
-"""Command-line interface: ``restartable ls | show | verify | gc | push | pull | demo``.
+"""Command-line interface: ``restartable ls | show | verify | gc | push | pull | import-earth2studio | demo``.
 
 Exit codes: 0 success; 1 damage found (``verify``, or rows ``push``/``pull``
 skipped as damaged) or outputs that differ (``demo``); 2 usage error or a
@@ -336,6 +336,20 @@ def _sync_command(args: argparse.Namespace, direction: str) -> int:
     return EXIT_DAMAGED if report.damaged else EXIT_OK
 
 
+def cmd_import_earth2studio(args: argparse.Namespace) -> int:
+    from .earth2studio.migrate import import_earth2studio
+
+    try:
+        report = import_earth2studio(args.source, args.destination)
+    except (FileNotFoundError, FileExistsError) as exc:
+        raise UsageError(str(exc)) from None
+    lines = [f"imported {row}" for row in report.imported]
+    lines += [f"DAMAGED  {row}: {reason}" for row, reason in report.damaged]
+    lines.append(f"{len(report.imported)} row(s) imported into {args.destination}, {len(report.damaged)} damaged and skipped")
+    _emit(args, report.as_dict(), "\n".join(lines))
+    return EXIT_DAMAGED if report.damaged else EXIT_OK
+
+
 def _storage_option(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -397,6 +411,16 @@ def build_parser() -> argparse.ArgumentParser:
     pull_parser.add_argument("destination", metavar="LOCAL", help="local checkpoint directory (created if needed)")
     options(pull_parser)
     pull_parser.set_defaults(func=lambda args: _sync_command(args, "pull"))
+    migrate = sub.add_parser(
+        "import-earth2studio",
+        help="Convert an earth2studio checkpoint store into a restartable store.",
+        description="Convert an earth2studio checkpoint store (catalog.json, commits/, states/) into a new "
+        "restartable store, checking each row; damaged rows are reported and skipped (exit 1).",
+    )
+    migrate.add_argument("source", type=Path, metavar="SRC", help="earth2studio checkpoint directory")
+    migrate.add_argument("destination", type=Path, metavar="DEST", help="new restartable checkpoint directory")
+    migrate.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    migrate.set_defaults(func=cmd_import_earth2studio)
     # The demo takes no PATH, so it is not made with add(). Its module imports
     # only numpy here; torch, xarray and zarr are imported when it runs.
     from . import demo

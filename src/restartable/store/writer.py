@@ -243,7 +243,8 @@ class RowWriter:
         committed beyond it belong to a future the other ranks never reached,
         and the sequence numbers of the ranks must stay aligned.
         """
-        newer = [path for seq, path in self._rows if seq > sequence]
+        # Newest first: a rank reading meanwhile never sees a gap below a newer row.
+        newer = [path for seq, path in reversed(self._rows) if seq > sequence]
         failed = self.retire(newer)
         if failed:
             return failed

@@ -1,0 +1,82 @@
+"""restartable's implementation under earth2studio's names.
+
+After :func:`restartable.earth2studio.install`, ``earth2studio.utils.checkpoint``
+*is* this module: earth2studio's workflows, its components (``Persistence``,
+``FCN``, the ``Gaussian`` perturbation) and every user model that binds state
+through ``bind_checkpoint_state`` run on restartable's engine. The classes are
+restartable's own, so ``isinstance`` checks agree across both names; only
+the default store moves to earth2studio's cache,
+``$EARTH2STUDIO_CACHE/checkpoints/<name>`` (else
+``~/.cache/earth2studio/checkpoints/<name>``), where an earth2studio user
+looks for it.
+
+This module imports nothing from earth2studio.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from .. import checkpoint as _engine
+from ..checkpoint import CheckpointEntry, CheckpointSession, NullCheckpoint
+from ..errors import (
+    CheckpointCorruptError,
+    CheckpointError,
+    CheckpointLateBindWarning,
+    CheckpointLockedError,
+    CheckpointRemoteError,
+    CheckpointSerializationError,
+    CheckpointStateCollision,
+    CheckpointStateSchemaError,
+    CheckpointWarning,
+    CheckpointWorldSizeError,
+    CheckpointWriteError,
+)
+from ..state import CheckpointState, PendingState, bind_checkpoint_state
+
+__all__ = [
+    "Checkpoint",
+    "CheckpointCorruptError",
+    "CheckpointEntry",
+    "CheckpointError",
+    "CheckpointLateBindWarning",
+    "CheckpointLevel",
+    "CheckpointLockedError",
+    "CheckpointRemoteError",
+    "CheckpointSerializationError",
+    "CheckpointSession",
+    "CheckpointState",
+    "CheckpointStateCollision",
+    "CheckpointStateSchemaError",
+    "CheckpointWarning",
+    "CheckpointWorldSizeError",
+    "CheckpointWriteError",
+    "NullCheckpoint",
+    "PendingCheckpointState",
+    "bind_checkpoint_state",
+    "default_checkpoint_path",
+]
+
+CheckpointLevel = Literal[0, 1, 2]
+# earth2studio's name for a state bound before its session opened.
+PendingCheckpointState = PendingState
+
+
+def default_checkpoint_path(name: str) -> Path:
+    """earth2studio's default store: ``$EARTH2STUDIO_CACHE/checkpoints/<name>``, else ``~/.cache/earth2studio/checkpoints/<name>``."""
+    base = os.environ.get("EARTH2STUDIO_CACHE")
+    root = Path(base) if base else Path.home() / ".cache" / "earth2studio"
+    return root / "checkpoints" / name
+
+
+class Checkpoint(_engine.Checkpoint):
+    """restartable's :class:`~restartable.Checkpoint` with earth2studio's default store.
+
+    Every argument of earth2studio's ``Checkpoint`` means the same here, and
+    restartable's own keywords (``async_commit``, ``durable``, URLs as
+    ``path``, ``consistent``...) are available too.
+    """
+
+    _default_path = staticmethod(default_checkpoint_path)
