@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Run bench_commit.py, bench_catalog.py, bench_workflow.py and bench_vs_earth2studio.py, then one summary.
+"""Run bench_commit.py, bench_catalog.py, bench_workflow.py, bench_vs_earth2studio.py and bench_remote.py, then one summary.
 
 Each benchmark runs in its own process with ``--json``: its full table is
 shown as it runs (on stderr), its JSON is collected, and the summary lists
@@ -44,11 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size-mb", type=float, default=None, help="state size for bench_commit (default 256, 16 with --quick)")
     parser.add_argument("--dir", default=None, help="parent directory of the scratch directories")
     parser.add_argument("--warm-only", action="store_true", help="bench_commit: do not drop the page cache")
-    parser.add_argument("--skip", default="", help="comma-separated benchmarks to leave out: commit,catalog,workflow,vs_earth2studio")
+    parser.add_argument("--skip", default="", help="comma-separated benchmarks to leave out: commit,catalog,workflow,vs_earth2studio,remote")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     args = parser.parse_args(argv)
     skip = {name.strip() for name in args.skip.split(",") if name.strip()}
-    unknown = skip - {"commit", "catalog", "workflow", "vs_earth2studio"}
+    unknown = skip - {"commit", "catalog", "workflow", "vs_earth2studio", "remote"}
     if unknown:
         parser.error(f"unknown benchmark(s) in --skip: {', '.join(sorted(unknown))}")
 
@@ -56,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     catalog_args: list[str] = []
     workflow_args: list[str] = []
     vs_args: list[str] = []
+    remote_args: list[str] = []
     if args.quick:
+        remote_args += ["--mib", "32", "--repeats", "1"]
         commit_args += ["--size-mb", "16", "--repeats", "3"]
         catalog_args += ["--sizes", "1,100,1000", "--commits", "30"]
         workflow_args += ["--nlat", "256", "--nlon", "512", "--steps", "4", "--repeats", "3"]
@@ -77,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         ("catalog", "bench_catalog.py", catalog_args),
         ("workflow", "bench_workflow.py", workflow_args),
         ("vs_earth2studio", "bench_vs_earth2studio.py", vs_args),
+        ("remote", "bench_remote.py", remote_args),
     ):
         if key in skip:
             continue
@@ -114,6 +117,11 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(("workflow: with/without checkpoint (medians)", workflow["ratio_with_over_without"], "(info)", None))
         lines.append(("workflow: with/without checkpoint (paired)", workflow["ratio_paired_median"], "(info)", None))
         lines.append(("workflow: with/without checkpoint (fastest runs)", workflow["ratio_min"], "(info)", None))
+    remote = results.get("remote")
+    if remote is not None:
+        heads.append(f"remote {remote['meta']['bytes'] / 2**20:.0f} MiB directory, {remote['meta']['endpoint']}")
+        lines.append(("remote: upload throughput restartable/fs.put", remote["ratios"]["upload"], "(info)", None))
+        lines.append(("remote: download throughput restartable/fs.get", remote["ratios"]["download"], "(info)", None))
     vs = results.get("vs_earth2studio")
     if vs is not None:
         heads.append(f"vs earth2studio {vs['meta'].get('earth2studio') or '(not installed)'}")
