@@ -50,7 +50,7 @@ from .state import (
     take_pending,
     unwrap,
 )
-from .store import Row, RowWriter, Snapshot, list_row_dirs, scan_rows
+from .store import Row, RowWriter, Snapshot, list_row_dirs, open_row, scan_rows
 from .store.rows import COMMITS_DIR, ROW_NAME
 from .store.objects import LOCAL_PROTOCOLS, is_url, local_path_of, url_protocol
 from .store.background import BackgroundPersist, HostBufferPool
@@ -431,6 +431,18 @@ class Checkpoint:
             entries = self._flag_common(entries)
         self._entries, self._rows = entries, rows
 
+    def _world_size_of_other_ranks(self) -> str | None:
+        for name in sorted(os.listdir(self.path)):
+            if not _RANK_DIR.fullmatch(name) or name == f"rank_{self.rank:06d}":
+                continue
+            for sequence, row_path in reversed(list_row_dirs(self.path / name)):
+                try:
+                    written = int(open_row(row_path, sequence).body["world_size"])
+                except (CheckpointCorruptError, KeyError, TypeError, ValueError):
+                    continue
+                return None if written == self.world_size else f"{written} (rows of {name})"
+        return None
+
     def _flag_common(self, entries: list[CheckpointEntry]) -> list[CheckpointEntry]:
         """Mark entries whose sequence every rank's folder holds (names only: cheap)."""
         present = None
@@ -455,6 +467,9 @@ class Checkpoint:
                 on_disk = "1 (rows directly in commits/)"
             elif self.world_size > 1 and ranks and ranks[-1] >= self.world_size:
                 on_disk = f"at least {ranks[-1] + 1} (folder rank_{ranks[-1]:06d})"
+        if on_disk is None and not self.remote and self.world_size > 1 and not entries and self.path.is_dir():
+            # A rank new to this store (more ranks than before): ask another rank's newest row.
+            on_disk = self._world_size_of_other_ranks()
         if on_disk is not None:
             raise CheckpointWorldSizeError(
                 f"{self.path} was written by a run with world_size {on_disk}, but this run has world_size "
@@ -595,9 +610,12 @@ class Checkpoint:
             if rank == self.rank:
                 views.append((own_whole, own_listed))
                 continue
-            folder = self._rank_folder(rank)
-            whole = {row.sequence for row in scan_rows(folder).rows}
-            views.append((whole, {sequence for sequence, _ in list_row_dirs(folder)}))
+            # One listing for both sets: a row the rank commits meanwhile must
+            # not look listed but not whole (that reads as damage).
+            scan = scan_rows(self._rank_folder(rank))
+            whole = {row.sequence for row in scan.rows}
+            damaged = {int(match.group(1)) for problem in scan.problems if (match := ROW_NAME.match(Path(problem.row).name))}
+            views.append((whole, whole | damaged))
         return views
 
     def _verified_everywhere(self, sequence: int, own_ok: bool) -> list[int]:

@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from ..checkpoint import Checkpoint
 from ._run import (
     PREEMPTED_EXIT_CODE,
     WorkflowPreempted,
@@ -203,6 +204,16 @@ def ensemble(
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     rank, world_size = rank_and_world_size(checkpoint)
+    owner = getattr(checkpoint, "checkpoint", None)
+    if getattr(owner, "multi_rank", False) and not isinstance(checkpoint, Checkpoint):
+        # Entering it already made every rank resume from the common row and
+        # retire newer ones; ensemble ranks are independent, and their member
+        # batches pinned rows that this may have retired.
+        raise ValueError(
+            f"ensemble() was given an open session of a multi-rank checkpoint ({owner.path}); its ranks are "
+            "independent: pass the Checkpoint itself (ensemble(..., checkpoint=Checkpoint(...))) or create it "
+            "with consistent=False"
+        )
     with open_session(checkpoint, independent_ranks=True) as session, graceful_stop() as stop:
         prognostic, x0, coords0, input_coords, time = _prepare(time, prognostic, data, device)
         perturbation = to_device(perturbation, x0.device)
