@@ -63,6 +63,12 @@ def log_run_head(meta: dict[str, Any], directory_note: str = "") -> None:
     log(f"directory {meta['directory']} ({meta['filesystem']}), {meta['cpus']} CPUs{directory_note}")
 
 
+def quantile(values: list[float], q: float) -> float:
+    """The ``q`` quantile of ``values`` (nearest rank, no interpolation)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
 def log_table_header(header: str) -> None:
     log(header)
     log("-" * len(header))

@@ -41,7 +41,7 @@ from typing import Any
 
 from restartable import Checkpoint
 
-from _common import log, log_run_head, log_table_header, log_to_stderr, run_meta
+from _common import log, log_run_head, log_table_header, log_to_stderr, quantile, run_meta
 
 TARGET = 1.2  # commit cost at the largest size / at the smallest, at most
 NAME = "bench-catalog"
@@ -58,10 +58,6 @@ def build(path: Path, rows: int) -> float:
             session.write(lead_time=i)
     return time.perf_counter() - start
 
-
-def quantile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -73,7 +73,7 @@ import numpy as np
 
 from restartable import Checkpoint, CheckpointWarning
 
-from _common import log, log_run_head, log_table_header, log_to_stderr, run_meta
+from _common import log, log_run_head, log_table_header, log_to_stderr, quantile, run_meta
 
 NAME = "bench-multirank"
 BARRIER_TIMEOUT = 600  # a hang guard (a rank that died), not a timing assertion
@@ -165,10 +165,6 @@ def run_world(ctx: Any, root: Path, world_size: int, args: dict[str, Any], tag: 
     shutil.rmtree(path, ignore_errors=True)
     return sorted(gathered, key=lambda r: r["rank"])
 
-
-def quantile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def main(argv: list[str] | None = None) -> int:

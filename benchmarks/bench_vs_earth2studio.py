@@ -108,7 +108,7 @@ from restartable.components import Lorenz96, MemoryIO, SyntheticData
 from restartable.components.prognostic import Lorenz96State
 from restartable.workflows import deterministic
 
-from _common import log, log_table_header, log_to_stderr, run_meta, timed_commits
+from _common import log, log_table_header, log_to_stderr, quantile, run_meta, timed_commits
 
 MB = 1_000_000
 MiB = 1 << 20
@@ -190,10 +190,6 @@ def fsync_tree(root: Path) -> None:
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
-
-def quantile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def in_fresh_context(fn: Callable[[], Any]) -> Any:

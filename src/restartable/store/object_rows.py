@@ -25,7 +25,6 @@ over at once. A writer that finds its lease taken refuses to publish.
 
 from __future__ import annotations
 
-import datetime as _dt
 import io
 import json
 import os
@@ -39,13 +38,12 @@ from typing import Any
 
 import numpy as np
 
-from .._version import __version__
 from ..errors import CheckpointCorruptError, CheckpointLockedError, CheckpointRemoteError, CheckpointWriteError
-from .files import CHECKSUM_ALGORITHM, PayloadError, PreparedArray, read_npy
-from .manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME, ManifestError, dump_manifest, load_manifest
+from .files import PayloadError, PreparedArray, read_npy
+from .manifest import MANIFEST_NAME, ManifestError, dump_manifest, load_manifest
 from .objects import STREAM_BYTES, ObjectStore
 from .rows import COMMITS_DIR, PAYLOAD_NAME, ROW_NAME, Problem, Row, Scan, row_dir_name
-from .writer import Snapshot
+from .writer import Snapshot, row_body
 
 LEASE_NAME = ".lock"
 LEASE_SECONDS = float(os.environ.get("RESTARTABLE_LEASE_SECONDS", "30"))
@@ -399,18 +397,7 @@ class ObjectRowWriter:
                     self.store.put_stream(f"{key}/{file_name}", prepared.chunks)
                 uploaded.append(f"{key}/{file_name}")
                 files.append({"name": file_name, "size": prepared.size, "checksum": digest})
-            body = dict(snapshot.body)
-            body.update(
-                pinned=snapshot.pin,
-                format=FORMAT,
-                format_version=FORMAT_VERSION,
-                library_version=__version__,
-                sequence=sequence,
-                commit_id=name,
-                saved_at=_dt.datetime.now(_dt.timezone.utc).isoformat(),
-                checksum_algorithm=CHECKSUM_ALGORITHM,
-                files=files,
-            )
+            body = row_body(snapshot, sequence, name, files)
             step = "checking the writer lease"
             self.lease.check()
             step = f"publishing {MANIFEST_NAME}"

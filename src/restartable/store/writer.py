@@ -55,6 +55,23 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 
+def row_body(snapshot: Snapshot, sequence: int, commit_id: str, files: list[dict[str, Any]]) -> dict[str, Any]:
+    """The manifest body of a row: the front end's fields plus what the engine records."""
+    body = dict(snapshot.body)
+    body.update(
+        pinned=snapshot.pin,
+        format=FORMAT,
+        format_version=FORMAT_VERSION,
+        library_version=__version__,
+        sequence=sequence,
+        commit_id=commit_id,
+        saved_at=_dt.datetime.now(_dt.timezone.utc).isoformat(),
+        checksum_algorithm=CHECKSUM_ALGORITHM,
+        files=files,
+    )
+    return body
+
+
 @dataclass
 class Snapshot:
     """Everything a commit needs, detached from the caller's live objects.
@@ -300,18 +317,7 @@ class RowWriter:
                 raise
             step = "syncing the payload files"
             sync.wait()
-            body = dict(snapshot.body)
-            body.update(
-                pinned=snapshot.pin,
-                format=FORMAT,
-                format_version=FORMAT_VERSION,
-                library_version=__version__,
-                sequence=sequence,
-                commit_id=final.name,
-                saved_at=_dt.datetime.now(_dt.timezone.utc).isoformat(),
-                checksum_algorithm=CHECKSUM_ALGORITHM,
-                files=files,
-            )
+            body = row_body(snapshot, sequence, final.name, files)
             step = f"writing {MANIFEST_NAME}"
             write_bytes(staging / MANIFEST_NAME, dump_manifest(body), self.durable)
             step = "syncing the staging directory"
