@@ -84,7 +84,7 @@ def test_demo_human_output_and_temporary_workdir() -> None:
     assert "exit status -9 (SIGKILL)" in out
     assert "IDENTICAL" in out
     assert "bitwise equal" in out and " NO" not in out
-    assert "Checkpoint('restartable-demo')" in out  # the catalog table
+    assert 'Checkpoint("restartable-demo")' in out  # the catalog table
     assert "Timings" in out and "Sizes on disk" in out
     match = re.search(r"workdir (\S+) removed\.", out)
     assert match, out

@@ -91,7 +91,7 @@ def resolve_device(device: Any) -> Any:
     return torch.device(device)
 
 
-def _normalize_lead_time(value: Any) -> Any:
+def _normalize_value(value: Any) -> Any:
     # Workflows pass coords["lead_time"], a one-element array; the catalog
     # records the element.
     if isinstance(value, np.ndarray) and value.size == 1:
@@ -130,6 +130,9 @@ class CheckpointEntry:
         The row directory.
     pinned:
         Whether the row was committed with :meth:`CheckpointSession.pin`.
+    labels:
+        The session's labels when the row was committed (``session.labels``:
+        a mapping the caller may set, kept apart from metadata).
     all_ranks:
         In a multi-rank run, whether every rank has a row with this sequence
         number (read from the other ranks' folders); ``None`` otherwise.
@@ -148,17 +151,24 @@ class CheckpointEntry:
     path: Path
     pinned: bool = False
     all_ranks: bool | None = None
+    labels: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
-    def labels(self) -> Mapping[str, Any]:
-        """Alias of :attr:`metadata` (earth2studio's later name)."""
-        return self.metadata
+    def metadata_keys(self) -> tuple[str, ...]:
+        """Names of the metadata values (earth2studio's field)."""
+        return tuple(self.metadata)
+
+    @property
+    def artifacts(self) -> tuple[str, ...]:
+        """earth2studio's older name for :attr:`metadata_keys`."""
+        return self.metadata_keys
 
 
 def _entry_from_row(row: Row) -> CheckpointEntry:
     body = row.body
     try:
         metadata = codec.decode(body["metadata"], row.read_payload, root="metadata")
+        labels = codec.decode(body["labels"], row.read_payload, root="labels") if "labels" in body else {}
         return CheckpointEntry(
             commit_id=row.commit_id,
             sequence=row.sequence,
@@ -172,6 +182,7 @@ def _entry_from_row(row: Row) -> CheckpointEntry:
             state_ids=tuple(record["id"] for record in body["states"]),
             path=row.path,
             pinned=bool(body.get("pinned", False)),
+            labels=labels,
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         if isinstance(exc, CheckpointCorruptError):
@@ -191,14 +202,25 @@ def _metadata_key(path: str | None) -> str:
     return path or "?"
 
 
-def _refuse_dataclasses(doc: Any) -> None:
+def _refuse_metadata_dataclasses(metadata_doc: Any) -> None:
     """Metadata is read by every catalog reader, which may lack the user's types."""
+    if isinstance(metadata_doc, dict) and "v" in metadata_doc:
+        items = list(metadata_doc["v"].items())
+    elif isinstance(metadata_doc, dict) and "items" in metadata_doc:
+        items = [(key, value) for key, value in metadata_doc["items"]]
+    else:
+        items = [("?", metadata_doc)]
+    for key, value in items:
+        _refuse_dataclasses(value, key)
+
+
+def _refuse_dataclasses(doc: Any, key: Any) -> None:
     if isinstance(doc, dict):
         if doc.get(codec.TAG) == "dataclass":
             raise CheckpointSerializationError(
-                f"cannot checkpoint a {doc['type']} in metadata: catalog readers may not have that type; "
-                "bind it with bind_checkpoint_state instead",
-                path="metadata",
+                f"Invalid checkpoint metadata {key!r}: cannot checkpoint a {doc['type']} in metadata: catalog "
+                "readers may not have that type; bind it with bind_checkpoint_state instead",
+                path=f"metadata[{key!r}]",
             )
         children: Any = doc.values()
     elif isinstance(doc, list):
@@ -206,7 +228,7 @@ def _refuse_dataclasses(doc: Any) -> None:
     else:
         return
     for child in children:
-        _refuse_dataclasses(child)
+        _refuse_dataclasses(child, key)
 
 
 def _validate(name: str, mode: str, flush_interval: int | None, history_size: int | None, level: int) -> None:
@@ -826,7 +848,7 @@ class Checkpoint:
 
     def _snapshot(self, session: CheckpointSession, metadata: dict[str, Any], copy: Any = False) -> Snapshot:
         """Encode metadata and bound states (the caller-thread half of a commit)."""
-        values: list[tuple[Any, str]] = [(metadata, "metadata")]
+        values: list[tuple[Any, str]] = [(metadata, "metadata"), (dict(session.labels), "labels")]
         records = []
         if self.level >= 1:
             for sid, proxy in session.bound_states.items():
@@ -843,10 +865,12 @@ class Checkpoint:
                 except CheckpointSerializationError as exc:
                     if index == 0:
                         raise CheckpointSerializationError(f"Invalid checkpoint metadata {_metadata_key(exc.path)!r}: {exc}", path=exc.path) from None
-                    raise CheckpointSerializationError(f"{exc} of bound state {records[index - 1]['id']}", path=exc.path) from None
+                    if index == 1:
+                        raise CheckpointSerializationError(f"Invalid checkpoint label: {exc}", path=exc.path) from None
+                    raise CheckpointSerializationError(f"{exc} of bound state {records[index - 2]['id']}", path=exc.path) from None
             raise
-        metadata_doc, *state_docs = encoded.document
-        _refuse_dataclasses(metadata_doc)
+        metadata_doc, labels_doc, *state_docs = encoded.document
+        _refuse_metadata_dataclasses(metadata_doc)
         for record, doc in zip(records, state_docs):
             record["value"] = doc
         body = {
@@ -859,17 +883,20 @@ class Checkpoint:
             "metadata": metadata_doc,
             "states": records,
         }
+        if session.labels:
+            body["labels"] = labels_doc
         return Snapshot(body=body, payloads=encoded.payloads)
 
     # ------------------------------------------------------------------ display
 
     def __repr__(self) -> str:
-        return f"Checkpoint({self.name!r}, path={str(self.path)!r}, mode={self.mode!r}, level={self.level})"
+        # The catalog as a table, as earth2studio shows a checkpoint.
+        return str(self)
 
     def __str__(self) -> str:
         entries = self.catalog
         lines = [
-            f"Checkpoint({self.name!r})",
+            f'Checkpoint("{self.name}")',
             f"path: {self.rank_path}",
             f"mode: {self.mode}  level: {self.level}  flush_interval: {self.flush_interval}  "
             f"rank: {self.rank}/{self.world_size}",
@@ -883,8 +910,19 @@ def _display(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, np.timedelta64):
-        hours = value / np.timedelta64(1, "h")
-        return f"{hours:g}h" if np.isfinite(hours) else str(value)
+        if np.isnat(value):
+            return str(value)
+        if value == np.timedelta64(0, "ns"):
+            return "0 hours"
+        # The largest unit that shows the value whole: "6 hours", "90 minutes".
+        for unit in ("D", "h", "m", "s", "ms", "us", "ns"):
+            try:
+                count = value / np.timedelta64(1, unit)
+            except TypeError:
+                continue
+            if np.isfinite(count) and count == int(count):
+                return str(np.timedelta64(int(count), unit)) if unit != "D" else f"{int(count)} days"
+        return str(value)
     text = str(value)
     return text if len(text) <= 32 else text[:29] + "..."
 
@@ -932,13 +970,21 @@ class CheckpointSession:
 
     def __init__(
         self,
-        checkpoint: Checkpoint,
-        entry: CheckpointEntry | None,
+        catalog: Checkpoint,
+        entry: CheckpointEntry | None = None,
         row: Row | None = None,
         payloads: Any = None,
     ) -> None:
+        checkpoint = catalog
+        if entry is not None and row is None:
+            # Built by hand from a catalog entry (earth2studio's signature):
+            # read and verify the row now, as select() does.
+            opened = checkpoint._open_session(entry)
+            row, payloads = opened._row, opened._payloads
         self.checkpoint = checkpoint
         self._entry = entry
+        # Free-form labels, kept apart from metadata and recorded with each row.
+        self.labels: dict[str, Any] = dict(entry.labels) if entry is not None else {}
         self._row = row
         self._payloads = payloads
         self._aligned = False  # multi-rank: the writer continues after this session's row
@@ -995,15 +1041,20 @@ class CheckpointSession:
         return {} if self._entry is None else dict(self._entry.metadata)
 
     @property
-    def labels(self) -> dict[str, Any]:
+    def artifacts(self) -> dict[str, Any]:
+        """earth2studio's older name for :attr:`metadata`."""
         return self.metadata
 
     def metadata_value(self, key: str) -> Any:
         """One metadata value of the committed row; ``KeyError`` if absent."""
         metadata = self.metadata
         if key not in metadata:
-            raise KeyError(f"checkpoint row {self.commit_id} has no metadata {key!r}")
+            raise KeyError(f"Metadata {key!r} not found in checkpoint session (row {self.commit_id})")
         return metadata[key]
+
+    def artifact(self, key: str) -> Any:
+        """earth2studio's older name for :meth:`metadata_value`."""
+        return self.metadata_value(key)
 
     # ------------------------------------------------------------------ state
 
@@ -1170,9 +1221,9 @@ class CheckpointSession:
 
     @staticmethod
     def _normalize(metadata: dict[str, Any]) -> dict[str, Any]:
-        if "lead_time" in metadata:
-            metadata = dict(metadata, lead_time=_normalize_lead_time(metadata["lead_time"]))
-        return metadata
+        # One-element arrays and tensors (a workflow's coords["lead_time"])
+        # are recorded as their element, as earth2studio does.
+        return {key: _normalize_value(value) for key, value in metadata.items()}
 
     # ------------------------------------------------------------------ context
 
@@ -1225,13 +1276,26 @@ class NullCheckpoint:
     lead_time = None
     commit_id = None
     level = 0
-    write_count = 0
-    catalog = None
     checkpoint = None
+
+    @property
+    def catalog(self) -> NullCheckpoint:
+        """Itself: workflows read ``session.catalog.level``."""
+        return self
+
+    @property
+    def write_count(self) -> int:
+        return 0
+
+    @write_count.setter
+    def write_count(self, value: int) -> None:
+        pass  # nothing is counted
 
     @property
     def device(self) -> Any:
         return resolve_device("cpu")
+
+    checkpoint_device = device
 
     @property
     def metadata(self) -> dict[str, Any]:

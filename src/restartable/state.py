@@ -44,6 +44,7 @@ class PendingState:
     """State bound while no session of ``checkpoint`` was open."""
 
     checkpoint: Checkpoint
+    state_id: str
     state: CheckpointState[Any]
     # Re-buffered from a session that closed: restoring it into the next
     # session of the same checkpoint is expected, not late.
@@ -118,6 +119,11 @@ class CheckpointState(Generic[T]):
         return {} if self._session is None else self._session.metadata
 
     @property
+    def checkpoint_labels(self) -> Mapping[str, Any]:
+        """Labels of the session this state is bound to (empty when there is none)."""
+        return {} if self._session is None else self._session.labels
+
+    @property
     def checkpoint_lead_time(self) -> Any:
         """Lead time of the selected row, if any."""
         return None if self._session is None else self._session.lead_time
@@ -161,7 +167,8 @@ class CheckpointState(Generic[T]):
         setattr(self._state, name, value)
 
     def __repr__(self) -> str:
-        return f"CheckpointState({self._state!r})"
+        # The dataclass's own repr, as earth2studio's proxy shows it.
+        return repr(self._state)
 
 
 def buffer_pending(checkpoint: Checkpoint, state: CheckpointState[Any], reusable: bool = False) -> CheckpointState[Any]:
@@ -169,14 +176,14 @@ def buffer_pending(checkpoint: Checkpoint, state: CheckpointState[Any], reusable
     sid = state_id(state)
     pending = list(PENDING_STATES.get())
     for index, item in enumerate(pending):
-        if item.checkpoint is checkpoint and state_id(item.state) == sid:
+        if item.checkpoint is checkpoint and item.state_id == sid:
             if item.state.checkpoint_dataclass is state.checkpoint_dataclass:
                 return item.state
             # A newer instance of the same component replaces the old one.
-            pending[index] = PendingState(checkpoint, state, reusable)
+            pending[index] = PendingState(checkpoint, sid, state, reusable)
             PENDING_STATES.set(tuple(pending))
             return state
-    PENDING_STATES.set((*pending, PendingState(checkpoint, state, reusable)))
+    PENDING_STATES.set((*pending, PendingState(checkpoint, sid, state, reusable)))
     return state
 
 
