@@ -18,6 +18,7 @@ Each commit is a row of the catalog, made durable by the storage engine in
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import sys
@@ -192,6 +193,25 @@ def _entry_from_row(row: Row) -> CheckpointEntry:
             row=str(row.path),
             file=str(row.path / "manifest.json"),
         ) from exc
+
+
+def _fingerprint(record: dict[str, Any] | None, row: Row | None) -> str | None:
+    """A state record's content, with each array reference replaced by its file's checksum."""
+    if record is None or row is None:
+        return None
+    files = row.files
+
+    def resolve(doc: Any) -> Any:
+        if isinstance(doc, list):
+            return [resolve(item) for item in doc]
+        if isinstance(doc, dict):
+            if doc.get(codec.TAG) in ("ndarray", "tensor") and "i" in doc:
+                entry = files[int(doc["i"])]
+                return {**doc, "i": [entry["size"], entry["checksum"]]}
+            return {key: resolve(value) for key, value in doc.items()}
+        return doc
+
+    return json.dumps(resolve(record.get("value")), sort_keys=True, default=str)
 
 
 def _metadata_key(path: str | None) -> str:
@@ -988,6 +1008,7 @@ class CheckpointSession:
         self._row = row
         self._payloads = payloads
         self._aligned = False  # multi-rank: the writer continues after this session's row
+        self._restored_fingerprints: dict[str, str] = {}  # what each restored state was, by content
         self._saved_states = {record["id"]: record for record in row.body["states"]} if row is not None else {}
         self.bound_states: dict[str, CheckpointState[Any]] = {}
         self._carried_over: set[str] = set()
@@ -1103,6 +1124,7 @@ class CheckpointSession:
             device=self.checkpoint._device,
             into=instance,
         )
+        self._restored_fingerprints[sid] = _fingerprint(record, self._row)
         return True
 
     def _adopt_pending(self) -> None:
@@ -1177,8 +1199,22 @@ class CheckpointSession:
         interrupted (the ensemble workflow pins the start of each member
         batch): the row survives ``mode="overwrite"`` and ``history_size``
         until the next pin, so :meth:`rewind` can return to it.
+
+        A pin starts new work: bound states that changed since they were
+        restored are no longer ``checkpoint_state_loaded``, so a component
+        starting a new rollout (earth2studio's ``Persistence`` at the next
+        member batch) does not continue the old one, while a state still as
+        restored (earth2studio's ``Gaussian`` before its first draw) keeps
+        the flag and is still read back.
         """
-        return self._commit_now(metadata, pin=True, wait=True)
+        entry = self._commit_now(metadata, pin=True, wait=True)
+        if self._row is not None:
+            for sid, proxy in self.bound_states.items():
+                if proxy.checkpoint_state_loaded and self._restored_fingerprints.get(sid) != _fingerprint(
+                    self._saved_states.get(sid), self._row
+                ):
+                    object.__setattr__(proxy, "_state_loaded", False)
+        return entry
 
     def rewind(self, commit_id: str) -> None:
         """Restore every bound state from row ``commit_id`` of this catalog.
@@ -1201,6 +1237,8 @@ class CheckpointSession:
         source = self.checkpoint._open_session(entry)
         for sid, proxy in self.bound_states.items():
             loaded = source._restore(sid, proxy.checkpoint_dataclass)
+            if loaded:
+                self._restored_fingerprints[sid] = source._restored_fingerprints[sid]
             object.__setattr__(proxy, "_state_loaded", loaded or proxy.checkpoint_state_loaded)
 
     def _commit_now(self, metadata: dict[str, Any], pin: bool, wait: bool) -> CheckpointEntry | None:

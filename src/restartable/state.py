@@ -105,7 +105,11 @@ class CheckpointState(Generic[T]):
 
     @property
     def checkpoint_state_loaded(self) -> bool:
-        """Whether the dataclass was restored from the selected row."""
+        """Whether the dataclass was restored from the selected row and not committed since.
+
+        A component that can continue an interrupted rollout asks this when
+        it starts one: true only before the session's first commit.
+        """
         return self._state_loaded
 
     @property

@@ -97,12 +97,14 @@ def install(workflows: bool = True) -> None:
 
         original = sys.modules.get(MODULE)
         state = _Installation(original=original, workflows=workflows)
-        sys.modules[MODULE] = bridged
-        package = sys.modules.get(PACKAGE)
-        if package is not None:
-            state.set(package, "checkpoint", bridged)
         if original is not None:
+            sys.modules[MODULE] = bridged
+            package = sys.modules.get(PACKAGE)
+            if package is not None:
+                state.set(package, "checkpoint", bridged)
             _rebind(_pairs(original, bridged), state)
+        # Otherwise the import hook hands out the bridged module when
+        # earth2studio imports it, after its parent packages, as usual.
         run = sys.modules.get(RUN)
         if workflows and run is not None:
             _route_workflows(run, state)
@@ -133,8 +135,10 @@ def uninstall() -> None:
 
         original = state.original
         if original is None:
-            # earth2studio's module was never loaded: load it now, so that the
-            # modules imported under the bridge can be given its names back.
+            if sys.modules.get(MODULE) is not bridged:
+                return  # never imported under the bridge: nothing holds its names
+            # Load earth2studio's module now, so that the modules imported
+            # under the bridge can be given its names back.
             sys.modules.pop(MODULE, None)
             original = importlib.import_module(MODULE)
         sys.modules[MODULE] = original
@@ -227,6 +231,21 @@ class _Loader(importlib.abc.Loader):
         self._finish(module)
 
 
+class _BridgedLoader(importlib.abc.Loader):
+    """Loads ``earth2studio.utils.checkpoint`` as the bridged module object itself."""
+
+    def __init__(self, bridged: ModuleType) -> None:
+        self._bridged = bridged
+        self._own_spec = bridged.__spec__
+
+    def create_module(self, spec: Any) -> ModuleType:
+        return self._bridged
+
+    def exec_module(self, module: ModuleType) -> None:
+        # The import system stamped earth2studio's spec on it; it stays our module.
+        module.__spec__ = self._own_spec
+
+
 class _Finder(importlib.abc.MetaPathFinder):
     """Finishes the bridge for earth2studio modules imported after :func:`install`."""
 
@@ -235,6 +254,8 @@ class _Finder(importlib.abc.MetaPathFinder):
         self._bridged = bridged
 
     def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if fullname == MODULE:
+            return importlib.util.spec_from_loader(MODULE, _BridgedLoader(self._bridged))
         if fullname not in (PACKAGE, RUN):
             return None
         for finder in sys.meta_path:

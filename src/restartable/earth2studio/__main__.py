@@ -1,36 +1,57 @@
-"""``python -m restartable.earth2studio SCRIPT [ARGS]``: run an unchanged earth2studio script on restartable.
+"""``python -m restartable.earth2studio [--no-workflows] SCRIPT [ARGS] | -m MODULE [ARGS]``.
 
-The bridge is installed before the script (or ``-m MODULE``) runs, exactly
-as if its first line were ``restartable.earth2studio.install()``.
+Runs an unchanged earth2studio script (or module) with the bridge installed,
+exactly as if its first line were ``restartable.earth2studio.install()``.
+Options of the launcher come before SCRIPT (or ``-m MODULE``); everything
+after it is the script's own, ``--help`` included, as with ``python``.
 """
 
 from __future__ import annotations
 
-import argparse
 import runpy
 import sys
 
 from . import install
 
+USAGE = """usage: python -m restartable.earth2studio [-h] [--no-workflows] (SCRIPT | -m MODULE) [ARGS ...]
+
+Run an earth2studio script with its checkpoints and workflows on restartable's engine.
+
+options (before SCRIPT or -m MODULE):
+  -h, --help       show this help and exit
+  --no-workflows   keep earth2studio's own run.deterministic/diagnostic/ensemble
+
+Everything after SCRIPT (or -m MODULE) is passed to it unchanged.
+"""
+
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m restartable.earth2studio",
-        description="Run an earth2studio script with its checkpoints and workflows on restartable's engine.",
-        epilog="Everything after SCRIPT (or -m MODULE) is passed to it unchanged.",
-    )
-    parser.add_argument("--no-workflows", action="store_true", help="keep earth2studio's own run.deterministic/diagnostic/ensemble")
-    target = parser.add_mutually_exclusive_group(required=True)
-    target.add_argument("-m", dest="module", metavar="MODULE", help="run a module, like python -m")
-    target.add_argument("script", nargs="?", metavar="SCRIPT", help="the script to run")
-    args, rest = parser.parse_known_args(argv)
-    install(workflows=not args.no_workflows)
-    if args.module:
-        sys.argv = [args.module, *rest]
-        runpy.run_module(args.module, run_name="__main__", alter_sys=True)
+    args = list(sys.argv[1:] if argv is None else argv)
+    workflows = True
+    while args and args[0].startswith("-") and args[0] != "-m":
+        option = args.pop(0)
+        if option in ("-h", "--help"):
+            print(USAGE, end="")
+            return 0
+        if option == "--no-workflows":
+            workflows = False
+            continue
+        print(USAGE, end="", file=sys.stderr)
+        print(f"python -m restartable.earth2studio: error: unknown option {option!r}", file=sys.stderr)
+        return 2
+    if not args or (args[0] == "-m" and len(args) < 2):
+        print(USAGE, end="", file=sys.stderr)
+        print("python -m restartable.earth2studio: error: a SCRIPT or -m MODULE is required", file=sys.stderr)
+        return 2
+    install(workflows=workflows)
+    if args[0] == "-m":
+        module, rest = args[1], args[2:]
+        sys.argv = [module, *rest]
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
     else:
-        sys.argv = [args.script, *rest]
-        runpy.run_path(args.script, run_name="__main__")
+        script, rest = args[0], args[1:]
+        sys.argv = [script, *rest]
+        runpy.run_path(script, run_name="__main__")
     return 0
 
 

@@ -51,7 +51,8 @@ def fetch_data(
     data = np.stack(blocks, axis=1)
     coords: OrderedDict[str, np.ndarray] = OrderedDict(time=np.asarray(time), lead_time=np.asarray(lead_time), variable=np.asarray(variable))
     coords.update(spatial or {})
-    return torch.as_tensor(data, device=device), coords
+    # float32, as earth2studio's fetch_data gives models (torch.Tensor(values)).
+    return torch.as_tensor(data, dtype=torch.float32, device=device), coords
 
 
 def map_coords(x: Any, coords: OrderedDict[str, np.ndarray], output_coords: dict[str, np.ndarray]) -> tuple[Any, OrderedDict[str, np.ndarray]]:
