@@ -393,24 +393,20 @@ def build_parser() -> argparse.ArgumentParser:
     gc = add("gc", "Remove leftovers of interrupted commits and files no manifest references.")
     gc.add_argument("-n", "--dry-run", action="store_true", help="list what would be removed, remove nothing")
     gc.set_defaults(func=cmd_gc)
-    push_parser = sub.add_parser(
-        "push", help="Upload a local checkpoint's committed rows to a URL.",
-        description="Upload the committed rows of a local checkpoint that the URL lacks, verifying every checksum; "
-        "damaged rows are reported and skipped.",
-    )
-    push_parser.add_argument("source", metavar="LOCAL", help="local checkpoint directory")
-    push_parser.add_argument("destination", metavar="URL", help="object-store prefix, e.g. s3://bucket/run")
-    options(push_parser)
-    push_parser.set_defaults(func=lambda args: _sync_command(args, "push"))
-    pull_parser = sub.add_parser(
-        "pull", help="Download a URL's committed rows into a local checkpoint.",
-        description="Download the committed rows under a URL that the local checkpoint lacks, verifying every "
-        "checksum; damaged rows are reported and skipped.",
-    )
-    pull_parser.add_argument("source", metavar="URL", help="object-store prefix, e.g. s3://bucket/run")
-    pull_parser.add_argument("destination", metavar="LOCAL", help="local checkpoint directory (created if needed)")
-    options(pull_parser)
-    pull_parser.set_defaults(func=lambda args: _sync_command(args, "pull"))
+    for direction, source, destination, what in (
+        ("push", ("LOCAL", "local checkpoint directory"), ("URL", "object-store prefix, e.g. s3://bucket/run"),
+         "Upload the committed rows of a local checkpoint that the URL lacks"),
+        ("pull", ("URL", "object-store prefix, e.g. s3://bucket/run"), ("LOCAL", "local checkpoint directory (created if needed)"),
+         "Download the committed rows under a URL that the local checkpoint lacks"),
+    ):
+        sync = sub.add_parser(
+            direction, help=what.split(" that ")[0] + ".",
+            description=f"{what}, verifying every checksum; damaged rows are reported and skipped.",
+        )
+        sync.add_argument("source", metavar=source[0], help=source[1])
+        sync.add_argument("destination", metavar=destination[0], help=destination[1])
+        options(sync)
+        sync.set_defaults(func=lambda args, direction=direction: _sync_command(args, direction))
     migrate = sub.add_parser(
         "import-earth2studio",
         help="Convert an earth2studio checkpoint store into a restartable store.",

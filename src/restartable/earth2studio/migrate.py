@@ -195,14 +195,18 @@ def _drop_schemas(document: Any) -> Any:
     return document
 
 
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise _Damaged(f"{path} is missing") from exc
+    except (OSError, ValueError) as exc:
+        raise _Damaged(f"{path} is unreadable: {exc}") from exc
+
+
 def _read_row(commit: Path, reader: _Reader) -> tuple[dict[str, Any], dict[str, Any], list[tuple[str, _Migrated]]]:
     """(manifest, metadata, [(state id, state)]) of one earth2studio commit; raises _Damaged."""
-    try:
-        manifest = json.loads((commit / "manifest.json").read_text())
-    except FileNotFoundError as exc:
-        raise _Damaged(f"{commit / 'manifest.json'} is missing") from exc
-    except (OSError, ValueError) as exc:
-        raise _Damaged(f"{commit / 'manifest.json'} is unreadable: {exc}") from exc
+    manifest = _read_json(commit / "manifest.json")
     if not isinstance(manifest, dict) or "commit_id" not in manifest:
         raise _Damaged(f"{commit / 'manifest.json'} is not an earth2studio commit manifest")
     metadata = {name: reader.value(payload, commit / "metadata") for name, payload in (manifest.get("metadata") or {}).items()}
@@ -215,13 +219,8 @@ def _read_row(commit: Path, reader: _Reader) -> tuple[dict[str, Any], dict[str, 
         if relative.is_absolute() or ".." in relative.parts or not relative.parts:
             raise _Damaged(f"state {state_id} points outside the commit ({relative})")
         state_dir = commit / relative
-        try:
-            saved = json.loads((state_dir / "metadata.json").read_text())
-        except FileNotFoundError as exc:
-            raise _Damaged(f"{state_dir / 'metadata.json'} is missing") from exc
-        except (OSError, ValueError) as exc:
-            raise _Damaged(f"{state_dir / 'metadata.json'} is unreadable: {exc}") from exc
-        if saved.get("state_id") != state_id or not isinstance(saved.get("fields"), dict):
+        saved = _read_json(state_dir / "metadata.json")
+        if not isinstance(saved, dict) or saved.get("state_id") != state_id or not isinstance(saved.get("fields"), dict):
             raise _Damaged(f"{state_dir / 'metadata.json'} does not describe state {state_id}")
         fields_ = {name: reader.value(payload, state_dir) for name, payload in saved["fields"].items()}
         states.append((state_id, _Migrated(state_id, fields_)))
