@@ -640,14 +640,16 @@ class Checkpoint:
     def _collective(self) -> bool:
         return process_group_size() == self.world_size
 
-    def _rank_views(self) -> list[tuple[set[int], set[int]]]:
-        """(whole sequences, listed sequences) of every rank, by collective or from the shared path."""
+    def _rank_views(self) -> tuple[list[tuple[set[int], set[int]]], dict[int, dict[int, Row]]]:
+        """(whole sequences, listed sequences) of every rank, by collective or from the shared path,
+        and the other ranks' whole rows by sequence (read from the shared path; empty under a collective)."""
         own_whole = {entry.sequence for entry in self._entries}
         own_listed = {sequence for sequence, _ in list_row_dirs(Path(self.rank_path))}
         if self._collective():
             gathered = all_gather([sorted(own_whole), sorted(own_listed)], self.world_size)
-            return [(set(whole), set(listed)) for whole, listed in gathered]
+            return [(set(whole), set(listed)) for whole, listed in gathered], {}
         views = []
+        peers: dict[int, dict[int, Row]] = {}
         for rank in range(self.world_size):
             if rank == self.rank:
                 views.append((own_whole, own_listed))
@@ -655,13 +657,17 @@ class Checkpoint:
             # One listing for both sets: a row the rank commits meanwhile must
             # not look listed but not whole (that reads as damage).
             scan = scan_rows(self._rank_folder(rank))
-            whole = {row.sequence for row in scan.rows}
+            peers[rank] = {row.sequence: row for row in scan.rows}
+            whole = set(peers[rank])
             damaged = {int(match.group(1)) for problem in scan.problems if (match := ROW_NAME.match(Path(problem.row).name))}
             views.append((whole, whole | damaged))
-        return views
+        return views, peers
 
-    def _verified_everywhere(self, sequence: int, own_ok: bool) -> list[int]:
-        """The ranks whose row ``sequence`` fails verification (every rank gets the same answer)."""
+    def _verified_everywhere(self, sequence: int, own_ok: bool, peers: dict[int, dict[int, Row]]) -> list[int]:
+        """The ranks whose row ``sequence`` fails verification (every rank gets the same answer).
+
+        On a shared path, the other ranks' rows are those the agreement read (``peers``).
+        """
         if self._collective():
             oks = all_gather(own_ok, self.world_size)
             return [rank for rank, ok in enumerate(oks) if not ok]
@@ -669,18 +675,19 @@ class Checkpoint:
         for rank in range(self.world_size):
             if rank == self.rank:
                 continue
-            rows = [row for row in scan_rows(self._rank_folder(rank)).rows if row.sequence == sequence]
+            row = peers.get(rank, {}).get(sequence)
             try:
-                if not rows:
+                if row is None:
                     raise CheckpointCorruptError(f"rank {rank} has no row {sequence}")
-                rows[0].load_all_payloads()
+                row.load_all_payloads()
             except CheckpointCorruptError:
                 failed.append(rank)
         return sorted(failed)
 
-    def _common_sequences(self) -> list[int]:
-        """Sequences every rank committed whole, oldest first; warns about gaps above the newest."""
-        views = self._rank_views()
+    def _common_sequences(self) -> tuple[list[int], dict[int, dict[int, Row]]]:
+        """Sequences every rank committed whole, oldest first (warning about gaps above the newest),
+        and the other ranks' rows as read for it."""
+        views, peers = self._rank_views()
         common = set.intersection(*(whole for whole, _ in views))
         newest_common = max(common, default=0)
         lacking = []
@@ -698,12 +705,12 @@ class Checkpoint:
                 CheckpointFallbackWarning,
                 stacklevel=4,
             )
-        return sorted(common)
+        return sorted(common), peers
 
     def _open_common(self, position: int | None = None) -> CheckpointSession:
         """The session of the newest row every rank has whole (or the one at ``position`` among them)."""
         self.refresh()
-        common = self._common_sequences()
+        common, peers = self._common_sequences()
         by_sequence = {entry.sequence: entry for entry in self._entries}
         if position is not None:
             if not common:
@@ -723,7 +730,7 @@ class Checkpoint:
                 session = self._open_session(by_sequence[sequence])
             except (CheckpointCorruptError, _RowRetired):
                 session = None
-            failed = self._verified_everywhere(sequence, session is not None)
+            failed = self._verified_everywhere(sequence, session is not None, peers)
             if not failed:
                 assert session is not None
                 self._agreed = sequence
