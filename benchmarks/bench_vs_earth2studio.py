@@ -246,17 +246,19 @@ def raw_save(tensors: list[torch.Tensor], raw_dir: Path) -> None:
     """numpy.save each tensor over its previous file, fsync each file, fsync the directory."""
     for k, tensor in enumerate(tensors):
         with open(raw_dir / f"t{k}.npy", "wb") as fh:
-            np.save(fh, tensor.numpy())
+            np.save(fh, tensor.cpu().numpy())
             fh.flush()
             os.fsync(fh.fileno())
     fsync_path(raw_dir, directory=True)
 
 
-def bench_commit(root: Path, e2s: Any, size_mb: float, ntensors: int, commits: int, sequences: int, profile: bool) -> dict[str, Any]:
+def bench_commit(
+    root: Path, e2s: Any, size_mb: float, ntensors: int, commits: int, sequences: int, profile: bool, device: str = "cpu"
+) -> dict[str, Any]:
     profiler = Profiler(profile)
     count = max(1, int(size_mb * MB / ntensors / 4))
     rng = np.random.default_rng(0)
-    tensors = [torch.from_numpy(rng.random(count, dtype=np.float32)) for _ in range(ntensors)]
+    tensors = [torch.from_numpy(rng.random(count, dtype=np.float32)).to(device) for _ in range(ntensors)]
     nbytes = sum(t.numel() * t.element_size() for t in tensors)
     State = make_state_class(ntensors)
     state = State(*tensors)
@@ -274,6 +276,8 @@ def bench_commit(root: Path, e2s: Any, size_mb: float, ntensors: int, commits: i
     def mutate() -> None:
         for t in tensors:
             t.add_(1.0)
+        if device != "cpu":
+            torch.cuda.synchronize()  # the change is done before any side's clock starts
 
     with contextlib.ExitStack() as stack:
         sessions: dict[str, Any] = {}
@@ -362,7 +366,7 @@ def bench_commit(root: Path, e2s: Any, size_mb: float, ntensors: int, commits: i
             path = (session.catalog.rank_path / "commits" / session.commit_id) if side.startswith("earth2studio") else session.entry.path
             row_bytes[side] = tree_bytes(path)
         # Check once that every side holds the final state.
-        expected = [t.numpy().copy() for t in tensors]
+        expected = [t.cpu().numpy().copy() for t in tensors]
 
     restored_equal: dict[str, bool] = {}
     last = tick[0]
@@ -386,7 +390,7 @@ def bench_commit(root: Path, e2s: Any, size_mb: float, ntensors: int, commits: i
 
         lead = in_fresh_context(reload)
         restored_equal[side] = lead is not None and all(
-            np.array_equal(np.asarray(getattr(fresh, f"t{k}")), e) for k, e in enumerate(expected)
+            np.array_equal(np.asarray(getattr(fresh, f"t{k}").cpu()), e) for k, e in enumerate(expected)
         )
         del fresh
     del state, expected
@@ -398,6 +402,7 @@ def bench_commit(root: Path, e2s: Any, size_mb: float, ntensors: int, commits: i
     seq_med = {side: median(v) for side, v in seq_times.items()}
     mbps = {side: nbytes / MB / med[side] for side in sides}
     result: dict[str, Any] = {
+        "device": device,
         "bytes": nbytes,
         "mb": nbytes / MB,
         "tensors": ntensors,
@@ -430,7 +435,7 @@ def bench_commit(root: Path, e2s: Any, size_mb: float, ntensors: int, commits: i
 
 def report_commit(r: dict[str, Any], e2s_note: str) -> None:
     log()
-    log(f"COMMIT: {r['mb']:.0f} MB state ({r['tensors']} float32 CPU torch tensors in one bound dataclass), "
+    log(f"COMMIT: {r['mb']:.0f} MB state ({r['tensors']} float32 torch tensors on {r['device']} in one bound dataclass), "
         f"{r['commits']} commits per side after 1 warm-up, state changed before every commit; os.sync() before each")  # fmt: skip
     header = f"{'side':<22} {'median':>10} {'min':>10} {'max':>10} {'MB/s':>8}  note"
     log_table_header(header)
@@ -816,6 +821,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parts", default="commit,catalog,workflow", help="comma-separated: commit,catalog,workflow (default all)")
     parser.add_argument("--size-mb", type=float, default=265, help="commit: state size in MB (10^6 bytes), default 265")
     parser.add_argument("--tensors", type=int, default=5, help="commit: number of tensors, default 5")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="commit: where the state's tensors live, default cpu")
     parser.add_argument("--commits", type=int, default=10, help="commit: timed commits per side and commits per sequence, default 10")
     parser.add_argument("--sequences", type=int, default=2, help="commit: timed sequences per side, default 2")
     parser.add_argument("--rows", type=int, default=10_000, help="catalog: existing rows of the large catalogs, default 10000")
@@ -841,6 +847,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unknown part {p!r}")
     if min(args.tensors, args.commits, args.sequences, args.rows, args.meta_commits, args.nlat, args.nlon, args.steps, args.repeats) < 1:
         parser.error("sizes and counts must be positive")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device")
     if args.json:
         log_to_stderr()
     if args.threads is not None:
@@ -876,7 +884,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"\n  running commit: {args.size_mb:g} MB in {args.tensors} tensors, {args.commits} commits per side ...")
             t = time.perf_counter()
             results["commit"] = in_fresh_context(
-                lambda: bench_commit(root, e2s, args.size_mb, args.tensors, args.commits, args.sequences, args.profile)
+                lambda: bench_commit(root, e2s, args.size_mb, args.tensors, args.commits, args.sequences, args.profile, args.device)
             )
             results["commit"]["elapsed_s"] = time.perf_counter() - t
             report_commit(results["commit"], e2s_note)

@@ -844,7 +844,8 @@ class Checkpoint:
         # With async_commit the snapshot is taken while the previous persist
         # may still run; submit() then waits for it. At most two snapshots
         # exist: the one being written and this one.
-        snapshot = self._snapshot(session, metadata, copy=self._buffers.copy if background is not None else False)
+        buffers = self._buffers.take() if background is not None else None
+        snapshot = self._snapshot(session, metadata, copy=buffers or False)
         snapshot.pin = pin
         writer = self._acquire_writer()
         if background is None:
@@ -856,7 +857,7 @@ class Checkpoint:
             return
 
         def cleanup() -> None:
-            self._buffers.release(snapshot.payloads)
+            buffers.release()
             self._release_writer()
 
         def failed(error: BaseException) -> None:

@@ -34,7 +34,7 @@ import sys
 import types
 import typing
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -221,12 +221,37 @@ def _fmt_key(key: Any) -> str:
     return f"[{key!r}]"
 
 
+class ArrayCopier(Protocol):
+    """Where a snapshot's copies go (see ``copy`` of :func:`encode`).
+
+    ``copy(array)`` returns a private copy of a host array. The optional
+    ``copy_from_device(tensor)`` starts copying a CUDA tensor to a host
+    tensor and may return before the copy is done; the optional ``finish()``
+    is called once, at the end of the encoding, and waits for those copies.
+    """
+
+    def copy(self, array: np.ndarray) -> np.ndarray: ...
+
+
+class _CopyWith:
+    def __init__(self, copy: Callable[[np.ndarray], np.ndarray]) -> None:
+        self.copy = copy
+
+
 class _Encoder:
-    def __init__(self, copy: bool | Callable[[np.ndarray], np.ndarray]) -> None:
+    def __init__(self, copy: bool | Callable[[np.ndarray], np.ndarray] | ArrayCopier) -> None:
+        copier: Any
         if copy is True:
-            self.copy_array: Callable[[np.ndarray], np.ndarray] | None = _private_copy
+            copier = _CopyWith(_private_copy)
+        elif not copy:
+            copier = None
+        elif callable(copy):
+            copier = _CopyWith(copy)
         else:
-            self.copy_array = copy or None
+            copier = copy
+        self.copier = copier
+        self.copy_array: Callable[[np.ndarray], np.ndarray] | None = copier.copy if copier is not None else None
+        self.copy_from_device: Callable[[Any], Any] | None = getattr(copier, "copy_from_device", None)
         self.payloads: list[np.ndarray] = []
 
     def fail(self, path: str, value: Any, why: str = "") -> CheckpointSerializationError:
@@ -363,13 +388,15 @@ class _Encoder:
             raise self.fail(path, value, f"only dense (strided) tensors are supported, not {value.layout}")
         if value.is_quantized or value.device.type == "meta":
             raise self.fail(path, value, "quantized and meta tensors are not supported")
-        tensor = value.detach()
-        if tensor.device.type != "cpu":
+        tensor = value.detach().resolve_conj().resolve_neg()
+        if tensor.device.type == "cuda" and self.copy_from_device is not None:
+            tensor = self.copy_from_device(tensor)  # a host tensor, filled by the time encode() returns
+            copy_needed = False
+        elif tensor.device.type != "cpu":
             tensor = tensor.cpu()  # already a private copy
             copy_needed = False
         else:
             copy_needed = self.copy_array is not None
-        tensor = tensor.resolve_conj().resolve_neg()
         doc: dict[str, Any] = {TAG: "tensor", "dtype": str(tensor.dtype).removeprefix("torch.")}
         try:
             array = tensor.numpy()
@@ -391,7 +418,9 @@ def _private_copy(array: np.ndarray) -> np.ndarray:
     return np.array(array, copy=True, order="K")
 
 
-def encode(value: Any, root: str = "value", *, copy: bool | Callable[[np.ndarray], np.ndarray] = False) -> Encoded:
+def encode(
+    value: Any, root: str = "value", *, copy: bool | Callable[[np.ndarray], np.ndarray] | ArrayCopier = False
+) -> Encoded:
     """Encode ``value`` without pickle.
 
     Parameters
@@ -405,7 +434,9 @@ def encode(value: Any, root: str = "value", *, copy: bool | Callable[[np.ndarray
         Copy arrays and CPU tensors so that the caller may mutate them right
         after this returns (the *snapshot* half of a commit). Without it,
         payloads may share memory with the caller's values. A callable is
-        used to make each copy (for example from a pool of reused buffers).
+        used to make each copy, and an :class:`ArrayCopier` (a pool of reused,
+        page-aligned and pinned buffers) also copies CUDA tensors to the host
+        asynchronously, waiting once at the end.
 
     Raises
     ------
@@ -414,7 +445,14 @@ def encode(value: Any, root: str = "value", *, copy: bool | Callable[[np.ndarray
         exception's ``path`` name it.
     """
     encoder = _Encoder(copy)
-    document = encoder.encode(value, root)
+    try:
+        document = encoder.encode(value, root)
+    finally:
+        # Device copies still in flight must land before anyone reads the
+        # payloads or reuses their buffers, whether or not encoding failed.
+        finish = getattr(encoder.copier, "finish", None)
+        if finish is not None:
+            finish()
     return Encoded(document, encoder.payloads)
 
 

@@ -149,11 +149,15 @@ class Lorenz96(_Grid):
         return mine.keys() == saved.keys() and all(np.array_equal(mine[k], saved[k]) for k in mine)
 
     def _record(self, prev: torch.Tensor | None, curr: torch.Tensor, coords: OrderedDict[str, np.ndarray]) -> None:
+        # The state refers to the rollout's tensors without copying them: the
+        # leapfrog makes new tensors at every step and never changes one in
+        # place, the caller only ever gets clones, and a commit copies (or
+        # writes) what the state refers to at that moment.
         state = self.checkpoint
         if state.checkpoint_level >= 2:
             device = state.device
-            state.x_prev = None if prev is None else prev.detach().clone().to(device)
-            state.x_curr = curr.detach().clone().to(device)
+            state.x_prev = None if prev is None else prev.detach().to(device)
+            state.x_curr = curr.detach().to(device)
             state.lead_time = np.asarray(coords["lead_time"]).reshape(-1)[-1]
             state.batch_coords = self._batch_coords(coords)
 
@@ -166,8 +170,8 @@ class Lorenz96(_Grid):
             curr = state.x_curr.to(x.device)
             current["lead_time"] = np.array([state.lead_time])
         else:
-            prev, curr = None, x
-            self._record(None, x, current)
+            prev, curr = None, x.clone()  # the caller's tensor is the caller's to change
+            self._record(None, curr, current)
             yield x, current
         while True:
             for _ in range(self.substeps):

@@ -218,12 +218,13 @@ class EngineHandler:
         directory = self._local(directory)
         self._settle()
         background = self._background
-        encoded = codec.encode(state, root="state", copy=self._buffers.copy if background is not None else False)
+        buffers = self._buffers.take() if background is not None else None
+        encoded = codec.encode(state, root="state", copy=buffers or False)
 
         def release() -> None:
             # Only copies taken from the pool go back to it, never the caller's arrays.
-            if background is not None:
-                self._buffers.release(encoded.payloads)
+            if buffers is not None:
+                buffers.release()
 
         try:
             metadata_doc = codec.encode(dict(metadata), root="metadata").document

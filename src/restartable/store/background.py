@@ -9,6 +9,7 @@ alive: the one being written and the one being taken.
 from __future__ import annotations
 
 import atexit
+import os
 import sys
 import threading
 import traceback
@@ -19,43 +20,147 @@ from typing import Any
 import numpy as np
 
 from ..errors import CheckpointWriteError
+from .files import ALIGN_MIN_BYTES, aligned_empty
 
-__all__ = ["BackgroundPersist", "HostBufferPool"]
+__all__ = ["BackgroundPersist", "HostBufferPool", "SnapshotBuffers", "parallel_copy"]
+
+
+# Copies at least this large are split over threads: one thread cannot reach
+# the memory bandwidth of a machine, and ``np.copyto`` releases the GIL.
+PARALLEL_COPY_BYTES = 8 << 20
+# A few threads saturate the memory bus; more only add overhead.
+MAX_COPY_THREADS = 4
+
+
+def parallel_copy(destination: np.ndarray, source: np.ndarray) -> None:
+    """``np.copyto(destination, source)``, split over threads when it is large.
+
+    Both arrays must have the same shape and dtype. Arrays with a common
+    contiguous layout are split into equal slabs, one per thread; anything
+    else is copied in one call.
+    """
+    threads = min(MAX_COPY_THREADS, os.cpu_count() or 1)
+    order = "C" if source.flags.c_contiguous else "F" if source.flags.f_contiguous else None
+    layout_shared = order is not None and (
+        destination.flags.c_contiguous if order == "C" else destination.flags.f_contiguous
+    )
+    if threads < 2 or source.nbytes < PARALLEL_COPY_BYTES or not layout_shared:
+        np.copyto(destination, source, casting="no")
+        return
+    flat_source = source.reshape(-1, order=order)
+    flat_destination = destination.reshape(-1, order=order)
+    step = -(-flat_source.size // threads)
+    slabs = [slice(start, start + step) for start in range(0, flat_source.size, step)]
+    errors: list[BaseException] = []
+
+    def copy(slab: slice) -> None:
+        try:
+            np.copyto(flat_destination[slab], flat_source[slab], casting="no")
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            errors.append(exc)
+
+    helpers = [threading.Thread(target=copy, args=(slab,), name="restartable-copy") for slab in slabs[1:]]
+    for helper in helpers:
+        helper.start()
+    copy(slabs[0])
+    for helper in helpers:
+        helper.join()
+    if errors:
+        raise errors[0]
+
+
+_Key = tuple[str, tuple[int, ...], str]
+
+
+class SnapshotBuffers:
+    """The host copies of one snapshot, taken from (and given back to) a :class:`HostBufferPool`.
+
+    Passed to :func:`restartable.codec.encode` as its ``copy``: host arrays
+    are copied into page-aligned buffers (which the persist writes with
+    direct I/O), device tensors into pinned host buffers with non-blocking
+    copies, and :meth:`finish` waits once for all device copies.
+    """
+
+    def __init__(self, pool: HostBufferPool) -> None:
+        self._pool = pool
+        self.taken: list[tuple[_Key, Any]] = []
+        self._devices: set[Any] = set()
+
+    def copy(self, array: np.ndarray) -> np.ndarray:
+        """A private copy of ``array`` in a reused buffer when one is free."""
+        order = "F" if array.flags.f_contiguous and not array.flags.c_contiguous else "C"
+        key = (order, array.shape, array.dtype.str)
+        buffer = self._pool._take(key)
+        if buffer is None:
+            # Small arrays share pages with other allocations; a mapping of
+            # their own each would only cost memory and mappings.
+            large = array.nbytes >= ALIGN_MIN_BYTES
+            buffer = aligned_empty(array.shape, array.dtype, order) if large else np.empty(array.shape, array.dtype, order)
+        parallel_copy(buffer, array)
+        self.taken.append((key, buffer))
+        return buffer
+
+    def copy_from_device(self, tensor: Any) -> Any:
+        """Start copying a device tensor into a pinned host tensor; valid after :meth:`finish`."""
+        import torch
+
+        key = ("pinned", tuple(tensor.shape), str(tensor.dtype))
+        buffer = self._pool._take(key)
+        if buffer is None:
+            # Pinned (page-locked) memory is what lets the copy run
+            # asynchronously, at the full speed of the bus.
+            buffer = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=torch.cuda.is_available())
+        buffer.copy_(tensor, non_blocking=True)
+        self._devices.add(tensor.device)
+        self.taken.append((key, buffer))
+        return buffer
+
+    def finish(self) -> None:
+        """Wait for the device copies started by :meth:`copy_from_device`: one synchronisation per device."""
+        if self._devices:
+            import torch
+
+            for device in self._devices:
+                # The copies were queued on the device's current stream,
+                # after the kernels that produced the values.
+                torch.cuda.current_stream(device).synchronize()
+            self._devices.clear()
+
+    def release(self) -> None:
+        """Give the buffers back to the pool (once the snapshot has been persisted)."""
+        taken, self.taken = self.taken, []
+        self._pool._give_back(taken)
 
 
 class HostBufferPool:
     """Host buffers reused between snapshots whose arrays have the same shapes.
 
     Steady-state commits of a state whose shapes do not change allocate no
-    memory: a snapshot takes buffers from the pool and gives them back when
-    its persist is done. The peak is two sets (one persisting, one being
-    taken), i.e. at most two extra copies of the state.
+    memory: a snapshot takes buffers from the pool (:meth:`take`) and gives
+    them back when its persist is done. The peak is two sets (one
+    persisting, one being taken), i.e. at most two extra copies of the state.
     """
 
     def __init__(self) -> None:
-        self._free: dict[tuple[tuple[int, ...], str], list[np.ndarray]] = {}
+        self._free: dict[_Key, list[Any]] = {}
         self._lock = threading.Lock()
 
-    def copy(self, array: np.ndarray) -> np.ndarray:
-        """A private copy of ``array`` in a reused buffer when one is free."""
-        key = (array.shape, array.dtype.str)
+    def take(self) -> SnapshotBuffers:
+        """The buffers of a new snapshot."""
+        return SnapshotBuffers(self)
+
+    def _take(self, key: _Key) -> Any:
         with self._lock:
             free = self._free.get(key)
-            buffer = free.pop() if free else None
-        if buffer is None:
-            buffer = np.empty(array.shape, dtype=array.dtype)
-        np.copyto(buffer, array, casting="no")
-        return buffer
+            return free.pop() if free else None
 
-    def release(self, arrays: list[np.ndarray]) -> None:
-        """Keep the buffers of the snapshot just persisted, and only those.
-
-        Buffers of shapes the state no longer has are dropped, so the pool
-        never holds more than one snapshot's worth of memory.
-        """
-        free: dict[tuple[tuple[int, ...], str], list[np.ndarray]] = {}
-        for array in arrays:
-            free.setdefault((array.shape, array.dtype.str), []).append(array)
+    def _give_back(self, taken: list[tuple[_Key, Any]]) -> None:
+        # Keep the buffers of the snapshot just persisted, and only those:
+        # buffers of shapes the state no longer has are dropped, so the pool
+        # never holds more than one snapshot's worth of memory.
+        free: dict[_Key, list[Any]] = {}
+        for key, buffer in taken:
+            free.setdefault(key, []).append(buffer)
         with self._lock:
             self._free = free
 
