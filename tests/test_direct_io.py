@@ -376,3 +376,66 @@ def test_sigkill_during_direct_writes_keeps_whole_rows(tmp_path: Path, monkeypat
         restored = proxy.checkpoint_dataclass
         assert restored.k == session.entry.metadata["lead_time"] >= 1
         assert np.all(restored.x == restored.k)
+
+
+# --------------------------------------------------------------------------- retiring large rows
+
+
+@dataclass
+class Heavy:
+    # 72 MiB in all: large enough that retiring a row is handed to a helper thread.
+    a: np.ndarray = field(default_factory=lambda: np.zeros(9 * MIB, dtype=np.float32))
+    b: np.ndarray = field(default_factory=lambda: np.zeros(9 * MIB, dtype=np.float32))
+
+
+def trash_dirs(store: Path) -> list[str]:
+    return sorted(n for n in os.listdir(store) if n.startswith(".trash-"))
+
+
+@pytest.mark.parametrize("async_commit", [False, True], ids=["sync", "async"])
+def test_large_retired_rows_are_gone_when_the_session_ends(store: Path, async_commit: bool) -> None:
+    with Checkpoint(NAME, path=store, async_commit=async_commit) as session:
+        state = bind_checkpoint_state(Heavy())
+        for k in range(1, 5):
+            state.a[:] = k
+            state.b[:] = -k
+            session.flush(lead_time=k)
+            # Overwrite mode: one committed row, whatever is still being deleted.
+            assert len(os.listdir(store / "commits")) == 1
+            # At most the row retired by this commit is still being deleted.
+            assert len(trash_dirs(store)) <= 1
+    assert trash_dirs(store) == []
+    session = Checkpoint(NAME, path=store).select(-1)
+    restored = session.bind(Heavy()).checkpoint_dataclass
+    assert session.entry.metadata["lead_time"] == 4
+    assert np.all(restored.a == 4) and np.all(restored.b == -4)
+
+
+def test_deletion_failing_on_the_helper_thread_is_retried(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_unlink = os.unlink
+    failing = {"on": True, "hits": 0}
+
+    def unlink(path: Any, *args: Any, **kwargs: Any) -> None:
+        # shutil.rmtree unlinks relative to a descriptor of the directory.
+        where = fd_path(kwargs["dir_fd"]) + "/" if kwargs.get("dir_fd") is not None else ""
+        if failing["on"] and "/.trash-" in where + os.fspath(path):
+            failing["hits"] += 1
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    with Checkpoint(NAME, path=store) as session:
+        state = bind_checkpoint_state(Heavy())
+        for k in range(1, 4):
+            state.a[:] = k
+            session.flush(lead_time=k)
+        assert failing["hits"] >= 1
+        # The commits went through; the undeletable rows wait in the trash.
+        assert len(os.listdir(store / "commits")) == 1
+        failing["on"] = False
+        state.a[:] = 9
+        session.flush(lead_time=9)  # retries what was left, before and after this commit
+    assert trash_dirs(store) == []
+    session = Checkpoint(NAME, path=store).select(-1)
+    assert session.entry.metadata["lead_time"] == 9
+    assert np.all(session.bind(Heavy()).checkpoint_dataclass.a == 9)

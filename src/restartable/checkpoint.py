@@ -321,8 +321,10 @@ class Checkpoint:
         object store has an upload complete when it returns.
     async_commit:
         Persist rows on a background thread: ``write()`` and ``flush(wait=False)``
-        block only for the snapshot (state copied into reusable host buffers,
-        metadata encoded). One persist is in flight at a time; ``flush()``,
+        block only for the snapshot (state copied into reusable page-aligned
+        host buffers, CUDA tensors into pinned ones; metadata encoded), and
+        large payloads are written with direct I/O, bypassing the page
+        cache. One persist is in flight at a time; ``flush()``,
         leaving the session, :meth:`close` and interpreter exit wait for it.
         A background failure is raised as :class:`CheckpointWriteError` at the
         next call into the checkpoint, never swallowed. Peak memory: up to
@@ -663,15 +665,22 @@ class Checkpoint:
             views.append((whole, whole | damaged))
         return views, peers
 
-    def _verified_everywhere(self, sequence: int, own_ok: bool, peers: dict[int, dict[int, Row]]) -> list[int]:
-        """The ranks whose row ``sequence`` fails verification (every rank gets the same answer).
+    def _verified_everywhere(
+        self, sequence: int, own_ok: bool, peers: dict[int, dict[int, Row]]
+    ) -> tuple[list[int], list[int]]:
+        """The ranks whose row ``sequence`` fails verification, and those that retired it meanwhile.
 
-        On a shared path, the other ranks' rows are those the agreement read (``peers``).
+        Every rank gets the same answer under a collective. On a shared path,
+        the other ranks' rows are those the agreement read (``peers``); a row
+        that vanished while it was read was retired by its rank, which had
+        agreed on an older row already: it is no restart point any more, but
+        no damage either.
         """
         if self._collective():
             oks = all_gather(own_ok, self.world_size)
-            return [rank for rank, ok in enumerate(oks) if not ok]
+            return [rank for rank, ok in enumerate(oks) if not ok], []
         failed = [] if own_ok else [self.rank]
+        retired = []
         for rank in range(self.world_size):
             if rank == self.rank:
                 continue
@@ -681,8 +690,11 @@ class Checkpoint:
                     raise CheckpointCorruptError(f"rank {rank} has no row {sequence}")
                 row.load_all_payloads()
             except CheckpointCorruptError:
-                failed.append(rank)
-        return sorted(failed)
+                if row is not None and not row.exists():
+                    retired.append(rank)
+                else:
+                    failed.append(rank)
+        return sorted(failed), retired
 
     def _common_sequences(self) -> tuple[list[int], dict[int, dict[int, Row]]]:
         """Sequences every rank committed whole, oldest first (warning about gaps above the newest),
@@ -730,11 +742,13 @@ class Checkpoint:
                 session = self._open_session(by_sequence[sequence])
             except (CheckpointCorruptError, _RowRetired):
                 session = None
-            failed = self._verified_everywhere(sequence, session is not None, peers)
-            if not failed:
+            failed, retired = self._verified_everywhere(sequence, session is not None, peers)
+            if not failed and not retired:
                 assert session is not None
                 self._agreed = sequence
                 return session
+            if not failed:
+                continue
             warnings.warn(
                 f"row {sequence} of {', '.join(f'rank {rank}' for rank in failed)} in {self.path} is damaged; "
                 "every rank falls back to the previous row common to all ranks",

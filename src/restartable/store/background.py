@@ -14,6 +14,7 @@ import sys
 import threading
 import traceback
 import weakref
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -155,13 +156,18 @@ class HostBufferPool:
             return free.pop() if free else None
 
     def _give_back(self, taken: list[tuple[_Key, Any]]) -> None:
-        # Keep the buffers of the snapshot just persisted, and only those:
-        # buffers of shapes the state no longer has are dropped, so the pool
-        # never holds more than one snapshot's worth of memory.
-        free: dict[_Key, list[Any]] = {}
-        for key, buffer in taken:
-            free.setdefault(key, []).append(buffer)
+        # Free buffers are kept only for the shapes of the snapshot just
+        # persisted, at most two sets of them (two snapshots are alive at
+        # most), so a state whose shapes change does not make the pool hold
+        # every shape it ever had, and one whose shapes repeat stops
+        # allocating after its second snapshot.
+        counts = Counter(key for key, _ in taken)
         with self._lock:
+            free = {key: self._free.get(key, []) for key in counts}
+            for key, buffer in taken:
+                free[key].append(buffer)
+            for key, buffers in free.items():
+                del buffers[: max(0, len(buffers) - 2 * counts[key])]
             self._free = free
 
     def clear(self) -> None:

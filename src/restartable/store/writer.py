@@ -23,6 +23,7 @@ import datetime as _dt
 import errno as _errno
 import os
 import shutil
+import threading
 import uuid
 import warnings
 from collections import deque
@@ -53,6 +54,10 @@ try:  # advisory locks exist on every POSIX system
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
+
+
+# Retired rows at least this large are deleted on a helper thread.
+DEFER_DELETE_BYTES = 64 << 20
 
 
 def row_body(snapshot: Snapshot, sequence: int, commit_id: str, files: list[dict[str, Any]]) -> dict[str, Any]:
@@ -243,15 +248,22 @@ class RowWriter:
         self._previous_files: list[dict[str, Any]] = []
         self._previous_path: Path | None = None
         self._undeleted_trash: list[Path] = []
+        self._reaper: tuple[threading.Thread, list[Path]] | None = None
+        # Payload bytes of the rows this writer committed: what retiring them frees.
+        self._row_bytes: dict[Path, int] = {}
 
     @property
     def next_sequence(self) -> int:
         return self._next_sequence
 
     def close(self) -> None:
-        if self.lock.held:
-            self._empty_trash()
-        self.lock.release()
+        try:
+            if self.lock.held:
+                self._empty_trash(wait=True)
+            else:
+                self._join_reaper()
+        finally:
+            self.lock.release()
 
     def restart_after(self, sequence: int) -> list[tuple[Path, OSError]]:
         """Continue after row ``sequence``: retire every newer row, number the next ``sequence + 1``.
@@ -298,6 +310,9 @@ class RowWriter:
             uid = uuid.uuid4().hex
         elif not (len(uid) == 32 and all(c in "0123456789abcdef" for c in uid)):
             raise ValueError(f"uid must be 32 lowercase hex digits, got {uid!r}")
+        # The rows retired by the previous commit are gone before this one
+        # takes space: the disk never holds more rows than without deferral.
+        self._join_reaper()
         sequence = self._next_sequence
         self._next_sequence += 1
         staging = self.rank_path / f"{STAGING_PREFIX}{uid}"
@@ -336,6 +351,7 @@ class RowWriter:
             _remove_tree(staging)
             raise
         self._rows.append((sequence, final))
+        self._row_bytes[final] = sum(record["size"] for record in files)
         if snapshot.pin:
             self._pinned = final
         self._previous_files, self._previous_path = files, final
@@ -369,7 +385,7 @@ class RowWriter:
         return {"name": path.name, "size": prepared.size, "checksum": digest}
 
     def _retire(self) -> None:
-        self._empty_trash()
+        self._empty_trash(wait=True)  # what an earlier deletion left
         if self.keep is None:
             return
         floor = self.floor() if self.floor is not None else None
@@ -377,6 +393,7 @@ class RowWriter:
         # Kept: the newest ``keep`` rows, the pinned row, and (multi-rank)
         # every row at or above the floor.
         kept = {path for _, path in rows[max(0, len(rows) - self.keep) :]} if self.keep > 0 else set()
+        freed = 0
         for sequence, path in rows:
             if path in kept or path == self._pinned or (floor is not None and sequence >= floor):
                 continue
@@ -389,10 +406,12 @@ class RowWriter:
             except OSError as exc:
                 # The row stays listed and is retried after the next commit.
                 warnings.warn(f"could not retire old row {path}: {exc}", CheckpointCleanupWarning, stacklevel=3)
-                return
+                break
             self._rows.remove((sequence, path))
             self._undeleted_trash.append(trash)
-            self._empty_trash()
+            freed += self._row_bytes.pop(path, 0)
+        # Deleting a small row costs less than handing it to a thread.
+        self._empty_trash(wait=freed < DEFER_DELETE_BYTES)
 
     def retire(self, paths: list[Path]) -> list[tuple[Path, OSError]]:
         """Retire the given committed rows now, whatever ``keep`` says.
@@ -419,9 +438,10 @@ class RowWriter:
             else:
                 self._undeleted_trash.append(trash)
             self._rows = deque(item for item in self._rows if item[1] != path)
+            self._row_bytes.pop(path, None)
             if self._pinned == path:
                 self._pinned = None
-        self._empty_trash()
+        self._empty_trash(wait=True)
         return failed
 
     def _find_pinned(self) -> Path | None:
@@ -434,11 +454,43 @@ class RowWriter:
                 continue
         return None
 
-    def _empty_trash(self) -> None:
-        """Delete retired rows; what cannot be deleted now is retried later."""
-        remaining = []
-        for trash in self._undeleted_trash:
-            _remove_tree(trash)
-            if os.path.lexists(trash):
-                remaining.append(trash)
-        self._undeleted_trash = remaining
+    def _empty_trash(self, wait: bool = False) -> None:
+        """Delete retired rows on a helper thread (or now, with ``wait``).
+
+        Deleting a large row costs about as much as a quarter of writing it
+        (on a disk mounted with ``discard``, every freed extent is trimmed):
+        it runs beside the caller's work and is joined before the next
+        commit writes anything, and at :meth:`close`. What cannot be deleted
+        is retried at the next call; a killed process leaves ``.trash-*``
+        directories, which the next writer removes.
+        """
+        self._join_reaper()
+        trash, self._undeleted_trash = self._undeleted_trash, []
+        if not trash:
+            return
+        if wait:
+            self._undeleted_trash = _delete_trees(trash)
+            return
+        remaining: list[Path] = []
+        thread = threading.Thread(
+            target=lambda: remaining.extend(_delete_trees(trash)), name="restartable-reaper", daemon=True
+        )
+        self._reaper = (thread, remaining)
+        thread.start()
+
+    def _join_reaper(self) -> None:
+        if self._reaper is not None:
+            thread, remaining = self._reaper
+            thread.join()
+            self._reaper = None
+            self._undeleted_trash = remaining + self._undeleted_trash
+
+
+def _delete_trees(paths: list[Path]) -> list[Path]:
+    """Delete retired row directories; return those still present."""
+    remaining = []
+    for trash in paths:
+        _remove_tree(trash)
+        if os.path.lexists(trash):
+            remaining.append(trash)
+    return remaining
