@@ -175,6 +175,18 @@ def test_async_commit_of_large_state_writes_directly(store: Path, monkeypatch: p
     assert_equal(restored, expected(3))
 
 
+@pytest.mark.parametrize("value", ["0", "off"])
+def test_direct_io_can_be_turned_off(store: Path, monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("RESTARTABLE_DIRECT_IO", value)
+    writes = DirectWrites(monkeypatch)
+    commit(store, 4, async_commit=True)
+    assert writes.count == 0
+    entry, restored = restore(store)
+    assert_equal(restored, expected(4))
+    assert verify_row(entry.path) == []
+    assert all(header_length(path) == 4096 for path in payload_files(entry) if path.stat().st_size > MIB)
+
+
 @pytest.mark.parametrize(
     "make",
     [

@@ -35,6 +35,16 @@ ALIGN_MIN_BYTES = 1 << 20
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
 
 
+def direct_io_enabled() -> bool:
+    """Whether page-aligned payloads are written with direct I/O.
+
+    On by default where the platform has it; ``RESTARTABLE_DIRECT_IO=0``
+    turns it off, for file systems where direct writes are slow (some
+    network file systems serve them synchronously, one request at a time).
+    """
+    return bool(_O_DIRECT) and os.environ.get("RESTARTABLE_DIRECT_IO", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
 def new_hasher() -> Any:
     import xxhash  # imported lazily so that ``import restartable`` needs numpy only
 
@@ -185,8 +195,11 @@ class PreparedArray:
         large = self.body.nbytes >= ALIGN_MIN_BYTES
         self.header = npy_header(fields, PAGE_BYTES if large else None)
         self.size = len(self.header) + self.body.nbytes
-        self.direct = bool(
-            _O_DIRECT and large and len(self.header) == PAGE_BYTES and _address(self.body) % PAGE_BYTES == 0
+        self.direct = (
+            large
+            and len(self.header) == PAGE_BYTES
+            and _address(self.body) % PAGE_BYTES == 0
+            and direct_io_enabled()
         )
         self._digest: str | None = None
 
