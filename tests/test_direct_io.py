@@ -264,16 +264,19 @@ def test_async_persist_leaves_the_page_cache_alone(store: Path, tmp_path: Path) 
 # --------------------------------------------------------------------------- refusals and faults
 
 
+@pytest.mark.parametrize("err", [errno.EINVAL, errno.EFAULT, errno.EOPNOTSUPP])
 @pytest.mark.parametrize("fail_after", [0, 1], ids=["refused-at-once", "refused-midway"])
-def test_direct_write_refused_falls_back_to_the_page_cache(store: Path, monkeypatch: pytest.MonkeyPatch, fail_after: int) -> None:
-    """A device that refuses a direct request (EINVAL) gets the rest through the page cache."""
+def test_direct_write_refused_falls_back_to_the_page_cache(
+    store: Path, monkeypatch: pytest.MonkeyPatch, fail_after: int, err: int
+) -> None:
+    """A device that refuses a direct request (EINVAL), or memory it cannot reach directly (EFAULT), gets the rest through the page cache."""
 
     @dataclass
     class Long:
         # 40 MiB: more than one direct request.
         x: np.ndarray = field(default_factory=lambda: np.arange(10 * MIB, dtype=np.float32))
 
-    writes = DirectWrites(monkeypatch, fail_after=fail_after, err=errno.EINVAL)
+    writes = DirectWrites(monkeypatch, fail_after=fail_after, err=err)
     with Checkpoint(NAME, path=store, async_commit=True) as session:
         state = bind_checkpoint_state(Long())
         session.write(lead_time=1)
@@ -328,6 +331,53 @@ def test_disk_full_during_direct_write_keeps_the_previous_row(
     entry, restored = restore(store)
     assert entry.metadata["lead_time"] == 1
     assert_equal(restored, expected(1))
+
+
+@pytest.mark.parametrize("async_commit", [False, True], ids=["sync", "async"])
+def test_any_failure_of_a_direct_write_fails_the_commit(store: Path, monkeypatch: pytest.MonkeyPatch, async_commit: bool) -> None:
+    """Not only OSError: whatever stops the helper thread's write must keep the row from being published."""
+    import restartable.store.files as files_module
+
+    commit(store, 1, async_commit)
+
+    def broken(fd: int, body: memoryview) -> None:
+        raise MemoryError("no memory for the direct write")
+
+    monkeypatch.setattr(files_module, "_write_direct", broken)
+    with pytest.raises((MemoryError, CheckpointWriteError), match="no memory for the direct write"):
+        with Checkpoint(NAME, path=store, async_commit=async_commit) as session:
+            state = bind_checkpoint_state(Big())
+            state.a = np.frombuffer(mmap.mmap(-1, state.a.nbytes), dtype=np.float32)  # page-aligned: the direct path
+            fill(state, 2)
+            session.write(lead_time=2)
+            session.flush()
+    assert not [n for n in os.listdir(store) if n.startswith(".staging-")]
+    entry, restored = restore(store)
+    assert entry.metadata["lead_time"] == 1
+    assert_equal(restored, expected(1))
+    assert verify_row(entry.path) == []
+
+
+def test_structured_dtypes_of_one_item_size_do_not_share_buffers(store: Path) -> None:
+    """Two structured dtypes with the same ``dtype.str`` (``|V8``) get buffers of their own."""
+
+    @dataclass
+    class Records:
+        r: Any = None
+
+    first = np.dtype([("a", "<f4"), ("b", "<i4")])
+    second = np.dtype([("x", "<i2"), ("y", "<i2"), ("z", "<f4")])
+    assert first.str == second.str
+    with Checkpoint(NAME, path=store, async_commit=True, mode="append") as session:
+        state = bind_checkpoint_state(Records())
+        for k, dtype in enumerate([first, second, first, second], start=1):
+            state.r = np.zeros(MIB // 8 * 3, dtype=dtype)
+            state.r[dtype.names[0]] = k
+            session.flush(lead_time=k)  # durable: the buffers are back in the pool for the next commit
+    for k, entry in enumerate(Checkpoint(NAME, path=store, mode="append").catalog, start=1):
+        restored = Checkpoint(NAME, path=store, mode="append").select(k - 1).bind(Records()).checkpoint_dataclass.r
+        dtype = first if k % 2 else second
+        assert restored.dtype == dtype and np.all(restored[dtype.names[0]] == k), entry.commit_id
 
 
 # --------------------------------------------------------------------------- SIGKILL
@@ -421,6 +471,26 @@ def test_large_retired_rows_are_gone_when_the_session_ends(store: Path, async_co
     restored = session.bind(Heavy()).checkpoint_dataclass
     assert session.entry.metadata["lead_time"] == 4
     assert np.all(restored.a == 4) and np.all(restored.b == -4)
+
+
+def test_no_thread_for_the_deletion_deletes_at_once(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_start = threading.Thread.start
+
+    def start(thread: threading.Thread) -> None:
+        if thread.name == "restartable-reaper":
+            raise RuntimeError("can't start new thread")
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    with Checkpoint(NAME, path=store) as session:
+        state = bind_checkpoint_state(Heavy())
+        for k in range(1, 4):
+            state.a[:] = k
+            session.flush(lead_time=k)
+            assert trash_dirs(store) == []
+    session = Checkpoint(NAME, path=store).select(-1)
+    assert session.entry.metadata["lead_time"] == 3
+    assert np.all(session.bind(Heavy()).checkpoint_dataclass.a == 3)
 
 
 def test_deletion_failing_on_the_helper_thread_is_retried(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:

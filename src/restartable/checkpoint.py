@@ -736,6 +736,7 @@ class Checkpoint:
             session = self._open_session(by_sequence[chosen])
             self._agreed = chosen
             return session
+        vanished: set[int] = set()
         for sequence in reversed(common):
             session: CheckpointSession | None = None
             try:
@@ -747,11 +748,21 @@ class Checkpoint:
                 assert session is not None
                 self._agreed = sequence
                 return session
+            vanished.update(retired)
             if not failed:
                 continue
             warnings.warn(
                 f"row {sequence} of {', '.join(f'rank {rank}' for rank in failed)} in {self.path} is damaged; "
                 "every rank falls back to the previous row common to all ranks",
+                CheckpointFallbackWarning,
+                stacklevel=3,
+            )
+        if vanished:
+            # A rank retiring newer rows after agreeing on an older one never
+            # removes every common row: something else removed them.
+            warnings.warn(
+                f"the rows common to every rank vanished from {', '.join(f'rank {rank}' for rank in sorted(vanished))} "
+                f"of {self.path} while they were read; starting a new session",
                 CheckpointFallbackWarning,
                 stacklevel=3,
             )

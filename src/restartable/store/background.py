@@ -40,7 +40,7 @@ def parallel_copy(destination: np.ndarray, source: np.ndarray) -> None:
     contiguous layout are split into equal slabs, one per thread; anything
     else is copied in one call.
     """
-    threads = min(MAX_COPY_THREADS, os.cpu_count() or 1)
+    threads = min(MAX_COPY_THREADS, _usable_cpus())
     order = "C" if source.flags.c_contiguous else "F" if source.flags.f_contiguous else None
     layout_shared = order is not None and (
         destination.flags.c_contiguous if order == "C" else destination.flags.f_contiguous
@@ -70,7 +70,14 @@ def parallel_copy(destination: np.ndarray, source: np.ndarray) -> None:
         raise errors[0]
 
 
-_Key = tuple[str, tuple[int, ...], str]
+def _usable_cpus() -> int:
+    # The CPUs this process may run on (affinity, cgroup cpusets), not the machine's.
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
+
+
+_Key = tuple[str, tuple[int, ...], Any]
 
 
 class SnapshotBuffers:
@@ -90,7 +97,9 @@ class SnapshotBuffers:
     def copy(self, array: np.ndarray) -> np.ndarray:
         """A private copy of ``array`` in a reused buffer when one is free."""
         order = "F" if array.flags.f_contiguous and not array.flags.c_contiguous else "C"
-        key = (order, array.shape, array.dtype.str)
+        # The dtype itself: its ``str`` is the same (``|V8``) for different
+        # structured dtypes of one item size.
+        key = (order, array.shape, array.dtype)
         buffer = self._pool._take(key)
         if buffer is None:
             # Small arrays share pages with other allocations; a mapping of
@@ -102,7 +111,12 @@ class SnapshotBuffers:
         return buffer
 
     def copy_from_device(self, tensor: Any) -> Any:
-        """Start copying a device tensor into a pinned host tensor; valid after :meth:`finish`."""
+        """Start copying a device tensor into a pinned host tensor; valid after :meth:`finish`.
+
+        Pinned buffers come from torch's caching host allocator, which rounds
+        sizes up to a power of two and keeps freed blocks for reuse: the
+        page-locked memory held can exceed two copies of the device state.
+        """
         import torch
 
         key = ("pinned", tuple(tensor.shape), str(tensor.dtype))

@@ -151,10 +151,15 @@ def aligned_empty(shape: tuple[int, ...], dtype: np.dtype, order: str = "C") -> 
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if nbytes == 0:
         return np.empty(shape, dtype=dtype, order=order)
-    # An anonymous mapping is page-aligned, and the array keeps it alive.
-    memory = mmap.mmap(-1, nbytes)
+    # A private anonymous mapping is page-aligned, is not shared with a
+    # forked child, and the array keeps it alive.
+    private = getattr(mmap, "MAP_PRIVATE", 0) | getattr(mmap, "MAP_ANONYMOUS", getattr(mmap, "MAP_ANON", 0))
+    memory = mmap.mmap(-1, nbytes, flags=private) if private else mmap.mmap(-1, nbytes)
     if hasattr(mmap, "MADV_HUGEPAGE"):
-        memory.madvise(mmap.MADV_HUGEPAGE)  # fewer faults and TLB misses when the buffer is filled
+        try:
+            memory.madvise(mmap.MADV_HUGEPAGE)  # fewer faults and TLB misses when the buffer is filled
+        except OSError:
+            pass  # a kernel without transparent huge pages: small pages are fine
     flat = np.frombuffer(memory, dtype=np.uint8, count=nbytes).view(dtype)
     if order == "F":
         return flat.reshape(shape[::-1]).T
@@ -234,7 +239,7 @@ class SyncGroup:
 
     def __init__(self) -> None:
         self._threads: list[threading.Thread] = []
-        self._errors: list[tuple[Path, OSError]] = []
+        self._errors: list[tuple[Path, BaseException]] = []
 
     def submit(self, fd: int, path: Path, write: Callable[[], None] | None = None) -> None:
         """Run ``write()`` (the rest of the file), fsync and close ``fd`` on a helper thread."""
@@ -244,7 +249,7 @@ class SyncGroup:
                 if write is not None:
                     write()
                 os.fsync(fd)
-            except OSError as exc:
+            except BaseException as exc:  # noqa: BLE001 - any failure must fail the commit in wait()
                 self._errors.append((path, exc))
             finally:
                 os.close(fd)
@@ -268,12 +273,19 @@ class SyncGroup:
         errors, self._errors = self._errors, []
         if errors:
             path, exc = errors[0]
-            raise type(exc)(exc.errno, f"{exc.strerror} (writing {path.name})")
+            if isinstance(exc, OSError):
+                raise type(exc)(exc.errno, f"{exc.strerror} (writing {path.name})") from exc
+            raise exc
 
 
 # Direct writes are synchronous: large requests keep the device busy, and 32
 # MiB measured as fast as anything larger.
 _DIRECT_CHUNK_BYTES = 32 << 20
+
+
+# What a direct write answers when it cannot be made directly; a buffered
+# write of the same valid memory can be.
+_DIRECT_REFUSED = frozenset({errno.EINVAL, errno.EFAULT, errno.EOPNOTSUPP})
 
 
 def _write_direct(fd: int, body: memoryview) -> None:
@@ -299,10 +311,12 @@ def _write_direct(fd: int, body: memoryview) -> None:
             while start < bulk:
                 start += os.write(fd, body[start : min(bulk, start + _DIRECT_CHUNK_BYTES)])
         except OSError as exc:
-            if exc.errno != errno.EINVAL:
+            if exc.errno not in _DIRECT_REFUSED:
                 raise
             # A request this device would not take directly (after a short
-            # write, say): the rest goes through the page cache.
+            # write, say), or memory it cannot reach directly (host memory
+            # pinned by a device driver, on some kernels): the rest goes
+            # through the page cache.
         finally:
             fcntl.fcntl(fd, fcntl.F_SETFL, flags)
     _write_all(fd, body[start:])

@@ -330,7 +330,7 @@ class RowWriter:
             except BaseException:
                 sync.abandon()  # no descriptor may outlive a failed commit
                 raise
-            step = "syncing the payload files"
+            step = "writing and syncing the payload files"
             sync.wait()
             body = row_body(snapshot, sequence, final.name, files)
             step = f"writing {MANIFEST_NAME}"
@@ -402,6 +402,7 @@ class RowWriter:
                 os.rename(path, trash)
             except FileNotFoundError:
                 self._rows.remove((sequence, path))
+                self._row_bytes.pop(path, None)
                 continue
             except OSError as exc:
                 # The row stays listed and is retried after the next commit.
@@ -475,8 +476,12 @@ class RowWriter:
         thread = threading.Thread(
             target=lambda: remaining.extend(_delete_trees(trash)), name="restartable-reaper", daemon=True
         )
+        try:
+            thread.start()
+        except RuntimeError:  # no thread to be had: delete now
+            self._undeleted_trash = _delete_trees(trash)
+            return
         self._reaper = (thread, remaining)
-        thread.start()
 
     def _join_reaper(self) -> None:
         if self._reaper is not None:
