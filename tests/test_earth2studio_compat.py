@@ -82,6 +82,7 @@ import contextvars
 import dataclasses
 import inspect
 import typing
+import warnings
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -589,6 +590,23 @@ def test_flush_of_unchanged_metadata_restartable_difference(tmp_path: Path) -> N
         assert ckpt.flush(lead_time=_h(6)) is None
         assert ckpt.flush(lead_time=_h(12)) is not None
     assert len(checkpoint.catalog) == 2
+
+
+def test_flush_of_metadata_of_another_type_is_a_change_and_warns_nothing(tmp_path: Path) -> None:
+    # An int and a timedelta64 are never "the same metadata"; comparing them
+    # would make numpy (2.5) warn about unit-less timedelta64 casts.
+    checkpoint = e2c.Checkpoint("forecast", path=tmp_path, mode="append")
+    with checkpoint as ckpt, warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert ckpt.flush(lead_time=6) is not None
+        assert ckpt.flush(lead_time=6) is None
+        assert ckpt.flush(lead_time=_h(6)) is not None
+        assert ckpt.flush(lead_time=_h(6)) is None
+        assert ckpt.flush(lead_time=6.0) is not None
+        assert ckpt.flush(step=np.int64(3)) is not None
+        assert ckpt.flush(step=np.int64(3)) is None
+    assert [entry.lead_time for entry in checkpoint.catalog] == [6, _h(6), 6.0, 6.0]
+    assert [type(entry.lead_time) for entry in checkpoint.catalog] == [int, np.timedelta64, float, float]
 
 
 def test_write_merges_previous_row_metadata_restartable_difference(tmp_path: Path) -> None:

@@ -1221,7 +1221,14 @@ class CheckpointSession:
     def _unchanged(self, metadata: dict[str, Any]) -> bool:
         committed = self._entry.metadata if self._entry is not None else {}
         try:
-            return all(key in committed and bool(committed[key] == value) for key, value in self._normalize(metadata).items())
+            # Committed values decode to the types they were written with, so
+            # a value of another type is a change. Comparing across types
+            # would also make numpy cast an int to a unit-less timedelta64,
+            # which it deprecates.
+            return all(
+                key in committed and type(committed[key]) is type(value) and bool(committed[key] == value)
+                for key, value in self._normalize(metadata).items()
+            )
         except (TypeError, ValueError):  # values such as arrays have no single truth value
             return False
 

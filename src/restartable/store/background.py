@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CheckpointWriteError
-from .files import ALIGN_MIN_BYTES, aligned_empty
+from .files import ALIGN_MIN_BYTES, PAGE_BYTES, aligned_empty
 
 __all__ = ["BackgroundPersist", "HostBufferPool", "SnapshotBuffers", "parallel_copy"]
 
@@ -80,6 +80,23 @@ def _usable_cpus() -> int:
 _Key = tuple[str, tuple[int, ...], Any]
 
 
+def _pinned_empty(shape: Any, dtype: Any) -> Any:
+    """A pinned host tensor; page-aligned when large, so that the persist can write it with direct I/O."""
+    import torch
+
+    # Pinned (page-locked) memory is what lets the copy run asynchronously,
+    # at the full speed of the bus.
+    pin = torch.cuda.is_available()
+    nbytes = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+    if nbytes < ALIGN_MIN_BYTES:
+        return torch.empty(shape, dtype=dtype, pin_memory=pin)
+    # torch's pinned allocator packs blocks, at any 512-byte boundary: a
+    # page-aligned view into one page more is always there.
+    raw = torch.empty(nbytes + PAGE_BYTES, dtype=torch.uint8, pin_memory=pin)
+    offset = -raw.data_ptr() % PAGE_BYTES
+    return raw[offset : offset + nbytes].view(dtype).view(shape)
+
+
 class SnapshotBuffers:
     """The host copies of one snapshot, taken from (and given back to) a :class:`HostBufferPool`.
 
@@ -117,14 +134,10 @@ class SnapshotBuffers:
         sizes up to a power of two and keeps freed blocks for reuse: the
         page-locked memory held can exceed two copies of the device state.
         """
-        import torch
-
         key = ("pinned", tuple(tensor.shape), str(tensor.dtype))
         buffer = self._pool._take(key)
         if buffer is None:
-            # Pinned (page-locked) memory is what lets the copy run
-            # asynchronously, at the full speed of the bus.
-            buffer = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=torch.cuda.is_available())
+            buffer = _pinned_empty(tensor.shape, tensor.dtype)
         buffer.copy_(tensor, non_blocking=True)
         self._devices.add(tensor.device)
         self.taken.append((key, buffer))
