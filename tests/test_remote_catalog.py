@@ -958,6 +958,84 @@ def test_pull_skips_a_damaged_remote_row(s3_bucket: str, tmp_path: Path, capsys:
     assert cli(capsys, "verify", str(local))[0] == 0
 
 
+def _damage_locally(row_path: Path, how: str) -> Path:
+    """Damage one local row the way a crash, a careless user or bit rot would."""
+    payload = row_path / "p000000.npy"
+    os.chmod(payload, 0o644)
+    if how == "truncated":
+        payload.write_bytes(payload.read_bytes()[:-8])
+    elif how == "manifest-missing":
+        (row_path / MANIFEST_NAME).unlink()
+    elif how == "bit-rot":
+        data = bytearray(payload.read_bytes())
+        data[-1] ^= 0xFF  # same size: only a checksum can tell
+        payload.write_bytes(bytes(data))
+    return payload
+
+
+@pytest.mark.parametrize("how", ["truncated", "manifest-missing", "bit-rot"])
+def test_pull_repairs_a_damaged_local_copy_of_a_row(s3_bucket: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], how: str) -> None:
+    url = f"{s3_bucket}/repair-{how}"
+    catalog = _write_rows(url, range(1, 4)).catalog
+    local = tmp_path / "local"
+    assert cli(capsys, "pull", url, str(local))[0] == 0
+    ids = [entry.commit_id for entry in catalog]
+    _damage_locally(local / "commits" / ids[1], how)
+    assert cli(capsys, "verify", str(local))[0] == 1
+
+    if how == "bit-rot":
+        # Sizes and manifest are intact: only --verify reads the local files.
+        code, out, err = cli(capsys, "pull", url, str(local), "--json")
+        assert code == 0, err
+        assert json.loads(out)["present"] == ids and json.loads(out)["repaired"] == []
+        assert cli(capsys, "verify", str(local))[0] == 1
+        code, out, err = cli(capsys, "pull", url, str(local), "--verify")
+    else:
+        code, out, err = cli(capsys, "pull", url, str(local))
+    assert code == 0, (out, err)
+    assert f"repaired {ids[1]} (the local copy was damaged)" in out
+    assert "3 row(s) copied" not in out and ", 1 repaired, 0 damaged" in out
+
+    assert cli(capsys, "verify", str(local))[0] == 0
+    assert sorted(p.name for p in (local / "commits").iterdir()) == ids
+    assert [p.name for p in local.iterdir() if p.name.startswith((".staging-", ".trash-"))] == []
+    restored = RemoteState()
+    Checkpoint("rows", path=local, mode="append").select(1).bind(restored)
+    assert_same(restored, state_at(2))
+    code, out, err = cli(capsys, "pull", url, str(local), "--json", "--verify")
+    assert code == 0 and json.loads(out)["present"] == ids and json.loads(out)["repaired"] == []
+
+
+def test_pull_keeps_a_damaged_local_copy_when_the_remote_one_is_damaged_too(
+    s3_bucket: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"{s3_bucket}/both-damaged"
+    catalog = _write_rows(url, range(1, 3)).catalog
+    local = tmp_path / "local"
+    assert cli(capsys, "pull", url, str(local))[0] == 0
+    bad = catalog[1].commit_id
+    payload = _damage_locally(local / "commits" / bad, "truncated")
+    damaged_bytes = payload.read_bytes()
+    garble(f"{url}/commits/{bad}/p000001.npy")
+
+    code, out, err = cli(capsys, "pull", url, str(local), "--json")
+    assert code == 1, (out, err)
+    report = json.loads(out)
+    assert report["repaired"] == [] and [d["row"] for d in report["damaged"]] == [bad]
+    reason = report["damaged"][0]["reason"]
+    assert "the local copy is damaged" in reason and str(payload) in reason
+    assert f"{url}/commits/{bad}/p000001.npy" in reason
+    # Not made worse: the local copy is as it was, nothing is left behind.
+    assert payload.read_bytes() == damaged_bytes
+    assert sorted(p.name for p in (local / "commits" / bad).iterdir()) == sorted(
+        p.name for p in (local / "commits" / catalog[0].commit_id).iterdir()
+    )
+    assert [p.name for p in local.iterdir() if p.name.startswith((".staging-", ".trash-"))] == []
+    # Readers fall back to the older, whole row.
+    with pytest.warns(CheckpointFallbackWarning):
+        assert Checkpoint("rows", path=local, mode="append").catalog[-1].commit_id == catalog[0].commit_id
+
+
 def test_push_over_a_damaged_remote_copy_of_a_row(s3_bucket: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     local, url = tmp_path / "local", f"{s3_bucket}/repush"
     checkpoint = _write_rows(str(local), range(1, 3))

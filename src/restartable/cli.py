@@ -323,14 +323,16 @@ def _sync_command(args: argparse.Namespace, direction: str) -> int:
         if direction == "push":
             report = push(Path(local), remote, storage_options=args.storage_options)
         else:
-            report = pull(remote, Path(local), storage_options=args.storage_options)
+            report = pull(remote, Path(local), storage_options=args.storage_options, verify=args.verify)
     except FileNotFoundError as exc:
         raise UsageError(str(exc)) from None
     lines = [f"copied  {row}" for row in report.copied]
+    lines += [f"repaired {row} (the local copy was damaged)" for row in report.repaired]
     lines += [f"DAMAGED {row}: {reason}" for row, reason in report.damaged]
+    repaired = f", {len(report.repaired)} repaired" if report.repaired else ""
     lines.append(
-        f"{len(report.copied)} row(s) copied ({report.bytes_copied} bytes), {len(report.present)} already present, "
-        f"{len(report.damaged)} damaged and skipped"
+        f"{len(report.copied)} row(s) copied ({report.bytes_copied} bytes), {len(report.present)} already present"
+        f"{repaired}, {len(report.damaged)} damaged and skipped"
     )
     _emit(args, report.as_dict(), "\n".join(lines))
     return EXIT_DAMAGED if report.damaged else EXIT_OK
@@ -405,6 +407,12 @@ def build_parser() -> argparse.ArgumentParser:
         )
         sync.add_argument("source", metavar=source[0], help=source[1])
         sync.add_argument("destination", metavar=destination[0], help=destination[1])
+        if direction == "pull":
+            sync.add_argument(
+                "--verify", action="store_true",
+                help="also check every checksum of the rows LOCAL already has (reads them all); "
+                "damaged local rows are replaced by the remote copy either way",
+            )
         options(sync)
         sync.set_defaults(func=lambda args, direction=direction: _sync_command(args, direction))
     migrate = sub.add_parser(

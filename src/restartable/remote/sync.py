@@ -5,7 +5,9 @@ rows a local store lacks. Both copy whole rows by commit id, with the same
 protocol a writer uses (payloads first, manifest last; locally a staging
 directory renamed into ``commits/``), verify every file's checksum on the
 way, and never copy a damaged row: it is reported and skipped. Rows
-already present at the destination are skipped without being read.
+already present remotely are skipped without being read; a row already
+present locally is checked (manifest and file sizes, or every checksum with
+``verify=True``) and, if damaged, replaced by the remote copy.
 """
 
 from __future__ import annotations
@@ -20,12 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CheckpointCorruptError
-from ..store import WriterLock, clean_leftovers, list_row_dirs, scan_rows
+from ..store import WriterLock, clean_leftovers, list_row_dirs, scan_rows, verify_row
 from ..store.files import CHUNK_BYTES, fsync_dir, new_hasher, write_bytes
 from ..store.manifest import MANIFEST_NAME, dump_manifest
 from ..store.object_rows import Lease, ObjectRow, scan_object_rows
 from ..store.objects import ObjectStore, RetryPolicy, join_url
-from ..store.rows import COMMITS_DIR, STAGING_PREFIX, Row
+from ..store.rows import COMMITS_DIR, STAGING_PREFIX, TRASH_PREFIX, Row, open_row
 
 _RANK = re.compile(r"^rank_\d{6}$")
 
@@ -40,12 +42,15 @@ class SyncReport:
     """Rows skipped because the destination already had them."""
     damaged: list[tuple[str, str]] = field(default_factory=list)
     """Rows not copied because a file failed its check, with the reason."""
+    repaired: list[str] = field(default_factory=list)
+    """Rows whose local copy was damaged and was replaced by the remote one (:func:`pull` only)."""
     bytes_copied: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "copied": self.copied,
             "present": self.present,
+            "repaired": self.repaired,
             "damaged": [{"row": row, "reason": reason} for row, reason in self.damaged],
             "bytes_copied": self.bytes_copied,
         }
@@ -206,18 +211,65 @@ def _pull_row(row: ObjectRow, rank_path: Path) -> int:
     return sum(int(f["size"]) for f in row.files)
 
 
+def _describe(where: str, reason: str) -> str:
+    return reason if where in reason else f"{where} {reason}"
+
+
+def _local_damage(path: Path, remote: ObjectRow, verify: bool) -> str | None:
+    """Why the local copy of ``remote`` at ``path`` cannot be trusted, or ``None`` if it is whole."""
+    if verify:
+        problems = verify_row(path)
+        if problems:
+            return "; ".join(_describe(problem.file or problem.row, problem.reason) for problem in problems)
+    try:
+        row = open_row(path)
+    except CheckpointCorruptError as exc:
+        return str(exc)
+    if row.body != remote.body:
+        return f"{path / MANIFEST_NAME} differs from the remote manifest of the same row"
+    return None
+
+
+def _repair_row(row: ObjectRow, path: Path, rank_path: Path) -> int:
+    """Replace the damaged local row ``path`` with the remote ``row``; the damaged copy stays if that fails."""
+    # Moved aside, not deleted, until the remote copy is in: a remote copy
+    # that fails its checksums must not cost the only local one.
+    aside = rank_path / f"{TRASH_PREFIX}{uuid.uuid4().hex}"
+    os.rename(path, aside)
+    try:
+        copied = _pull_row(row, rank_path)
+    except BaseException:
+        os.rename(aside, path)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+    return copied
+
+
 def pull(
     url: str,
     local: str | os.PathLike[str],
     *,
     storage_options: dict[str, Any] | None = None,
     retry: RetryPolicy | None = None,
+    verify: bool = False,
 ) -> SyncReport:
     """Download every committed row under ``url`` that the local store ``local`` lacks.
 
     Rows arrive the way a local writer commits them (staging directory,
     fsync, rename), under the local writer lock, so a reader never sees a
     partial row. Damaged remote rows are reported and not copied.
+
+    A row the local store already has is checked: its manifest and file
+    sizes, and with ``verify=True`` every file's checksum too (which reads
+    the whole local store). A damaged local copy is replaced by the remote
+    one, once that one has passed its own checks, and listed in
+    :attr:`SyncReport.repaired`; if the remote copy is damaged too, the
+    local copy is left as it was and the row is reported damaged.
+
+    Example
+    -------
+    >>> report = pull("s3://bucket/run", "/scratch/run", verify=True)  # doctest: +SKIP
+    >>> report.copied, report.repaired, report.damaged  # doctest: +SKIP
     """
     report = SyncReport()
     base = Path(local).expanduser()
@@ -233,14 +285,23 @@ def pull(
         lock.acquire()
         try:
             clean_leftovers(rank_path, warn=False)
-            present = {path.name for _, path in list_row_dirs(rank_path)}
+            present = {path.name: path for _, path in list_row_dirs(rank_path)}
             scan = scan_object_rows(store)
             for problem in scan.problems:
                 report.damaged.append((_label(rank, problem.row.rstrip("/").rsplit("/", 1)[-1]), problem.reason))
             for row in scan.rows:
                 label = _label(rank, row.commit_id)
                 if row.commit_id in present:
-                    report.present.append(label)
+                    damage = _local_damage(present[row.commit_id], row, verify)  # type: ignore[arg-type]
+                    if damage is None:
+                        report.present.append(label)
+                        continue
+                    try:
+                        report.bytes_copied += _repair_row(row, present[row.commit_id], rank_path)  # type: ignore[arg-type]
+                    except CheckpointCorruptError as exc:
+                        report.damaged.append((label, f"the local copy is damaged ({damage}) and so is the remote one: {exc}"))
+                        continue
+                    report.repaired.append(label)
                     continue
                 try:
                     report.bytes_copied += _pull_row(row, rank_path)  # type: ignore[arg-type]
