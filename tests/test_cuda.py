@@ -37,8 +37,8 @@ import torch
 from restartable import Checkpoint, bind_checkpoint_state
 from restartable.codec import decode, encode
 from restartable.store import scan_rows, verify_row
-from restartable.store.background import HostBufferPool
-from restartable.store.files import ALIGN_MIN_BYTES, PreparedArray, direct_io_enabled
+from restartable.store.background import HostBufferPool, _pinned_empty
+from restartable.store.files import ALIGN_MIN_BYTES, PAGE_BYTES, PreparedArray, direct_io_enabled
 
 from support import tensor_bytes
 
@@ -140,6 +140,19 @@ def test_cuda_tensors_of_every_dtype_and_layout_round_trip(dtype: torch.dtype, s
                 # Pinned blocks are page-aligned: the persist writes them with direct I/O.
                 assert PreparedArray(payload).direct, "a large pinned snapshot buffer would go through the page cache"
         copier.release()
+    del fragments
+
+
+def test_large_pinned_buffers_are_page_aligned_without_doubling_their_size() -> None:
+    """A power-of-two buffer gets no extra page (torch's pinned allocator would double its block)."""
+    fragments = [torch.empty(size, dtype=torch.uint8, pin_memory=True) for size in (100, 700, 3000)]
+    for shape, dtype in (((1 << 24,), torch.float32), ((1024, 1024), torch.bfloat16), ((3, 1 << 20), torch.float64)):
+        buffer = _pinned_empty(shape, dtype)
+        nbytes = buffer.numel() * buffer.element_size()
+        assert buffer.is_pinned() and tuple(buffer.shape) == shape and buffer.dtype == dtype
+        assert buffer.data_ptr() % PAGE_BYTES == 0, f"{shape} {dtype}: not page-aligned"
+        if nbytes >= 2 << 20:
+            assert buffer.untyped_storage().nbytes() == nbytes, f"{shape} {dtype}: padded though already aligned"
     del fragments
 
 

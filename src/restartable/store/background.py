@@ -90,10 +90,15 @@ def _pinned_empty(shape: Any, dtype: Any) -> Any:
     nbytes = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
     if nbytes < ALIGN_MIN_BYTES:
         return torch.empty(shape, dtype=dtype, pin_memory=pin)
-    # torch's pinned allocator packs blocks, at any 512-byte boundary: a
-    # page-aligned view into one page more is always there.
-    raw = torch.empty(nbytes + PAGE_BYTES, dtype=torch.uint8, pin_memory=pin)
+    raw = torch.empty(nbytes, dtype=torch.uint8, pin_memory=pin)
     offset = -raw.data_ptr() % PAGE_BYTES
+    if offset:
+        # torch's pinned allocator can place a block at any 512-byte
+        # boundary; a page-aligned view into one page more is always there.
+        # Only then: it rounds sizes up to a power of two, so one page more
+        # for every buffer would double a 64 MiB one.
+        raw = torch.empty(nbytes + PAGE_BYTES, dtype=torch.uint8, pin_memory=pin)
+        offset = -raw.data_ptr() % PAGE_BYTES
     return raw[offset : offset + nbytes].view(dtype).view(shape)
 
 
