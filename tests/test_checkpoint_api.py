@@ -9,7 +9,9 @@ import inspect
 import json
 import os
 import textwrap
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,8 +21,10 @@ from conftest import run_python
 from restartable import (
     Checkpoint,
     CheckpointEntry,
+    CheckpointSerializationError,
     CheckpointSession,
     NullCheckpoint,
+    bind_checkpoint_state,
 )
 
 STATE_IDS_EMPTY: tuple[str, ...] = ()
@@ -724,3 +728,47 @@ def test_import_is_lightweight() -> None:
         "print(sorted(m for m in heavy if m in sys.modules or any(k.startswith(m + '.') for k in sys.modules)))\n"
     )
     assert result.stdout.strip() == "[]"
+
+
+# --------------------------------------------------------------------------- structured dtypes of many fields
+
+
+@dataclass
+class Table:
+    rows: Any = None
+
+
+def _wide_dtype(fields: int) -> np.dtype:
+    return np.dtype([(f"a_rather_long_column_name_{i:05d}", "<f8" if i % 2 else "<i4") for i in range(fields)])
+
+
+@pytest.mark.parametrize("fields", [400, 3000], ids=["v1-header", "v2-header"])
+def test_structured_dtype_of_many_fields_round_trips(store: Path, fields: int) -> None:
+    """Headers past numpy's default 10,000-byte reading limit (and past 64 KiB: a version 2.0 header)."""
+    dtype = _wide_dtype(fields)
+    rows = np.zeros(5, dtype=dtype)
+    for i, name in enumerate(dtype.names[:50]):
+        rows[name] = np.arange(5) * (i + 1)
+    with Checkpoint("wide", path=store) as session:
+        bind_checkpoint_state(Table()).rows = rows
+        session.flush(lead_time=1)
+    payload = next((Path(session.entry.path)).glob("p*.npy"))
+    assert np.load(payload, max_header_size=1 << 20).dtype == dtype  # a plain .npy file still
+    with Checkpoint("wide", path=store) as session:
+        assert session.lead_time == 1, "the row was not read back"
+        restored = bind_checkpoint_state(Table()).rows
+    assert restored.dtype == dtype and restored.tobytes() == rows.tobytes()
+
+
+def test_dtype_too_large_to_store_is_refused_at_write_with_its_path(store: Path) -> None:
+    with Checkpoint("wide", path=store) as session:
+        state = bind_checkpoint_state(Table())
+        state.rows = np.zeros(2, dtype=_wide_dtype(10))
+        session.flush(lead_time=1)
+        state.rows = np.zeros(2, dtype=_wide_dtype(20000))
+        with pytest.raises(CheckpointSerializationError) as info:
+            session.flush(lead_time=2)
+        assert "state.rows" in str(info.value) and "split a structured dtype" in str(info.value)
+    with Checkpoint("wide", path=store) as session:
+        assert session.lead_time == 1
+        assert bind_checkpoint_state(Table()).rows.dtype == _wide_dtype(10)

@@ -381,6 +381,15 @@ class _Encoder:
         if value.dtype.hasobject:
             raise self.fail(path, value, "arrays with object dtype cannot be stored without pickle")
         self.dtype_json(value.dtype, path)
+        descr = repr(np.lib.format.dtype_to_descr(value.dtype))
+        if len(descr) > MAX_DTYPE_DESCR_CHARS:
+            # Refused here, at the commit, rather than written and then
+            # refused as implausible by the reader.
+            raise self.fail(
+                path, value,
+                f"its dtype's description is {len(descr)} characters; at most {MAX_DTYPE_DESCR_CHARS} can be stored "
+                "(split a structured dtype with this many fields into several arrays)",
+            )
         return {TAG: "ndarray", "i": self.add_payload(value)}
 
     def encode_tensor(self, value: Any, path: str, torch: Any) -> Any:
@@ -412,6 +421,11 @@ class _Encoder:
         self.payloads.append(array)
         doc["i"] = len(self.payloads) - 1
         return doc
+
+
+# The reader's bound on an ``.npy`` header is 1 MiB (restartable.store.files):
+# the description of a dtype must leave room for the shape and padding.
+MAX_DTYPE_DESCR_CHARS = 1 << 19
 
 
 def _private_copy(array: np.ndarray) -> np.ndarray:

@@ -98,7 +98,10 @@ class _HeaderBuffer:
 
 _NPY_MAGIC = b"\x93NUMPY"
 _NPY_ALIGN = 64
-# A header is a few hundred bytes; anything near this is not one of ours.
+# A header is a few hundred bytes, more for a structured dtype of many fields
+# (numpy's own reader stops at 10,000 bytes by default, below what the writer
+# makes of a few hundred fields); anything near this is not one of ours.
+# restartable.codec refuses arrays whose dtype would not fit.
 _NPY_MAX_HEADER = 1 << 20
 
 
@@ -395,9 +398,9 @@ def read_npy(fh: Any, actual_size: int, size: int, checksum: str | None) -> np.n
     try:
         version = np.lib.format.read_magic(fh)
         if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh, max_header_size=_NPY_MAX_HEADER)
         elif version == (2, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh, max_header_size=_NPY_MAX_HEADER)
         elif version == (3, 0):
             shape, fortran, dtype = _read_header_v3(fh)
         else:
