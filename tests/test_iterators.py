@@ -511,11 +511,9 @@ def test_a_state_that_needs_pickle_is_refused_and_writes_nothing(store: Path) ->
     assert leftovers(store) == [] and IteratorCheckpoint(store).list_checkpoints() == {}
 
 
-def test_url_base_dir_needs_a_handler() -> None:
-    with pytest.raises(NotImplementedError, match="URL"):
-        IteratorCheckpoint("s3://bucket/checkpoints")
-    with pytest.raises(NotImplementedError):
-        EngineHandler().list_checkpoints("gs://bucket/x")
+def test_url_base_dir_is_kept_as_given() -> None:
+    # Object stores are tested in test_iterators_remote.py; nothing is touched here.
+    assert IteratorCheckpoint("s3://bucket/checkpoints").base_dir == "s3://bucket/checkpoints"
 
 
 # --------------------------------------------------------------------------- overwrite, keep, interval

@@ -67,9 +67,10 @@ class IteratorCheckpoint:
         Directory of the checkpoints (created on the first save). With the
         default handler it is one rank directory of restartable's engine:
         each save is a row under ``base_dir/commits/``. Give each rank of a
-        distributed job its own ``base_dir``. URLs (``s3://...``) need a
-        handler that writes to them; the default raises
-        ``NotImplementedError`` for them until remote stores exist.
+        distributed job its own ``base_dir``. A URL (``s3://bucket/run/it``,
+        any fsspec URL) puts the rows on an object store, with the same
+        protocol as a catalog there: payloads first, the manifest last, a
+        writer lease.
     handler:
         The storage: any object implementing the small protocol described in
         :mod:`restartable.iterators.handler` (``save``, ``restore``,
@@ -83,6 +84,9 @@ class IteratorCheckpoint:
         :meth:`close`) waits for it, and a background failure is raised as
         :class:`~restartable.CheckpointWriteError` at that next call. Ignored
         when a ``handler`` is given (configure the handler instead).
+    storage_options:
+        fsspec options for a ``base_dir`` that is a URL (credentials,
+        endpoint). Ignored when a ``handler`` is given.
 
     Iterators are objects with ``get_state()``/``set_state(state)``
     (:class:`CheckpointableIterator`), or with torch's
@@ -110,22 +114,18 @@ class IteratorCheckpoint:
         base_dir: str | Path,
         handler: IteratorCheckpointHandler | None = None,
         async_checkpointing: bool = False,
+        storage_options: dict[str, Any] | None = None,
     ) -> None:
         text = os.fspath(base_dir)
         if isinstance(text, bytes):
             text = os.fsdecode(text)
-        if is_url(text):
-            if handler is None:
-                raise NotImplementedError(
-                    f"base_dir {text!r} is a URL: the default handler writes to local directories only for now "
-                    "(object stores and other fsspec URLs come with remote stores); pass a local path, or a handler "
-                    "that writes to the URL"
-                )
-            self.base_dir: str | Path = text
-        else:
-            self.base_dir = Path(text).expanduser()
+        self.base_dir: str | Path = text if is_url(text) else Path(text).expanduser()
         self.async_checkpointing = bool(async_checkpointing)
-        self.handler = handler if handler is not None else EngineHandler(async_checkpointing=self.async_checkpointing)
+        self.handler = (
+            handler
+            if handler is not None
+            else EngineHandler(async_checkpointing=self.async_checkpointing, storage_options=storage_options)
+        )
 
     # ------------------------------------------------------------------ saving
 

@@ -29,13 +29,14 @@ and, optionally:
 
 ``directory`` is the ``base_dir`` given to ``IteratorCheckpoint``: a
 :class:`pathlib.Path`, or the URL string as given when it has a scheme
-(``s3://...``), for handlers that write elsewhere.
+(``s3://...``).
 
 The default, :class:`EngineHandler`, makes every save a row of restartable's
-storage engine in ``directory`` (the rank directory): the same commit
-protocol, checksums, lock and verification as the catalog front end, and
-the same layout, so ``restartable ls`` / ``verify`` / ``show`` / ``gc`` work
-on it.
+storage engine in ``directory`` (the rank directory, or the rank prefix of
+an object store): the same commit protocol, checksums, lock (a lease on an
+object store) and verification as the catalog front end, and the same
+layout, so ``restartable ls`` / ``verify`` / ``show`` / ``push`` / ``pull``
+work on it.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from typing import Any, Protocol, runtime_checkable
 from .. import codec
 from ..errors import CheckpointCleanupWarning, CheckpointCorruptError, CheckpointFallbackWarning
 from ..store import Row, RowWriter, Snapshot, list_row_dirs, open_row
+from ..store.manifest import MANIFEST_NAME
 from ..store.background import BackgroundPersist, HostBufferPool
 
 __all__ = ["EngineHandler", "IteratorCheckpointHandler", "is_url"]
@@ -87,11 +89,74 @@ class IteratorCheckpointHandler(Protocol):
 class _Saved:
     step: int
     sequence: int
-    path: Path
+    path: Any  # Path, or UrlPath on an object store
 
 
 class _Retired(Exception):
     """The row vanished while being read: retired by its writer, not damaged."""
+
+
+class _LocalRows:
+    """The rows of a rank directory on a local filesystem."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.name = path.name
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def writer(self, durable: bool) -> Any:
+        return RowWriter(self.path, keep=None, durable=durable)
+
+    def listing(self) -> list[tuple[int, Any]]:
+        return list_row_dirs(self.path)
+
+    def open(self, path: Any, sequence: int) -> Row:
+        return open_row(path, sequence)
+
+    def exists(self, path: Any) -> bool:
+        return path.exists()
+
+
+class _ObjectRows:
+    """The rows of a rank prefix on an object store (``s3://``, any fsspec URL)."""
+
+    def __init__(self, url: str, storage_options: dict[str, Any] | None) -> None:
+        from ..store.object_rows import UrlPath
+        from ..store.objects import ObjectStore
+
+        self.store = ObjectStore(url, storage_options)
+        self.name = UrlPath(url).name
+        self._files: dict[str, dict[str, int]] = {}
+
+    def __str__(self) -> str:
+        return self.store.url
+
+    def writer(self, durable: bool) -> Any:
+        from ..store.object_rows import ObjectRowWriter
+
+        return ObjectRowWriter(self.store, keep=None)  # an object is durable once its upload returns
+
+    def listing(self) -> list[tuple[int, Any]]:
+        from ..store.object_rows import UrlPath, list_object_row_files
+        from ..store.rows import COMMITS_DIR
+
+        # The sizes listed are what open() checks the manifest against.
+        self._files = list_object_row_files(self.store)
+        return sorted(
+            (int(name.split("-", 1)[0]), UrlPath(self.store.url_of(f"{COMMITS_DIR}/{name}"))) for name in self._files
+        )
+
+    def open(self, path: Any, sequence: int) -> Row:
+        from ..store.object_rows import open_object_row
+
+        return open_object_row(self.store, path.name, self._files.get(path.name, {}))
+
+    def exists(self, path: Any) -> bool:
+        from ..store.rows import COMMITS_DIR
+
+        return self.store.exists(f"{COMMITS_DIR}/{path.name}/{MANIFEST_NAME}")
 
 
 class EngineHandler:
@@ -123,11 +188,18 @@ class EngineHandler:
         for it, and raises its failure as :class:`CheckpointWriteError`.
     durable:
         fsync every file and directory (turn off only for throw-away data).
+    storage_options:
+        fsspec options for directories that are URLs (credentials, endpoint);
+        by default the usual configuration (``AWS_*``, ``~/.aws``).
     """
 
-    def __init__(self, async_checkpointing: bool = False, *, durable: bool = True) -> None:
+    def __init__(
+        self, async_checkpointing: bool = False, *, durable: bool = True, storage_options: dict[str, Any] | None = None
+    ) -> None:
         self.async_checkpointing = bool(async_checkpointing)
         self.durable = bool(durable)
+        self.storage_options = storage_options
+        self._sources: dict[str, _LocalRows | _ObjectRows] = {}
         self._background = BackgroundPersist("iterator checkpoint") if self.async_checkpointing else None
         self._buffers = HostBufferPool()
         # Row directory name -> step (None: not an iterator row). Rows are
@@ -139,21 +211,19 @@ class EngineHandler:
 
     # ------------------------------------------------------------------ helpers
 
-    @staticmethod
-    def _local(directory: Any) -> Path:
-        if is_url(directory):
-            raise NotImplementedError(
-                f"{directory}: restartable's engine writes to local directories only for now; "
-                "object stores and other fsspec URLs come with remote stores. Pass a local path, or a handler "
-                "that writes to the URL."
-            )
-        return Path(directory)
+    def _rows(self, directory: Any) -> _LocalRows | _ObjectRows:
+        key = str(directory)
+        source = self._sources.get(key)
+        if source is None:
+            source = _ObjectRows(key, self.storage_options) if is_url(directory) else _LocalRows(Path(directory))
+            self._sources[key] = source
+        return source
 
     def _settle(self) -> None:
         if self._background is not None:
             self._background.wait()
 
-    def _warn_damaged(self, directory: Path, name: str, reason: str) -> None:
+    def _warn_damaged(self, directory: Any, name: str, reason: str) -> None:
         if name in self._warned:
             return
         self._warned.add(name)
@@ -163,11 +233,11 @@ class EngineHandler:
             stacklevel=5,
         )
 
-    def _index(self, directory: Path, warn: bool) -> tuple[list[_Saved], list[Path]]:
+    def _index(self, directory: _LocalRows | _ObjectRows, warn: bool) -> tuple[list[_Saved], list[Any]]:
         """Iterator rows by (step, sequence), oldest first; damaged rows newest first."""
         saved: list[_Saved] = []
-        damaged: list[Path] = []
-        listed = list_row_dirs(directory)
+        damaged: list[Any] = []
+        listed = directory.listing()
         names = {path.name for _, path in listed}
         self._steps = {name: step for name, step in self._steps.items() if name in names}
         for sequence, path in listed:
@@ -179,9 +249,9 @@ class EngineHandler:
                 step = self._steps[name]
             else:
                 try:
-                    row = open_row(path, sequence)
+                    row = directory.open(path, sequence)
                 except CheckpointCorruptError as exc:
-                    if not path.exists():
+                    if not directory.exists(path):
                         continue  # retired while we read it: not damage
                     damaged.append(path)
                     if warn:
@@ -215,7 +285,7 @@ class EngineHandler:
         metadata: dict[str, int | str | float | bool],
     ) -> str:
         """Commit ``state`` as ``step``; return the row directory (published once durable)."""
-        directory = self._local(directory)
+        directory = self._rows(directory)
         self._settle()
         background = self._background
         buffers = self._buffers.take() if background is not None else None
@@ -228,7 +298,7 @@ class EngineHandler:
 
         try:
             metadata_doc = codec.encode(dict(metadata), root="metadata").document
-            writer = RowWriter(directory, keep=None, durable=self.durable)
+            writer = directory.writer(self.durable)
         except BaseException:
             release()
             raise
@@ -263,12 +333,12 @@ class EngineHandler:
             release()
             raise
 
-        def job() -> tuple[Row, list[tuple[Path, OSError]]]:
+        def job() -> tuple[Row, list[tuple[Any, OSError]]]:
             row = writer.persist(snapshot, uid=uid)
             # Only now, with the new row durable, may older rows go.
             return row, writer.retire(retire)
 
-        def done(result: tuple[Row, list[tuple[Path, OSError]]]) -> None:
+        def done(result: tuple[Row, list[tuple[Any, OSError]]]) -> None:
             row, failures = result
             self._steps[row.path.name] = step
             for failed, exc in failures:
@@ -296,13 +366,13 @@ class EngineHandler:
 
     def restore(self, directory: Any, step: int | None = None) -> Any:
         """The state of ``step`` (``None``: the newest whole step, falling back past damaged ones)."""
-        directory = self._local(directory)
+        directory = self._rows(directory)
         self._settle()
         for _attempt in range(_READ_ATTEMPTS):
             candidates = self._candidates(directory, step)
             for index, entry in enumerate(candidates):
                 try:
-                    return self._load_state(entry)
+                    return self._load_state(directory, entry)
                 except _Retired:
                     break  # a writer retired it meanwhile; read the listing again
                 except CheckpointCorruptError as exc:
@@ -323,12 +393,12 @@ class EngineHandler:
 
     def read_metadata(self, directory: Any, step: int | None = None) -> dict[str, Any]:
         """The metadata saved with ``step`` (``None``: the newest step)."""
-        directory = self._local(directory)
+        directory = self._rows(directory)
         self._settle()
         for _attempt in range(_READ_ATTEMPTS):
             entry = self._candidates(directory, step)[0]
             try:
-                row = self._open(entry)
+                row = self._open(directory, entry)
             except _Retired:
                 continue
             try:
@@ -339,7 +409,7 @@ class EngineHandler:
 
     def list_checkpoints(self, directory: Any) -> dict[int, str]:
         """Steps whose row is whole (manifest and file sizes checked), ascending, mapped to the row directory."""
-        directory = self._local(directory)
+        directory = self._rows(directory)
         self._settle()
         saved, _ = self._index(directory, warn=True)
         return {step: str(entry.path) for step, entry in self._newest_per_step(saved).items()}
@@ -357,7 +427,7 @@ class EngineHandler:
 
     # ------------------------------------------------------------------ reading
 
-    def _candidates(self, directory: Path, step: int | None) -> list[_Saved]:
+    def _candidates(self, directory: _LocalRows | _ObjectRows, step: int | None) -> list[_Saved]:
         saved, damaged = self._index(directory, warn=True)
         note = f" ({len(damaged)} damaged row(s) skipped)" if damaged else ""
         if not saved:
@@ -370,23 +440,23 @@ class EngineHandler:
             raise ValueError(f"no iterator checkpoint for step {step} in {directory}; saved steps: {steps}{note}")
         return [by_step[step]]
 
-    def _open(self, entry: _Saved) -> Row:
+    def _open(self, directory: _LocalRows | _ObjectRows, entry: _Saved) -> Row:
         try:
-            return open_row(entry.path, entry.sequence)
+            return directory.open(entry.path, entry.sequence)
         except CheckpointCorruptError as exc:
-            if not entry.path.exists():
+            if not directory.exists(entry.path):
                 raise _Retired(entry.path.name) from exc
             raise
 
-    def _load_state(self, entry: _Saved) -> Any:
-        row = self._open(entry)  # the manifest is read again: it may have been damaged since it was listed
+    def _load_state(self, directory: _LocalRows | _ObjectRows, entry: _Saved) -> Any:
+        row = self._open(directory, entry)  # the manifest is read again: it may have been damaged since it was listed
         record = next((r for r in row.body.get("states", []) if isinstance(r, dict) and r.get("id") == STATE_ID), None)
         if record is None or "value" not in record:
             raise CheckpointCorruptError(f"{row.path / 'manifest.json'} holds no iterator state", row=str(row.path))
         try:
             loader = row.load_all_payloads()  # every payload read and its checksum checked
         except CheckpointCorruptError as exc:
-            if not row.path.exists():
+            if not directory.exists(row.path):
                 raise _Retired(entry.path.name) from exc
             raise
         return codec.decode(record["value"], loader, root="state")

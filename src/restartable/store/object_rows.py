@@ -201,6 +201,25 @@ def scan_object_rows(store: ObjectStore, attempts: int = 5) -> Scan:
     return scan
 
 
+def list_object_row_files(store: ObjectStore) -> dict[str, dict[str, int]]:
+    """The rows under a rank prefix (those with a manifest), as name -> {file name: size}; one listing, nothing read."""
+    grouped = _group_rows(store.list(COMMITS_DIR))
+    return {name: files for name, files in grouped.items() if MANIFEST_NAME in files}
+
+
+def open_object_row(store: ObjectStore, name: str, files: dict[str, int]) -> ObjectRow:
+    """Read and validate row ``name``'s manifest against its listed ``files`` (see :func:`list_object_row_files`).
+
+    Raises :class:`CheckpointCorruptError` naming the object at fault (a
+    missing manifest included: the caller tells retirement from damage).
+    """
+    try:
+        raw: bytes | BaseException = store.get_bytes(f"{COMMITS_DIR}/{name}/{MANIFEST_NAME}")
+    except FileNotFoundError as exc:
+        raw = exc
+    return _validate(store, name, raw, files)
+
+
 def verify_object_row(row: ObjectRow) -> list[Problem]:
     """Check every payload of a row completely (size and checksum)."""
     problems = []
