@@ -184,13 +184,13 @@ def scan_object_rows(store: ObjectStore, attempts: int = 5) -> Scan:
     bounded number of times, as on a local disk.
     """
     for _attempt in range(attempts):
-        grouped = _group_rows(store.list(COMMITS_DIR))
-        names = sorted(name for name, files in grouped.items() if MANIFEST_NAME in files)
+        listed = list_object_row_files(store)
+        names = sorted(listed)
         fetched = _fetch_manifests(store, names)
         scan, stale = Scan(), False
         for name in names:
             try:
-                scan.rows.append(_validate(store, name, fetched[name], grouped[name]))
+                scan.rows.append(_validate(store, name, fetched[name], listed[name]))
             except CheckpointCorruptError as exc:
                 if isinstance(fetched[name], FileNotFoundError):
                     stale = True  # retired between listing and reading: not damage
