@@ -156,6 +156,34 @@ def test_large_pinned_buffers_are_page_aligned_without_doubling_their_size() -> 
     del fragments
 
 
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs /proc/self/statm")
+def test_large_pinned_buffers_take_exactly_their_size() -> None:
+    """Not from torch's pinned allocator, which would round 33 MiB up to a 64 MiB block.
+
+    Page-locked memory is resident, so the process's resident size grows by
+    what the buffer really takes.
+    """
+    size = 33 << 20
+    # The CUDA context and the first registration cost memory of their own.
+    warm = (torch.zeros(1, device="cuda"), _pinned_empty((1 << 19,), torch.float32))
+    torch.cuda.synchronize()
+    before = _resident_bytes()
+    buffer = _pinned_empty((size // 4,), torch.float32)
+    grown = _resident_bytes() - before
+    assert buffer.is_pinned() and buffer.data_ptr() % PAGE_BYTES == 0
+    assert size <= grown < size + (4 << 20), f"a 33 MiB pinned buffer made the process grow by {grown >> 20} MiB"
+    source = torch.arange(size // 4, dtype=torch.float32, device="cuda")
+    buffer.copy_(source, non_blocking=True)
+    torch.cuda.synchronize()
+    assert torch.equal(buffer, source.cpu())
+    del buffer, warm  # unregistered and unmapped with their last views
+
+
 def test_snapshot_waits_for_queued_kernels_and_ignores_later_ones(tmp_path: Path) -> None:
     """The copy is ordered after the kernels that produce the values, and is done before ``write()`` returns.
 

@@ -81,25 +81,55 @@ _Key = tuple[str, tuple[int, ...], Any]
 
 
 def _pinned_empty(shape: Any, dtype: Any) -> Any:
-    """A pinned host tensor; page-aligned when large, so that the persist can write it with direct I/O."""
+    """A pinned host tensor; page-aligned when large, so that the persist can write it with direct I/O.
+
+    A large buffer is our own page-aligned mapping of exactly its size,
+    page-locked with ``cudaHostRegister``: torch's pinned allocator would
+    round it up to a power of two (a 33 MiB tensor takes 64 MiB, and the
+    pool holds two of each). Where registration fails, the buffer comes
+    from torch's allocator.
+    """
     import torch
 
     # Pinned (page-locked) memory is what lets the copy run asynchronously,
     # at the full speed of the bus.
     pin = torch.cuda.is_available()
     nbytes = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
-    if nbytes < ALIGN_MIN_BYTES:
+    if nbytes < ALIGN_MIN_BYTES or not pin:
         return torch.empty(shape, dtype=dtype, pin_memory=pin)
-    raw = torch.empty(nbytes, dtype=torch.uint8, pin_memory=pin)
+    registered = _registered_empty(nbytes)
+    if registered is not None:
+        return registered.view(dtype).view(shape)
+    raw = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
     offset = -raw.data_ptr() % PAGE_BYTES
     if offset:
         # torch's pinned allocator can place a block at any 512-byte
         # boundary; a page-aligned view into one page more is always there.
-        # Only then: it rounds sizes up to a power of two, so one page more
-        # for every buffer would double a 64 MiB one.
-        raw = torch.empty(nbytes + PAGE_BYTES, dtype=torch.uint8, pin_memory=pin)
+        # Only then: one page more on a power-of-two size doubles its block.
+        raw = torch.empty(nbytes + PAGE_BYTES, dtype=torch.uint8, pin_memory=True)
         offset = -raw.data_ptr() % PAGE_BYTES
     return raw[offset : offset + nbytes].view(dtype).view(shape)
+
+
+def _registered_empty(nbytes: int) -> Any:
+    """``nbytes`` of page-aligned host memory page-locked by CUDA, as a uint8 tensor; ``None`` if CUDA refuses."""
+    import torch
+
+    try:
+        cudart = torch.cuda.cudart()
+        host = aligned_empty((nbytes,), np.dtype(np.uint8))
+        address = host.ctypes.data
+        if cudart.cudaHostRegister(address, nbytes, 0) != cudart.cudaError.success:
+            return None
+    except (AttributeError, RuntimeError, OSError):  # no runtime bindings, or no memory to map
+        return None
+    # Unregistered when the last view of the memory is gone, before the
+    # mapping is released (a weakref callback runs before its referent's
+    # fields are freed). Not at interpreter exit: the CUDA context may be
+    # gone by then, and the process's memory with it.
+    finalizer = weakref.finalize(host, cudart.cudaHostUnregister, address)
+    finalizer.atexit = False
+    return torch.from_numpy(host)
 
 
 class SnapshotBuffers:
@@ -135,9 +165,9 @@ class SnapshotBuffers:
     def copy_from_device(self, tensor: Any) -> Any:
         """Start copying a device tensor into a pinned host tensor; valid after :meth:`finish`.
 
-        Pinned buffers come from torch's caching host allocator, which rounds
-        sizes up to a power of two and keeps freed blocks for reuse: the
-        page-locked memory held can exceed two copies of the device state.
+        Large buffers are exactly their size (see :func:`_pinned_empty`), so
+        the page-locked memory held is two copies of the device state; small
+        ones come from torch's caching pinned allocator, which rounds them up.
         """
         key = ("pinned", tuple(tensor.shape), str(tensor.dtype))
         buffer = self._pool._take(key)
