@@ -313,7 +313,8 @@ class Checkpoint:
         retires that row or a newer one. Entering the checkpoint and
         ``select()`` are then collective calls when ``torch.distributed`` is
         initialised. ``False`` lets each rank resume from its own newest row
-        (independent ranks, as in earth2studio).
+        (independent ranks, as in earth2studio). Catalogs at URLs do that
+        whatever ``consistent`` says, for now.
     storage_options:
         Options for fsspec when ``path`` is a URL (``{"endpoint_url": ...}``);
         by default fsspec's and the cloud SDK's own configuration.
