@@ -41,13 +41,25 @@ from typing import Any
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("earth2studio") is None or importlib.util.find_spec("zarr") is None,
-    reason="earth2studio and zarr are needed",
-)
-
 _RANK_VARS = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "WORLD_SIZE", "SLURM_NTASKS")
-_TIMEOUT = 240
+# A guard against hangs, not a measure of speed: children wait for a CPU
+# (see _SLOTS) before they start, so this bounds one child's own run.
+_TIMEOUT = 600
+# At most one child process per CPU at a time: the module's chains start
+# together, and on a busy 2-CPU machine a dozen processes importing
+# earth2studio at once would each take minutes.
+_SLOTS = threading.BoundedSemaphore(max(1, os.cpu_count() or 1))
+
+pytestmark = [
+    pytest.mark.skipif(
+        importlib.util.find_spec("earth2studio") is None or importlib.util.find_spec("zarr") is None,
+        reason="earth2studio and zarr are needed",
+    ),
+    # The first test to need the module's runs waits for them (each chain
+    # is a few processes that import earth2studio, one per CPU at a time).
+    pytest.mark.timeout(3 * _TIMEOUT),
+]
+
 
 # --------------------------------------------------------------------------- scripts
 
@@ -58,8 +70,13 @@ _TIMEOUT = 240
 # ens64 (as ens, with a float64 data source). --ckpt DIR gives each workflow
 # Checkpoint(<what>, path=DIR/<what>), created before its components (as
 # earth2studio's docs do); without it the workflows get no checkpoint.
+# The ensemble probes run 4 members in batches of 1 with Gaussian(seed=11):
+# m1before (Persistence and Gaussian built before the Checkpoint exists, as
+# earth2studio's basic use does), m1inside (built inside the checkpoint's
+# session) and m1plus (PlusOne, no checkpoint support, built before).
 FORECAST = r'''
 import argparse
+import contextlib
 import os
 import sys
 from collections import OrderedDict
@@ -158,6 +175,20 @@ def main():
             source = FixedSource("float32" if what == "ens" else "float64")
             run.ensemble(TIME, 2, 4, Persistence(VARIABLES, DOMAIN), source, io, Gaussian(seed=7),
                          batch_size=2, device="cpu", verbose=False, **kwargs)
+        elif what in ("m1before", "m1plus"):
+            model = PlusOne() if what == "m1plus" else Persistence(VARIABLES, DOMAIN)
+            perturbation = Gaussian(seed=11)
+            if args.ckpt:  # created only now: the components above are not bound to it
+                kwargs["checkpoint"] = Checkpoint(what, path=os.path.join(args.ckpt, what))
+            run.ensemble(TIME, 2, 4, model, FixedSource("float32"), io, perturbation,
+                         batch_size=1, device="cpu", verbose=False, **kwargs)
+        elif what == "m1inside":
+            with kwargs.pop("checkpoint", contextlib.nullcontext()) as session:
+                model, perturbation = Persistence(VARIABLES, DOMAIN), Gaussian(seed=11)
+                if session is not None:
+                    kwargs["checkpoint"] = session
+                run.ensemble(TIME, 2, 4, model, FixedSource("float32"), io, perturbation,
+                             batch_size=1, device="cpu", verbose=False, **kwargs)
         else:
             raise SystemExit(f"unknown workflow {what}")
         print(f"@@DONE {what}", flush=True)
@@ -197,19 +228,31 @@ class Child:
         self.lines: list[str] = []
         self.writes: list[list[str]] = []
         self.killed = False
-        self.proc = subprocess.Popen(
-            argv,
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.PIPE if kill_when is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+        _SLOTS.acquire()  # released by the reader once the process has ended
+        try:
+            self.proc = subprocess.Popen(
+                argv,
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.PIPE if kill_when is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        except BaseException:
+            _SLOTS.release()
+            raise
         self._reader = threading.Thread(target=self._pump, daemon=True)
         self._reader.start()
 
     def _pump(self) -> None:
+        try:
+            self._read()
+        finally:
+            self.proc.wait()
+            _SLOTS.release()
+
+    def _read(self) -> None:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             self.lines.append(line)
@@ -359,6 +402,7 @@ class _Runs:
                 ("det,ens", self._det_ens),
                 ("plus,ens,ens64", self._plus_ens),
                 ("earth2studio plus,det", self._earth2studio),
+                ("member 1 probes", self._member_one_probes),
             )
         }
 
@@ -384,7 +428,7 @@ class _Runs:
 
     def _reference(self) -> Path:
         # Uninterrupted earth2studio: no bridge, no checkpoint. What every resumed run must equal.
-        self.child(_forecast(self.script, self.root / "reference", "det,ens,plus,ens64")).completed()
+        self.child(_forecast(self.script, self.root / "reference", "det,ens,plus,ens64,m1before,m1inside,m1plus")).completed()
         return self.root / "reference"
 
     def _det_ens(self) -> tuple[Path, list[Child]]:
@@ -408,6 +452,15 @@ class _Runs:
         first = self.child(argv, _kill_at("plus", 4)).was_killed()
         second = self.child(argv, _kill_at("ens", 2)).was_killed()
         return out, [first, second, self.child(argv).completed()]
+
+    def _member_one_probes(self) -> tuple[Path, list[Child]]:
+        # Under the bridge, each ensemble probe is killed inside member 1
+        # (after its lead time 6 h, the 5th write) and resumed by the next
+        # process, which goes on to the next probe.
+        out = self.root / "probes"
+        argv = _forecast(self.script, out, "m1before,m1inside,m1plus", ckpt=self.root / "probes-ckpt", bridge=True)
+        steps = [self.child(argv, _kill_at(what, 5)).was_killed() for what in ("m1before", "m1inside", "m1plus")]
+        return out, [*steps, self.child(argv).completed()]
 
     def _earth2studio(self) -> tuple[Path, list[Child], tuple[int, dict[str, Any]], Child]:
         # earth2studio's own workflows and checkpoint, no bridge:
@@ -443,7 +496,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 import restartable
-import restartable.workflows as wf
+import restartable.earth2studio.run as wf
 import restartable.earth2studio as bridge
 from restartable.earth2studio import checkpoint as bridged
 
@@ -525,7 +578,7 @@ WORKFLOWS = ("deterministic", "diagnostic", "ensemble")
 own = {name: getattr(run, name) for name in WORKFLOWS}
 
 import restartable
-import restartable.workflows as wf
+import restartable.earth2studio.run as wf
 import restartable.earth2studio as bridge
 from restartable.earth2studio import checkpoint as bridged
 
@@ -602,7 +655,7 @@ print("CHILD-OK")
 _NO_WORKFLOWS_SCRIPT = r'''
 import inspect, sys
 import restartable
-import restartable.workflows as wf
+import restartable.earth2studio.run as wf
 import restartable.earth2studio as bridge
 from restartable.earth2studio import checkpoint as bridged
 import earth2studio.run as run
@@ -895,7 +948,7 @@ def test_import_earth2studio_store_then_resume_with_restartable(tmp_path: Path, 
 def test_deterministic_and_ensemble_killed_and_resumed_under_bridge_match_earth2studio(runs: _Runs) -> None:
     out, (first, second, third) = runs.get("det,ens")
     for child in (first, second, third):
-        assert child.info() == ["restartable.earth2studio.checkpoint", "restartable.workflows"], child.output
+        assert child.info() == ["restartable.earth2studio.checkpoint", "restartable.earth2studio.run"], child.output
     assert [w[1] for w in first.writes_of("det")] == ["0", "6", "12"]
     # Resumed after lead 6 h, the last committed boundary: Persistence continues
     # from its restored state, nothing before 12 h is written again.
@@ -915,10 +968,31 @@ def test_deterministic_and_ensemble_killed_and_resumed_under_bridge_match_earth2
 def test_ensemble_killed_in_its_first_member_batch_resumes_every_batch(runs: _Runs) -> None:
     out, (_, killed, resumed) = runs.get("plus,ens,ens64")
     assert killed.writes_of("ens") == [["ens", "0", "0,1"], ["ens", "6", "0,1"]]
-    assert resumed.info()[1] == "restartable.workflows"
+    assert resumed.info()[1] == "restartable.earth2studio.run"
     members = {w[2] for w in resumed.writes_of("ens")}
     assert "2,3" in members, f"the resumed run wrote no lead time of members 2-3: {resumed.writes_of('ens')}"
     _assert_zarr_identical(out / "ens.zarr", runs.reference_dir() / "ens.zarr")
+
+
+@pytest.mark.parametrize("what", ["m1before", "m1inside", "m1plus"])
+def test_ensemble_killed_inside_member_1_resumes_bitwise_wherever_its_components_were_built(runs: _Runs, what: str) -> None:
+    # earth2studio's Gaussian(seed=...) with Persistence built before the
+    # checkpoint existed (nothing bound: the generator starts from its seed
+    # again, so the noise of member 0 is drawn again before member 1's),
+    # built inside the session (the generator state restored from the row),
+    # and a model without checkpoint support (member 1 rerun from lead 0).
+    out, chain = runs.get("member 1 probes")
+    killed = chain[["m1before", "m1inside", "m1plus"].index(what)]
+    resumed = chain[["m1before", "m1inside", "m1plus"].index(what) + 1]
+    assert killed.writes_of(what)[-1] == [what, "6", "1"], killed.output
+    _assert_zarr_identical(out / f"{what}.zarr", runs.reference_dir() / f"{what}.zarr")
+    # The kill came after the IO write of 6 h and before its checkpoint
+    # boundary. Restored inside the session, Persistence continues member 1
+    # after 0 h; otherwise member 1 is rerun from lead 0 and, as earth2studio
+    # does, its lead times are written again.
+    member_1 = ["6", "12"] if what == "m1inside" else ["0", "6", "12"]
+    expected = [[what, lead, "1"] for lead in member_1] + [[what, lead, m] for m in "23" for lead in ("0", "6", "12")]
+    assert resumed.writes_of(what) == expected, resumed.output
 
 
 # =========================================================== 3. a prognostic without checkpoint support
@@ -928,11 +1002,11 @@ def test_stateless_prognostic_killed_and_resumed_under_bridge_has_no_gaps(runs: 
     reference = runs.reference_dir() / "plus.zarr"
     bridged_out, (killed, resumed, _) = runs.get("plus,ens,ens64")
     assert [w[1] for w in killed.writes_of("plus")] == ["0", "6", "12", "18"]
-    assert resumed.info() == ["restartable.earth2studio.checkpoint", "restartable.workflows"]
+    assert resumed.info() == ["restartable.earth2studio.checkpoint", "restartable.earth2studio.run"]
     # Under the bridge: PlusOne restarts from the initial condition, the lead times
-    # already committed (0-12 h) are recomputed but not written again, and the
-    # store is complete and bitwise equal to the uninterrupted run.
-    assert [w[1] for w in resumed.writes_of("plus")] == ["18", "24", "30", "36", "42", "48"], resumed.output
+    # already committed (0-12 h) are recomputed and, as earth2studio does, written
+    # again, and the store is complete and bitwise equal to the uninterrupted run.
+    assert [w[1] for w in resumed.writes_of("plus")] == [str(6 * i) for i in range(9)], resumed.output
     for name, values in _data_arrays(bridged_out / "plus.zarr").items():
         assert np.isfinite(values).all() and (values != 0).all(), f"{name}: lead times left unwritten"
     _assert_zarr_identical(bridged_out / "plus.zarr", reference)
@@ -960,7 +1034,7 @@ def test_workflow_started_by_earth2studio_migrated_and_resumed_under_bridge(runs
     assert [w[1] for w in killed.writes_of("det")] == ["0", "6", "12"]
     # earth2studio's overwrite-mode catalog holds one row: lead 6 h with Persistence's state.
     assert code == 0 and len(report["imported"]) == 1 and report["damaged"] == [], report
-    assert resumed.info() == ["restartable.earth2studio.checkpoint", "restartable.workflows"]
+    assert resumed.info() == ["restartable.earth2studio.checkpoint", "restartable.earth2studio.run"]
     # The rollout goes on from the migrated row, it does not start over.
     assert [w[1] for w in resumed.writes_of("det")] == ["12", "18", "24", "30"], resumed.output
     _assert_zarr_identical(out / "det.zarr", runs.reference_dir() / "det.zarr")
@@ -971,6 +1045,6 @@ def test_workflow_started_by_earth2studio_migrated_and_resumed_under_bridge(runs
 
 def test_bridged_workflows_match_earth2studio_on_float64_data(runs: _Runs) -> None:
     out, (_, _, last) = runs.get("plus,ens,ens64")
-    assert last.info()[1] == "restartable.workflows"
+    assert last.info()[1] == "restartable.earth2studio.run"
     assert len(last.writes_of("ens64")) == 6, last.output
     _assert_zarr_identical(out / "ens64.zarr", runs.reference_dir() / "ens64.zarr")

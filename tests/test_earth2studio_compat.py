@@ -26,7 +26,7 @@ test_checkpoint_state_proxy_metadata_and_rebinding
     test_lead_time_tensors_and_arrays_are_normalized
 test_bind_round_trip_hydrates_dataclass_and_catalog
     test_round_trip_of_supported_field_types, test_catalog_entry_contents,
-    test_loose_nested_dataclass_restored_as_dataclass_restartable_difference,
+    test_loose_nested_dataclass_restored_as_a_dict,
     test_print_shows_the_catalog, test_repr_shows_the_catalog,
     test_labels_are_not_metadata
 test_duplicate_state_type_errors_but_different_selections_are_independent
@@ -50,7 +50,7 @@ test_defensive_paths_and_catalog_rebuild (apart from its catalog.json / manifest
     test_constructor_defaults, test_checkpoint_name_restartable_difference,
     test_select_row_and_index_error, test_metadata_values_round_trip,
     test_unsupported_metadata_names_the_key, test_flush_with_nothing_pending,
-    test_int_keyed_dict_metadata_restartable_difference,
+    test_int_keyed_dicts_are_refused,
     test_dataclass_metadata_refused_restartable_difference,
     test_dataclass_metadata_error_names_the_key,
     test_metadata_one_element_values_are_normalized
@@ -998,14 +998,28 @@ def test_round_trip_of_supported_field_types(tmp_path: Path) -> None:
         assert restored.loose is None
 
 
-def test_loose_nested_dataclass_restored_as_dataclass_restartable_difference(tmp_path: Path) -> None:
-    # earth2studio restores a dataclass held in a field not typed as that
-    # dataclass as a dict of its fields; restartable rebuilds the dataclass
-    # from a type the caller already has (docs/architecture.md, codec).
+def test_loose_nested_dataclass_restored_as_a_dict(tmp_path: Path) -> None:
+    # earth2studio restores a dataclass held in a field that does not hold
+    # one now (here ``object | None``, None by default) as a dict of its
+    # fields; a field that holds a dataclass is restored in place.
     with e2c.Checkpoint("forecast", path=tmp_path) as ckpt:
-        bind_state(ToyState()).loose = NestedState(count=5)
+        state = bind_state(ToyState())
+        state.loose = NestedState(count=5)
+        state.nested.count = 2
         ckpt.flush(lead_time=_h(0))
     with e2c.Checkpoint("forecast", path=tmp_path):
+        restored = bind_state(ToyState())
+        assert restored.loose == {"label": "inner", "count": 5}
+        assert restored.nested == NestedState(count=2)
+
+
+def test_loose_nested_dataclass_restored_as_dataclass_restartable_difference(tmp_path: Path) -> None:
+    # restartable's own Checkpoint rebuilds the dataclass from a type the
+    # caller already has (docs/architecture.md, codec); the bridge does not.
+    with restartable.Checkpoint("forecast", path=tmp_path) as ckpt:
+        bind_state(ToyState()).loose = NestedState(count=5)
+        ckpt.flush(lead_time=_h(0))
+    with restartable.Checkpoint("forecast", path=tmp_path):
         restored = bind_state(ToyState())
         assert restored.loose == NestedState(count=5)
 
@@ -1104,12 +1118,25 @@ def test_unsupported_state_value(tmp_path: Path, state_type: type) -> None:
     assert checkpoint.catalog == ()
 
 
+def test_int_keyed_dicts_are_refused(tmp_path: Path) -> None:
+    # earth2studio refuses non-string dictionary keys, in metadata and in
+    # state, with CheckpointSerializationError naming the metadata key.
+    checkpoint = e2c.Checkpoint("forecast", path=tmp_path)
+    with checkpoint as ckpt:
+        with pytest.raises(e2c.CheckpointSerializationError, match="Invalid checkpoint metadata 'meta'"):
+            ckpt.flush(meta={1: 2}, lead_time=_h(0))
+        bind_state(ToyState()).mapping = {1: "x"}
+        with pytest.raises(e2c.CheckpointSerializationError, match="mapping"):
+            ckpt.flush(lead_time=_h(0))
+    assert checkpoint.catalog == ()
+
+
 def test_int_keyed_dict_metadata_restartable_difference(tmp_path: Path) -> None:
-    # CHANGELOG (codec): int-keyed dicts are stored, tagged; earth2studio
-    # refuses non-string dictionary keys with CheckpointSerializationError.
-    with e2c.Checkpoint("forecast", path=tmp_path) as ckpt:
+    # CHANGELOG (codec): restartable's own Checkpoint stores int-keyed
+    # dicts, tagged; the bridge refuses them as earth2studio does.
+    with restartable.Checkpoint("forecast", path=tmp_path) as ckpt:
         ckpt.flush(meta={1: 2, 3: "x"}, lead_time=_h(0))
-    assert e2c.Checkpoint("forecast", path=tmp_path).select(-1).metadata_value("meta") == {1: 2, 3: "x"}
+    assert restartable.Checkpoint("forecast", path=tmp_path).select(-1).metadata_value("meta") == {1: 2, 3: "x"}
 
 
 def test_dataclass_metadata_refused_restartable_difference(tmp_path: Path) -> None:

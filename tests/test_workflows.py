@@ -437,12 +437,13 @@ def _expected_resume_writes(workflow: str, start: dict[str, Any], nensemble: int
     done = start["lead"] if start["exists"] else None
     if workflow != "ensemble":
         return [((), lead) for lead in LEADS if done is None or lead > done]
-    completed = (start["completed"] or 0) if start["exists"] else 0
-    out = []
+    completed = set(start["completed"] or ()) if start["exists"] else set()
+    out: list[tuple[tuple[int, ...], int]] = []
     for batch in _batches(nensemble, batch_size):
-        if batch[0] < completed:
+        if completed.issuperset(batch):
             continue
-        mid = batch[0] == completed and done is not None
+        # The row's lead time is inside the first batch not complete.
+        mid = not out and done is not None and done < LEADS[-1]
         out += [(batch, lead) for lead in LEADS if not mid or lead > done]
     return out
 
@@ -596,10 +597,11 @@ def test_level_2_continues_mid_rollout_and_level_1_recomputes_both_bitwise_equal
 # --------------------------------------------------------------------------- ensemble at level 0
 
 
-def test_ensemble_resume_at_level_0_does_not_reproduce_the_perturbation(child: Path, tmp_path: Path, rng: random.Random) -> None:
-    # Level 0 saves no component state: the perturbation's generator restarts
-    # from its seed, so members after the first batch get other noise. This
-    # documents the behaviour (and why the ensemble needs level 1 or 2).
+def test_ensemble_resume_at_level_0_replays_the_perturbation(child: Path, tmp_path: Path, rng: random.Random) -> None:
+    # Level 0 saves no component state: the perturbation's generator starts
+    # again from its seed, so the workflow draws the noise of the completed
+    # batches again before the resumed one, and every member gets the noise
+    # of the uninterrupted run.
     a = run_a(tmp_path / "a.zarr", "ensemble", "persistence", 4, 2)
     b, ckpt, log = tmp_path / "b.zarr", tmp_path / "ckpt", tmp_path / "log.jsonl"
     job = _job("B1", "ensemble", "persistence", b, log, ckpt, level=0, nensemble=4, batch_size=2)
@@ -608,18 +610,12 @@ def test_ensemble_resume_at_level_0_does_not_reproduce_the_perturbation(child: P
     assert killed.returncode == -signal.SIGKILL, str(killed)
     resumed = _run_ok(child, [dict(job, phase="B2")])
     start = resumed.start("B2")
-    assert start["exists"] and start["completed"] == 2
-    done = start["lead"]
-    assert done == LEADS[k - len(LEADS) - 2]
-
-    got, want = _store(b), _store(a)
-    for name in ("u10m", "v10m"):
-        g, w = got[name][0], want[name][0]
-        assert not np.isnan(g).any()
-        assert g[:2].tobytes() == w[:2].tobytes()  # the completed first batch
-        upto = LEADS.index(done) + 1
-        assert g[2:, :, :upto].tobytes() == w[2:, :, :upto].tobytes()  # written before the kill
-        assert not np.array_equal(g[2:, :, upto:], w[2:, :, upto:])  # other noise after the resume
+    assert start["exists"] and start["completed"] == [0, 1]
+    assert start["lead"] == LEADS[k - len(LEADS) - 2]
+    # Persistence has no state to continue: the batch is rerun from lead 0,
+    # and only the lead times after the committed one are written.
+    assert _writes(log, "B2") == [((2, 3), lead) for lead in LEADS if lead > start["lead"]]
+    assert_stores_equal(b, a)
 
 
 # --------------------------------------------------------------------------- graceful stop
@@ -665,7 +661,8 @@ def test_stop_signal_commits_pending_writes_and_the_resume_does_not_redo_them(
     last_members, last_lead = first[-1]
     assert latest.lead_time == np.timedelta64(last_lead, "h")
     if workflow == "ensemble":
-        assert latest.metadata["completed_ensembles"] == last_members[0]
+        # The members of the batches before; with its final lead time, the last batch's too.
+        assert latest.metadata["completed_ensembles"] == list(range(last_members[-1] + 1 if last_lead == LEADS[-1] else last_members[0]))
 
     resumed = _run_ok(child, [dict(job, phase="B2")])
     assert resumed.start("B2")["lead"] == last_lead
@@ -699,7 +696,7 @@ def test_components_bound_before_the_session_opens_are_restored_with_a_warning(c
         with pytest.warns(CheckpointLateBindWarning) as record:
             with checkpoint as session:
                 assert model.checkpoint.checkpoint_state_loaded and pert.checkpoint.checkpoint_state_loaded
-                assert session.metadata["completed_ensembles"] == 2
+                assert session.metadata["completed_ensembles"] == [0, 1]
                 _call("ensemble", model, data, ZarrIO(b), pert, session, nensemble=6)
         return list(record)
 
@@ -803,30 +800,76 @@ def test_rerun_of_a_completed_run_writes_and_commits_nothing_new(workflow: str, 
 # --------------------------------------------------------------------------- run shape changes
 
 
-def test_resuming_with_a_different_run_shape_raises_value_error(tmp_path: Path) -> None:
+def test_a_forecast_resumed_with_more_steps_continues_bitwise(tmp_path: Path) -> None:
+    # "Resume and extend the forecast": the prefix of a rollout does not
+    # depend on its length, so a run of 3 steps extended to 6 writes what a
+    # run of 6 steps writes, continuing from the model's level-2 state.
+    def scenario() -> None:
+        data = SyntheticData(NLAT, NLON, seed=0)
+        reference = MemoryIO()
+        _call("deterministic", Lorenz96(lat=data.lat, lon=data.lon), data, reference, nsteps=6)
+        io = MemoryIO()
+        ckpt = tmp_path / "det"
+        with Checkpoint("wf", path=ckpt) as session:
+            _call("deterministic", Lorenz96(lat=data.lat, lon=data.lon), data, io, session=session, nsteps=3)
+        yields: list[int] = []
+        with Checkpoint("wf", path=ckpt) as session:
+            model = Lorenz96(lat=data.lat, lon=data.lon)
+            assert model.checkpoint.checkpoint_state_loaded
+            longer = MemoryIO()
+            longer.add_array(OrderedDict(time=reference.coords["u10m"]["time"], lead_time=reference.coords["u10m"]["lead_time"], lat=data.lat, lon=data.lon), ["u10m", "v10m"])
+            for name in ("u10m", "v10m"):
+                longer[name][:, :4] = io[name]
+            original = longer.write
+
+            def write(x: Any, coords: Any, names: Any) -> None:
+                yields.append(int(np.asarray(coords["lead_time"])[0] // np.timedelta64(1, "h")))
+                original(x, coords, names)
+
+            longer.write = write  # type: ignore[method-assign]
+            _call("deterministic", model, data, longer, session=session, nsteps=6)
+        assert yields == [24, 30, 36]  # only the new lead times
+        for name in ("u10m", "v10m"):
+            assert longer[name].tobytes() == reference[name].tobytes()
+        # Fewer steps than done: nothing left to do, nothing committed.
+        rows = [e.commit_id for e in Checkpoint("wf", path=ckpt).catalog]
+        with Checkpoint("wf", path=ckpt) as session:
+            _call("deterministic", Lorenz96(lat=data.lat, lon=data.lon), data, MemoryIO(), session=session, nsteps=2)
+        assert [e.commit_id for e in Checkpoint("wf", path=ckpt).catalog] == rows
+
+    _in_fresh_context(scenario)
+
+
+def test_resuming_a_different_run_raises_value_error_saying_what_differs(tmp_path: Path) -> None:
     def scenario() -> None:
         data = SyntheticData(NLAT, NLON, seed=0)
         det = tmp_path / "det"
         with Checkpoint("wf", path=det) as session:
             _call("deterministic", Persistence(["u10m"], data.lat, data.lon), data, MemoryIO(), session=session, nsteps=3)
-        for nsteps in (2, 4):
+        refused = [
+            (dict(time=["2024-01-02T00:00"]), Persistence(["u10m"], data.lat, data.lon), r"time was \['2024-01-01T00:00:00.000000000'\], now \['2024-01-02"),
+            ({}, Persistence(["v10m"], data.lat, data.lon), "model's coordinates have the same sizes"),
+            ({}, Persistence(["u10m", "v10m"], data.lat, data.lon), "model's coordinates were .*'variable': 1.*now .*'variable': 2"),
+        ]
+        for kwargs, model, message in refused:
             io = MemoryIO()
             with Checkpoint("wf", path=det) as session:
-                with pytest.raises(ValueError, match="different run"):
-                    _call("deterministic", Persistence(["u10m"], data.lat, data.lon), data, io, session=session, nsteps=nsteps)
+                with pytest.raises(ValueError, match=message) as excinfo:
+                    deterministic(kwargs.get("time", TIME), 3, model, data, io, verbose=False, checkpoint=session)
+            assert str(det) in str(excinfo.value)
             assert io.arrays == {}  # refused before laying out the IO
 
         ens = tmp_path / "ens"
         with Checkpoint("wf", path=ens) as session:
             pert = GaussianPerturbation(STD, PSEED)
             _call("ensemble", Persistence(["u10m"], data.lat, data.lon), data, MemoryIO(), pert, session, nsteps=2, nensemble=3, batch_size=2)
-        for changed in (dict(nensemble=4, batch_size=2), dict(nensemble=2, batch_size=2), dict(nensemble=3, batch_size=1), dict(nensemble=3, batch_size=2, nsteps=3)):
-            changed.setdefault("nsteps", 2)
+        for changed, message in ((dict(batch_size=1), "batch_size was 2, now 1"), (dict(nsteps=3), "completed with nsteps=2")):
+            shape = dict(nsteps=2, nensemble=3, batch_size=2) | changed
             io = MemoryIO()
             with Checkpoint("wf", path=ens) as session:
                 pert = GaussianPerturbation(STD, PSEED)
-                with pytest.raises(ValueError, match="different run"):
-                    _call("ensemble", Persistence(["u10m"], data.lat, data.lon), data, io, pert, session, **changed)
+                with pytest.raises(ValueError, match=message):
+                    _call("ensemble", Persistence(["u10m"], data.lat, data.lon), data, io, pert, session, **shape)
             assert io.arrays == {}
         # The same shape is accepted (and has nothing left to do).
         io = MemoryIO()
@@ -834,6 +877,31 @@ def test_resuming_with_a_different_run_shape_raises_value_error(tmp_path: Path) 
             pert = GaussianPerturbation(STD, PSEED)
             _call("ensemble", Persistence(["u10m"], data.lat, data.lon), data, io, pert, session, nsteps=2, nensemble=3, batch_size=2)
         assert np.isnan(io["u10m"]).all()
+
+    _in_fresh_context(scenario)
+
+
+def test_an_ensemble_resumed_with_more_members_runs_only_the_new_ones(tmp_path: Path) -> None:
+    # 4 members in batches of 2, then 6: the new batch (members 4-5) gets
+    # the noise it gets in an uninterrupted run of 6, since 4 is a multiple
+    # of the batch size.
+    def scenario() -> None:
+        data = SyntheticData(NLAT, NLON, seed=0)
+        reference = MemoryIO()
+        _call("ensemble", Lorenz96(lat=data.lat, lon=data.lon), data, reference, GaussianPerturbation(STD, PSEED), nsteps=2, nensemble=6)
+        ckpt = tmp_path / "ens"
+        first = MemoryIO()
+        with Checkpoint("wf", path=ckpt, level=2) as session:
+            _call("ensemble", Lorenz96(lat=data.lat, lon=data.lon), data, first, GaussianPerturbation(STD, PSEED), session, nsteps=2, nensemble=4)
+        assert Checkpoint("wf", path=ckpt).select(-1).metadata_value("completed_ensembles") == [0, 1, 2, 3]
+        more = MemoryIO()
+        with Checkpoint("wf", path=ckpt, level=2) as session:
+            _call("ensemble", Lorenz96(lat=data.lat, lon=data.lon), data, more, GaussianPerturbation(STD, PSEED), session, nsteps=2, nensemble=6)
+        assert Checkpoint("wf", path=ckpt).select(-1).metadata_value("completed_ensembles") == [0, 1, 2, 3, 4, 5]
+        for name in ("u10m", "v10m"):
+            assert np.isnan(more[name][:4]).all()  # the completed members were not run again
+            assert more[name][4:].tobytes() == reference[name][4:].tobytes()
+            assert first[name].tobytes() == reference[name][:4].tobytes()
 
     _in_fresh_context(scenario)
 

@@ -48,6 +48,7 @@ from .state import (
     CheckpointState,
     buffer_pending,
     state_id,
+    states_of,
     take_pending,
     unwrap,
 )
@@ -346,6 +347,14 @@ class Checkpoint:
     # Where a store without an explicit path goes (the earth2studio bridge
     # moves it to earth2studio's cache).
     _default_path = staticmethod(default_checkpoint_path)
+    # Whether rank detection initialises PhysicsNeMo's DistributedManager
+    # (earth2studio's Checkpoint does; restartable's own leaves it alone).
+    _initialize_physicsnemo = False
+    # Codec rules: restartable accepts int dictionary keys and restores
+    # saved dataclasses as their classes; the bridge follows earth2studio
+    # (str keys only; a dataclass only into a dataclass the field holds).
+    _int_keys = True
+    _nested_dataclasses: Literal["resolve", "in_place"] = "resolve"
 
     def __init__(
         self,
@@ -367,7 +376,7 @@ class Checkpoint:
     ) -> None:
         _validate(name, mode, flush_interval, history_size, level)
         if rank is None or world_size is None:
-            detected_rank, detected_world = detect_rank_and_world_size()
+            detected_rank, detected_world = detect_rank_and_world_size(self._initialize_physicsnemo)
             rank = detected_rank if rank is None else rank
             world_size = detected_world if world_size is None else world_size
         if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
@@ -910,12 +919,12 @@ class Checkpoint:
                 values.append((instance, "state"))
                 records.append({"id": sid, "schema": codec.schema_hash(type(instance)), "level": self.level})
         try:
-            encoded = codec.encode([value for value, _ in values], root="values", copy=copy)
+            encoded = codec.encode([value for value, _ in values], root="values", copy=copy, int_keys=self._int_keys)
         except CheckpointSerializationError:
             # Re-encode one by one only to name the culprit with its own root.
             for index, (value, root) in enumerate(values):
                 try:
-                    codec.encode(value, root=root)
+                    codec.encode(value, root=root, int_keys=self._int_keys)
                 except CheckpointSerializationError as exc:
                     if index == 0:
                         raise CheckpointSerializationError(f"Invalid checkpoint metadata {_metadata_key(exc.path)!r}: {exc}", path=exc.path) from None
@@ -1157,6 +1166,7 @@ class CheckpointSession:
             root="state",
             device=self.checkpoint._device,
             into=instance,
+            nested_dataclasses=self.checkpoint._nested_dataclasses,
         )
         self._restored_fingerprints[sid] = _fingerprint(record, self._row)
         return True
@@ -1256,6 +1266,18 @@ class CheckpointSession:
                 ):
                     object.__setattr__(proxy, "_state_loaded", False)
         return entry
+
+    def start_fresh(self, component: Any) -> None:
+        """Let ``component`` start new work instead of continuing the row's.
+
+        Its bound states (found among its attributes) keep their values but
+        are no longer ``checkpoint_state_loaded``, so a model starts a new
+        rollout rather than resuming the one the row recorded. The ensemble
+        workflow calls this for the model at the start of each member batch.
+        """
+        for proxy in states_of(component):
+            if proxy._session is self:
+                proxy._bind(self.checkpoint, self, False)
 
     def rewind(self, commit_id: str) -> None:
         """Restore every bound state from row ``commit_id`` of this catalog.
@@ -1396,6 +1418,9 @@ class NullCheckpoint:
         return None
 
     def pin(self, **metadata: Any) -> None:
+        return None
+
+    def start_fresh(self, component: Any) -> None:
         return None
 
     def __enter__(self) -> NullCheckpoint:

@@ -34,7 +34,7 @@ import sys
 import types
 import typing
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -239,7 +239,8 @@ class _CopyWith:
 
 
 class _Encoder:
-    def __init__(self, copy: bool | Callable[[np.ndarray], np.ndarray] | ArrayCopier) -> None:
+    def __init__(self, copy: bool | Callable[[np.ndarray], np.ndarray] | ArrayCopier, int_keys: bool = True) -> None:
+        self.int_keys = int_keys
         copier: Any
         if copy is True:
             copier = _CopyWith(_private_copy)
@@ -329,9 +330,10 @@ class _Encoder:
         if all(type(k) is str for k in keys) and keys == sorted(keys):
             return {TAG: "dict", "v": {k: self.encode(v, f"{path}{_fmt_key(k)}") for k, v in value.items()}}
         items = []
+        allowed = (str, int) if self.int_keys else (str,)
         for k, v in value.items():
-            if type(k) not in (str, int):
-                raise self.fail(f"{path}{_fmt_key(k)}", k, "dictionary keys must be str or int")
+            if type(k) not in allowed:
+                raise self.fail(f"{path}{_fmt_key(k)}", k, f"dictionary keys must be {' or '.join(t.__name__ for t in allowed)}")
             items.append([self.encode(k, path), self.encode(v, f"{path}{_fmt_key(k)}")])
         return {TAG: "dict", "items": items}
 
@@ -433,7 +435,11 @@ def _private_copy(array: np.ndarray) -> np.ndarray:
 
 
 def encode(
-    value: Any, root: str = "value", *, copy: bool | Callable[[np.ndarray], np.ndarray] | ArrayCopier = False
+    value: Any,
+    root: str = "value",
+    *,
+    copy: bool | Callable[[np.ndarray], np.ndarray] | ArrayCopier = False,
+    int_keys: bool = True,
 ) -> Encoded:
     """Encode ``value`` without pickle.
 
@@ -451,6 +457,9 @@ def encode(
         used to make each copy, and an :class:`ArrayCopier` (a pool of reused,
         page-aligned and pinned buffers) also copies CUDA tensors to the host
         asynchronously, waiting once at the end.
+    int_keys:
+        Accept dictionaries with ``int`` keys (tagged in the document).
+        ``False`` refuses them, as earth2studio does.
 
     Raises
     ------
@@ -458,7 +467,7 @@ def encode(
         If any nested value has an unsupported type; the message and the
         exception's ``path`` name it.
     """
-    encoder = _Encoder(copy)
+    encoder = _Encoder(copy, int_keys)
     try:
         document = encoder.encode(value, root)
     finally:
@@ -479,7 +488,9 @@ class _Decoder:
         load_payload: Callable[[int], np.ndarray],
         device: Any,
         known_types: Mapping[str, type],
+        dataclasses_in_place: bool = False,
     ) -> None:
+        self.dataclasses_in_place = dataclasses_in_place
         self.load_payload = load_payload
         self.device = device
         self.known_types = dict(known_types)
@@ -555,6 +566,8 @@ class _Decoder:
 
     def decode_dataclass(self, doc: dict, path: str, current: Any) -> Any:
         name = doc["type"]
+        if self.dataclasses_in_place and not (dataclasses.is_dataclass(current) and not isinstance(current, type)):
+            return {field: self.decode(value, f"{path}.{field}") for field, value in doc["v"].items()}
         cls = self.resolve_dataclass(name, current)
         if cls is None:
             raise CheckpointStateSchemaError(
@@ -683,6 +696,7 @@ def decode(
     device: Any = None,
     known_types: Mapping[str, type] | None = None,
     into: Any = None,
+    nested_dataclasses: Literal["resolve", "in_place"] = "resolve",
 ) -> Any:
     """Decode a document made by :func:`encode`.
 
@@ -701,6 +715,12 @@ def decode(
     into:
         A dataclass instance to restore in place when the document is a
         dataclass of the same type.
+    nested_dataclasses:
+        ``"resolve"`` restores every saved dataclass as its class (found in
+        ``known_types``, the type hints of ``into``, or a module already
+        imported). ``"in_place"`` restores one only into a dataclass the
+        current value already holds, and gives a ``dict`` of its fields
+        elsewhere (an untyped field, a list item), as earth2studio does.
 
     Raises
     ------
@@ -709,7 +729,9 @@ def decode(
     CheckpointCorruptError
         The document is malformed.
     """
-    decoder = _Decoder(load_payload, device, known_types or {})
+    if nested_dataclasses not in ("resolve", "in_place"):
+        raise ValueError(f"nested_dataclasses must be 'resolve' or 'in_place', got {nested_dataclasses!r}")
+    decoder = _Decoder(load_payload, device, known_types or {}, dataclasses_in_place=nested_dataclasses == "in_place")
     if into is not None:
         decoder.known_types.update(known_dataclasses(type(into)))
     return decoder.decode(document, root, into)

@@ -51,6 +51,8 @@ from typing import IO, Any
 
 import numpy as np
 
+from .workflows._run import completed_members, format_members
+
 __all__ = ["DemoConfig", "DemoError", "DemoUsageError", "add_arguments", "compare_stores", "main", "run_demo"]
 
 CHECKPOINT_NAME = "restartable-demo"
@@ -433,7 +435,7 @@ def _catalog_facts(workdir: Path) -> tuple[str, dict[str, Any]]:
     if latest is not None:
         facts.update(
             commit_id=latest.commit_id,
-            completed_ensembles=int(latest.metadata.get("completed_ensembles", 0)),
+            completed_ensembles=completed_members(latest.metadata.get("completed_ensembles")),
             lead_time_hours=_hours(latest.lead_time),
             write_count=latest.write_count,
             pinned_rows=sum(1 for e in entries if e.pinned),
@@ -449,15 +451,17 @@ def _progress_map(workdir: Path, config: DemoConfig, resumed_from: dict[str, Any
 
     values = np.asarray(zarr.open_group(str(workdir / RESUMED_STORE), mode="r")[VARIABLES[0]][...])
     written = ~np.isnan(values).all(axis=tuple(range(3, values.ndim)))[:, 0, :]  # (ensemble, lead_time)
-    completed = resumed_from.get("completed_ensembles", 0)
-    batch_end = min(completed + config.batch_size, config.members)
+    completed = set(resumed_from.get("completed_ensembles") or ())
+    # The batch the committed lead time belongs to: the first one not complete.
+    batch_start = next((member for member in range(config.members) if member not in completed), config.members)
+    batch_end = min(batch_start + config.batch_size, config.members)
     committed_lead = resumed_from.get("lead_time_hours")
     lines = []
     for member in range(config.members):
         cells = []
         for step in range(config.steps + 1):
-            committed = member < completed or (
-                member < batch_end and committed_lead is not None and STEP_HOURS * step <= committed_lead
+            committed = member in completed or (
+                batch_start <= member < batch_end and committed_lead is not None and STEP_HOURS * step <= committed_lead
             )
             cells.append("#" if committed and written[member, step] else "+" if written[member, step] else ".")
         lines.append(f"member {member:<3d} " + "".join(cells))
@@ -546,7 +550,7 @@ def _demo(config: DemoConfig, workdir: Path, kill_after: int, progress: bool, sa
     say()
 
     lead = resumed_from.get("lead_time_hours")
-    where = f"completed_ensembles={resumed_from.get('completed_ensembles')}, lead_time={'-' if lead is None else f'{lead:g}h'}"
+    where = f"completed_ensembles={format_members(resumed_from.get('completed_ensembles'))}, lead_time={'-' if lead is None else f'{lead:g}h'}"
     say(f"[2/3] resume from row {resumed_from.get('commit_id')} ({where})")
     resumed = _run_phase("resume", config, workdir, progress)
     first = resumed.first_write or {}
@@ -657,7 +661,7 @@ def _finish(summary: dict[str, Any], stream: IO[str], verbose: bool, json_output
     arrays = summary["comparison"]["arrays"]
     resumed_from = summary["resumed_from"]
     lead = resumed_from.get("lead_time_hours")
-    where = f"completed_ensembles={resumed_from.get('completed_ensembles')}, lead_time={'-' if lead is None else f'{lead:g}h'}"
+    where = f"completed_ensembles={format_members(resumed_from.get('completed_ensembles'))}, lead_time={'-' if lead is None else f'{lead:g}h'}"
     if summary["identical"]:
         verdict = (
             f"IDENTICAL: killed with SIGKILL after {summary['kill_after']} of {summary['total_step_writes']} step writes "

@@ -14,22 +14,40 @@ _RANK_VARIABLES = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK")
 _WORLD_SIZE_VARIABLES = ("WORLD_SIZE", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
 
 
-def _from_physicsnemo() -> tuple[int, int] | None:
-    # find_spec first: importing physicsnemo is expensive, and most users do
-    # not have it.
-    if importlib.util.find_spec("physicsnemo") is None:
-        return None
+def _physicsnemo_manager() -> Any:
+    """PhysicsNeMo's ``DistributedManager`` class, or None where PhysicsNeMo is not installed."""
+    if "physicsnemo" not in sys.modules:
+        # find_spec first: importing physicsnemo is expensive, and most users
+        # do not have it. (A module already imported is used as it is, even
+        # one without a __spec__, for which find_spec raises ValueError.)
+        try:
+            if importlib.util.find_spec("physicsnemo") is None:
+                return None
+        except (ImportError, ValueError):
+            return None
     try:
         from physicsnemo.distributed import DistributedManager
     except ImportError:
         return None
-    try:
-        if not DistributedManager.is_initialized():
-            return None
-        manager = DistributedManager()
-        return int(manager.rank), int(manager.world_size)
-    except (AttributeError, RuntimeError, TypeError, ValueError):
+    return DistributedManager
+
+
+def _from_physicsnemo(initialize: bool = False) -> tuple[int, int] | None:
+    manager_class = _physicsnemo_manager()
+    if manager_class is None:
         return None
+    try:
+        if not manager_class.is_initialized():
+            if not initialize:
+                return None
+            manager_class.initialize()
+        manager = manager_class()
+        rank, world_size = int(manager.rank), int(manager.world_size)
+        distributed = world_size > 1 or bool(getattr(manager, "distributed", False))
+    except (AttributeError, RuntimeError, TypeError, ValueError, ZeroDivisionError, Warning):
+        return None
+    # A serial manager says nothing the launcher's variables would not.
+    return (rank, world_size) if distributed else None
 
 
 def _from_torch_distributed() -> tuple[int, int] | None:
@@ -59,19 +77,21 @@ def _env_int(names: tuple[str, ...]) -> int | None:
     return None
 
 
-def detect_rank_and_world_size() -> tuple[int, int]:
+def detect_rank_and_world_size(initialize_physicsnemo: bool = False) -> tuple[int, int]:
     """This process's ``(rank, world_size)``.
 
     PhysicsNeMo's ``DistributedManager`` is asked first when it is importable
-    and initialised; then an initialised ``torch.distributed`` process group;
-    then ``RANK``/``LOCAL_RANK``/``SLURM_PROCID``/``OMPI_COMM_WORLD_RANK``
-    and ``WORLD_SIZE``/``SLURM_NTASKS``/``OMPI_COMM_WORLD_SIZE``; otherwise
+    and initialised (``initialize_physicsnemo`` initialises it first, as
+    earth2studio's ``Checkpoint`` does; restartable's own does not, since
+    that may set up a process group); then an initialised
+    ``torch.distributed`` process group; then
+    ``RANK``/``LOCAL_RANK``/``SLURM_PROCID``/``OMPI_COMM_WORLD_RANK`` and
+    ``WORLD_SIZE``/``SLURM_NTASKS``/``OMPI_COMM_WORLD_SIZE``; otherwise
     ``(0, 1)``.
     """
-    for source in (_from_physicsnemo, _from_torch_distributed):
-        found = source()
-        if found is not None:
-            return found
+    found = _from_physicsnemo(initialize_physicsnemo) or _from_torch_distributed()
+    if found is not None:
+        return found
     rank = _env_int(_RANK_VARIABLES)
     world_size = _env_int(_WORLD_SIZE_VARIABLES)
     if rank is None or world_size is None:

@@ -175,6 +175,21 @@ class CheckpointState(Generic[T]):
         return repr(self._state)
 
 
+def states_of(component: Any) -> list[CheckpointState[Any]]:
+    """The checkpoint states bound among ``component``'s attributes.
+
+    Components keep what :func:`bind_checkpoint_state` returned as an
+    attribute (``self.checkpoint = bind_checkpoint_state(...)`` in
+    earth2studio's and restartable's components); a component without
+    checkpoint support has none.
+    """
+    try:
+        attributes = list(vars(component).values())
+    except TypeError:  # no __dict__ (slots, builtins)
+        return []
+    return [value for value in attributes if isinstance(value, CheckpointState)]
+
+
 def buffer_pending(checkpoint: Checkpoint, state: CheckpointState[Any], reusable: bool = False) -> CheckpointState[Any]:
     """Remember ``state`` until a session of ``checkpoint`` opens."""
     sid = state_id(state)

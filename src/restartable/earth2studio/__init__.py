@@ -15,8 +15,9 @@ that binds state through ``bind_checkpoint_state`` are saved by
 restartable's engine: crash-safe commits, verification, asynchronous
 commits, object stores and multi-rank consistency. ``earth2studio.run``'s
 ``deterministic``, ``diagnostic`` and ``ensemble`` are routed to
-:mod:`restartable.workflows` (keyword-compatible; pass ``workflows=False``
-to keep earth2studio's).
+:mod:`restartable.earth2studio.run`: restartable's workflows with
+earth2studio's behaviour where the two differ (pass ``workflows=False`` to
+keep earth2studio's own).
 
 How: the bridged module takes the place of earth2studio's in
 ``sys.modules``; names that already-imported earth2studio modules (and
@@ -206,7 +207,7 @@ def _rebind(pairs: dict[int, tuple[Any, Any]], state: _Installation | None) -> N
 
 
 def _route_workflows(run: ModuleType, state: _Installation) -> None:
-    from .. import workflows
+    from . import run as workflows
 
     for name in WORKFLOWS:
         if getattr(run, name, None) is not getattr(workflows, name):

@@ -72,11 +72,24 @@ def default_checkpoint_path(name: str) -> Path:
 
 
 class Checkpoint(_engine.Checkpoint):
-    """restartable's :class:`~restartable.Checkpoint` with earth2studio's default store.
+    """restartable's :class:`~restartable.Checkpoint` as earth2studio's ``Checkpoint`` behaves.
 
     Every argument of earth2studio's ``Checkpoint`` means the same here, and
     restartable's own keywords (``async_commit``, ``durable``, URLs as
-    ``path``, ``consistent``...) are available too.
+    ``path``, ``consistent``...) are available too. Where the two differ,
+    this class does what earth2studio does:
+
+    - the default store is earth2studio's cache (:func:`default_checkpoint_path`);
+    - rank detection initialises PhysicsNeMo's ``DistributedManager`` when
+      it is installed and not yet initialised;
+    - dictionaries in state and metadata must have ``str`` keys
+      (restartable also accepts ``int`` keys);
+    - a saved dataclass is restored as a dataclass only into a field that
+      holds one; elsewhere (an untyped field, a list item) it comes back as
+      a ``dict`` of its fields (restartable restores the class).
     """
 
     _default_path = staticmethod(default_checkpoint_path)
+    _initialize_physicsnemo = True
+    _int_keys = False
+    _nested_dataclasses = "in_place"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import signal
 import sys
 import threading
@@ -14,6 +15,7 @@ import numpy as np
 
 from ..checkpoint import Checkpoint, NullCheckpoint
 from ..distributed import detect_rank_and_world_size
+from ..state import states_of
 from .coords import map_coords, split_coords
 
 __all__ = ["PREEMPTED_EXIT_CODE", "WorkflowPreempted"]
@@ -170,12 +172,17 @@ def rollout(
     stop: StopRequest,
     bar: Any,
     extra_metadata: dict[str, Any] | None = None,
+    rewrite: bool = False,
+    final_metadata: dict[str, Any] | None = None,
 ) -> None:
     """Drive ``iterator`` to ``final_lead``, writing every step after ``done_lead``.
 
     Steps at or before ``done_lead`` were written before an interruption: a
-    model that did not restore its state recomputes them, and they are not
-    written again. Each written step is a restart boundary.
+    model that did not restore its state recomputes them, and they are
+    written again only with ``rewrite`` (earth2studio's behaviour; they are
+    bitwise what was written). Each step after ``done_lead`` is a restart
+    boundary, recorded with ``extra_metadata``, and the final one with
+    ``final_metadata`` on top.
     """
     extra = extra_metadata or {}
     for x, coords in iterator:
@@ -184,10 +191,13 @@ def rollout(
             break  # a model resumed at the final step has nothing left to do
         if done_lead is None or lead > done_lead:
             write(x, coords)
-            session.write(lead_time=lead, **extra)
+            metadata = {**extra, **(final_metadata or {})} if lead >= final_lead else extra
+            session.write(lead_time=lead, **metadata)
             bar.update(1)
             if stop:
                 stop_now(session, stop, f"lead time {lead}")
+        elif rewrite:
+            write(x, coords)
         if lead >= final_lead:
             break
     close = getattr(iterator, "close", None)
@@ -203,13 +213,102 @@ def io_writer(io: Any, output_coords: dict[str, np.ndarray]) -> Any:
     return write
 
 
-def check_plan(session: Any, plan: dict[str, Any]) -> None:
-    """Refuse to resume a run whose shape (times, steps, members...) changed."""
+def coords_signature(coords: dict[str, Any]) -> dict[str, Any]:
+    """What identifies a coordinate system: its dimensions, their sizes, and a digest of the values.
+
+    The sizes make an error message readable; the digest catches a change
+    of values at the same size (another grid, other variables).
+    """
+    digest = hashlib.sha256()
+    dims: dict[str, int] = {}
+    for key, value in coords.items():
+        array = np.asarray(value)
+        if array.dtype == object:
+            array = array.astype(str)  # an object array's bytes are pointers
+        dims[str(key)] = int(array.size)
+        digest.update(f"{key}:{array.dtype.str}:{array.shape}".encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return {"dims": dims, "digest": digest.hexdigest()[:16]}
+
+
+def run_identity(name: str, time: np.ndarray, model_coords: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """The facts a resumed run must share with the run that wrote the checkpoint.
+
+    Recorded with every row under ``"workflow"``. The number of steps and of
+    ensemble members are not among them: a forecast's prefix does not depend
+    on its length, so a run may be resumed with more (see :func:`check_identity`).
+    """
+    return {"name": name, "time": [str(t) for t in time], "model": coords_signature(model_coords), **extra}
+
+
+#: Entries of a run's identity that a resumed run may change.
+EXTENSIBLE = ("nsteps", "nensemble")
+
+
+def _describe_difference(key: str, saved: Any, now: Any) -> str:
+    if key == "model" and isinstance(saved, dict) and isinstance(now, dict):
+        if saved.get("dims") == now.get("dims"):
+            return f"the model's coordinates have the same sizes {now.get('dims')} but other values"
+        return f"the model's coordinates were {saved.get('dims')}, now {now.get('dims')}"
+    return f"{key} was {saved!r}, now {now!r}"
+
+
+def check_identity(session: Any, identity: dict[str, Any]) -> None:
+    """Refuse to resume a row written by a different run, saying what differs.
+
+    Compared: every entry of ``identity`` that the saved row records too,
+    except those in :data:`EXTENSIBLE`. Rows written by other tools (no
+    ``"workflow"`` entry) are not checked.
+    """
     if not getattr(session, "exists", False):
         return
     saved = session.metadata.get("workflow")
-    if saved is not None and saved != plan:
+    if not isinstance(saved, dict):
+        return
+    differences = [
+        _describe_difference(key, saved[key], value)
+        for key, value in identity.items()
+        if key in saved and key not in EXTENSIBLE and saved[key] != value
+    ]
+    if differences:
+        where = getattr(getattr(session, "checkpoint", None), "rank_path", None)
         raise ValueError(
-            f"the checkpoint row {session.commit_id} was written by a different run ({saved}); this run is {plan}. "
-            "Use a new checkpoint name or path to start a different run."
+            f"the checkpoint row {session.commit_id}{f' in {where}' if where else ''} was written by a different run: "
+            f"{'; '.join(differences)}. A run may be resumed with more steps or members, not with other times, "
+            "another model or other member batches. Use a new checkpoint name or path to start a different run."
         )
+
+
+def completed_members(value: Any) -> list[int]:
+    """The ensemble members a row records as complete.
+
+    earth2studio records the list of member indices; restartable 0.1.0
+    recorded a count of leading members. Both are read.
+    """
+    if value is None:
+        return []
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return list(range(int(value)))
+    return sorted({int(member) for member in np.asarray(value).reshape(-1)})
+
+
+def format_members(members: list[int] | None) -> str:
+    """Member indices in ranges: ``[0, 1, 2, 5]`` as ``0-2,5`` (``none`` when empty)."""
+    if not members:
+        return "none"
+    runs: list[list[int]] = []
+    for member in sorted(members):
+        if runs and member == runs[-1][-1] + 1:
+            runs[-1].append(member)
+        else:
+            runs.append([member])
+    return ",".join(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]) for run in runs)
+
+
+def holds_restored_state(component: Any) -> bool:
+    """Whether any checkpoint state bound among ``component``'s attributes was restored from a row.
+
+    A component built before its checkpoint existed, or one without
+    checkpoint support, holds none: it starts from its constructor's state.
+    """
+    return any(state.checkpoint_state_loaded for state in states_of(component))
