@@ -112,6 +112,8 @@ def _get(url: str, key: str) -> bytes:
 
 def _put(url: str, key: str, data: bytes) -> None:
     fs, root = _fs(url)
+    if url.startswith("file://"):
+        fs.makedirs(f"{root}/{key}".rsplit("/", 1)[0], exist_ok=True)
     fs.pipe_file(f"{root}/{key}", data)
     fs.invalidate_cache()
 
@@ -347,30 +349,32 @@ def test_saving_the_restored_directory_saves_only_its_content(base: str, tmp_pat
 
 
 def test_prev_exists_and_empty_loads(base: str) -> None:
-    alone = RemoteCheckpoint(f"{base}/attempt-1")
+    a1, a2, a3, a4 = (f"{base}/attempt-{i}" for i in (1, 2, 3, 4))
+    alone = RemoteCheckpoint(a1)
     assert alone.remote_source is None
     assert alone.prev_exists() is False
+    assert alone.has_loadable_save() is False
     assert alone.load_sync() is None and alone.restored is None
 
-    # A source prefix where nothing was ever written.
-    empty = RemoteCheckpoint(f"{base}/attempt-2", checkpoint_src=f"{base}/never-written")
+    # A source prefix where nothing was ever written: flyte's prev_exists()
+    # says a source was given; has_loadable_save() asks the store.
+    empty = RemoteCheckpoint(a2, checkpoint_src=f"{base}/never-written")
     assert empty.remote_source == f"{base}/never-written"
-    assert empty.prev_exists() is False
+    assert empty.prev_exists() is True
+    assert empty.has_loadable_save() is False
     assert empty.load_sync() is None
-
-    # A source attempt that started (it left its link) but saved nothing.
-    started = RemoteCheckpoint(f"{base}/attempt-3", checkpoint_src=f"{base}/attempt-1")
-    assert started.prev_exists() is False
-    after_started = RemoteCheckpoint(f"{base}/attempt-4", checkpoint_src=f"{base}/attempt-3")
-    assert after_started.prev_exists() is False
-    assert after_started.load_sync() is None
 
     alone.save_sync(b"one")
     alone.save_sync(b"two")
-    assert alone.prev_exists() is False  # an attempt's own saves are not "previous"
-    assert started.prev_exists() is True
-    assert RemoteCheckpoint(f"{base}/attempt-5", checkpoint_src=f"{base}/attempt-3").prev_exists() is True
-    assert RemoteCheckpoint(f"{base}/attempt-6", checkpoint_src=f"{base}/attempt-4").load_sync().read_bytes() == b"two"
+    assert alone.has_loadable_save() is False  # an object's own saves are not earlier ones
+    assert RemoteCheckpoint(a1).has_loadable_save() is True  # a rerun of the same attempt finds them
+    nxt = RemoteCheckpoint(a3, checkpoint_src=a1)
+    assert nxt.prev_exists() is True and nxt.has_loadable_save() is True
+    assert nxt.read() == b"two"
+    # a3 loaded a1's save and "died" without saving: its link leads a4 to it.
+    assert _keys(a3) == {"source.json"}
+    assert RemoteCheckpoint(a4, checkpoint_src=a3).has_loadable_save() is True
+    assert RemoteCheckpoint(a4, checkpoint_src=a3).read() == b"two"
 
 
 def test_second_load_returns_the_same_path_without_downloading(base: str) -> None:
@@ -504,7 +508,7 @@ def test_save_killed_between_payload_and_record(durable_base: str, tmp_path: Pat
 
     # The next attempt restores the newest committed save, with no warning.
     second = RemoteCheckpoint(f"{durable_base}/attempt-2", checkpoint_src=dest)
-    assert second.prev_exists()
+    assert second.has_loadable_save()
     assert second.read() == b"committed 2"
     assert second.restored.url == f"{dest}/{records[-1]}"
 
@@ -567,7 +571,7 @@ def test_damaged_newest_save_falls_back_to_the_previous_one(base: str, how: str)
     damaged_url = _damage(dest, records[-1], how)
 
     second = RemoteCheckpoint(f"{base}/attempt-2", checkpoint_src=dest)
-    assert second.prev_exists()
+    assert second.has_loadable_save()
     with pytest.warns(CheckpointFallbackWarning) as caught:
         path = second.load_sync()
     assert path.read_bytes() == b"save 2"
@@ -608,7 +612,7 @@ def test_every_save_damaged_loads_nothing_with_warnings(base: str) -> None:
         _damage(dest, records[2], "payload-truncated"),
     ]
     second = RemoteCheckpoint(f"{base}/attempt-2", checkpoint_src=dest)
-    assert second.prev_exists()  # records exist; only loading checks them
+    assert second.has_loadable_save()  # records exist; only loading checks them
     with pytest.warns(CheckpointFallbackWarning) as caught:
         assert second.load_sync() is None
     assert second.restored is None
@@ -634,7 +638,7 @@ def test_chain_skips_an_attempt_that_saved_nothing(base: str) -> None:
     assert _keys(a2) == {"source.json"}
 
     three = RemoteCheckpoint(a3, checkpoint_src=a2)
-    assert three.prev_exists()
+    assert three.has_loadable_save()
     assert three.read() == b"attempt 1 step 2"
     assert three.restored.attempt == a1
 
@@ -661,11 +665,16 @@ def test_chain_falls_back_past_an_attempt_whose_only_save_is_damaged(base: str) 
 @pytest.mark.timeout(60)
 def test_a_cycle_of_links_terminates(base: str) -> None:
     a, b, c = f"{base}/A", f"{base}/B", f"{base}/C"
-    RemoteCheckpoint(a, checkpoint_src=b)
-    RemoteCheckpoint(b, checkpoint_src=a)
+    # Links A -> B and B -> A and no saves: each link is written by a first
+    # save, whose record and payload are then removed.
+    for dest, src in ((a, b), (b, a)):
+        RemoteCheckpoint(dest, checkpoint_src=src, keep=None).save_sync(b"removed")
+        fs, root = _fs(dest)
+        for key in _keys(dest) - {"source.json"}:
+            fs.rm_file(f"{root}/{key}")
     assert _keys(a) == {"source.json"} and _keys(b) == {"source.json"}
 
-    assert RemoteCheckpoint(c, checkpoint_src=a).prev_exists() is False
+    assert RemoteCheckpoint(c, checkpoint_src=a).has_loadable_save() is False
     assert RemoteCheckpoint(c, checkpoint_src=a).load_sync() is None
     assert RemoteCheckpoint(a, checkpoint_src=b).load_sync() is None
 
@@ -767,8 +776,9 @@ def test_unreachable_source_on_load(s3_server: str, tmp_path: Path, recorded_sle
     assert info.value.url.startswith(src)
     assert info.value.url in str(info.value)
     assert len(recorded_sleeps) == 2
+    assert cp.prev_exists() is True  # flyte's meaning: a source was given (no I/O)
     with pytest.raises(CheckpointRemoteError):
-        cp.prev_exists()
+        cp.has_loadable_save()
 
 
 def test_missing_bucket_on_save(s3_server: str) -> None:
@@ -793,7 +803,7 @@ def test_missing_bucket_on_load(s3_server: str, tmp_path: Path) -> None:
     assert info.value.url.startswith(src)
     assert info.value.url in str(info.value)
     with pytest.raises(CheckpointRemoteError) as info:
-        cp.prev_exists()
+        cp.has_loadable_save()
     assert info.value.url.startswith(src)
 
 
@@ -934,4 +944,4 @@ def test_unsafe_directory_as_first_save_publishes_nothing(base: str, tmp_path: P
         asyncio.run(cp.save(source))
     assert _keys(f"{base}/attempt-1") == set()
     second = RemoteCheckpoint(f"{base}/attempt-2", checkpoint_src=f"{base}/attempt-1")
-    assert second.prev_exists() is False
+    assert second.has_loadable_save() is False

@@ -14,6 +14,11 @@ exactly that over any fsspec URL (``s3://``, ``gs://``, ``memory://``,
 * permanent failures (permission denied, a missing bucket) are raised as
   :class:`CheckpointRemoteError` at once.
 
+``s3://`` URLs are always opened with s3fs (``gs://`` with gcsfs,
+``abfs://`` with adlfs), even where another library replaced fsspec's
+registry entry for the protocol (flyte registers obstore's store): see
+:func:`open_filesystem`.
+
 Credentials and endpoints come from the usual fsspec and s3fs configuration
 (``AWS_*`` variables, ``AWS_ENDPOINT_URL``, ``~/.aws``, fsspec's config
 files and ``FSSPEC_<PROTOCOL>_<OPTION>`` variables), or from
@@ -23,6 +28,7 @@ needs it.
 
 from __future__ import annotations
 
+import importlib
 import os
 import random
 import re
@@ -92,6 +98,60 @@ class RetryPolicy:
             delay = min(self.max_delay, delay * 2)
 
 
+# The fsspec implementation each cloud protocol is opened with, whatever
+# fsspec's registry says at the time. Other libraries replace registry
+# entries process-wide: importing flyte.io or flyte.storage registers
+# obstore's FsspecStore for s3, gs, abfs and abfss (clobber=True). Using
+# whatever the URL resolves to (minus the options it rejects, such as
+# use_listings_cache) would not be enough. On the same URL and
+# storage_options that store:
+#
+# * ignores pipe_file(mode="create") and overwrites (measured with
+#   obstore 0.12 on moto), which would silently break create-only save
+#   records, manifests and the writer lease;
+# * reports a missing bucket as a GenericError, which would be retried as
+#   transient instead of being raised at once as a configuration error;
+# * reads other option names and environment variables (config={"endpoint"}
+#   rather than endpoint_url, FLYTE_AWS_* rather than AWS_ENDPOINT_URL),
+#   so a URL's meaning would depend on what else the process imported.
+#
+# So these protocols always get the library that restartable's object-store
+# protocol is written and tested against, imported directly. Other
+# protocols (memory, file, custom registrations) still go through the
+# registry, and so do chained URLs ("simplecache::s3://...").
+STANDARD_FILESYSTEMS: dict[str, tuple[str, str]] = {
+    "s3": ("s3fs", "S3FileSystem"),
+    "s3a": ("s3fs", "S3FileSystem"),
+    "gs": ("gcsfs", "GCSFileSystem"),
+    "gcs": ("gcsfs", "GCSFileSystem"),
+    "abfs": ("adlfs", "AzureBlobFileSystem"),
+    "abfss": ("adlfs", "AzureBlobFileSystem"),
+    "az": ("adlfs", "AzureBlobFileSystem"),
+}
+
+
+def open_filesystem(url: str, storage_options: dict[str, Any]) -> tuple[Any, str]:
+    """The fsspec filesystem for ``url`` and the path of ``url`` in it.
+
+    ``s3://`` is always ``s3fs.S3FileSystem`` (``gs://`` gcsfs, ``abfs://``
+    adlfs), even where another library re-registered the protocol with
+    fsspec; see :data:`STANDARD_FILESYSTEMS`. Options embedded in the URL
+    and fsspec's configuration apply as with ``fsspec.core.url_to_fs``.
+    """
+    import fsspec
+
+    standard = STANDARD_FILESYSTEMS.get(url_protocol(url))
+    if standard is None or "::" in url:
+        return fsspec.core.url_to_fs(url, **storage_options)
+    module, name = standard
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except ImportError as exc:
+        raise ImportError(f"{url_protocol(url)}:// needs {module}: pip install {module}") from exc
+    options = {**cls._get_kwargs_from_urls(url), **storage_options}
+    return cls(**options), cls._strip_protocol(url)
+
+
 class ObjectStore:
     """One fsspec filesystem rooted at a URL prefix, with retries and clear errors.
 
@@ -126,7 +186,7 @@ class ObjectStore:
         # life of the filesystem instance.
         self.storage_options.setdefault("use_listings_cache", False)
         try:
-            self.fs, root = fsspec.core.url_to_fs(self.url, **self.storage_options)
+            self.fs, root = open_filesystem(self.url, self.storage_options)
         except ImportError as exc:
             raise ImportError(f"{url}: {exc}") from exc
         except Exception as exc:
