@@ -23,9 +23,9 @@ hidden state) out for ``--nensemble`` members in batches of
    the restart equals member k of the uninterrupted run.
 
 ``--level 0`` saves no component state: the perturbation's random state is
-lost, a batch rerun after a restart draws other noise, and the comparison is
-expected to fail unless the kill falls in the first batch. It is allowed
-here to show exactly that.
+not restored, so the workflow draws the noise of the batches before the
+resumed one again from the seed, and reruns the batch from its start; the
+comparison still holds.
 
 Exit status 0 when every array is bitwise identical, 1 otherwise.
 
@@ -67,14 +67,14 @@ def forecast(args: argparse.Namespace, store: Path, checkpoint_dir: Path | None 
         model = Lorenz96(lat=data.lat, lon=data.lon)
         noise = GaussianPerturbation(std=args.std, seed=args.seed)
         if session.exists:
-            done = session.metadata.get("completed_ensembles", 0)
+            done = len(session.metadata.get("completed_ensembles") or [])  # the completed members
             state = model.checkpoint
             if session.lead_time is None:
                 where = "the next batch starts from its pinned row"
             elif state.x_curr is not None and "ensemble" in state.batch_coords:
                 where = f"model state of {span(state.batch_coords['ensemble'])} restored at lead time {hours(state.lead_time)}: continues"
             elif args.level == 0:
-                where = "level 0, no component state: the batch is rerun, the perturbation starts again from its seed"
+                where = "level 0, no component state: the batch is rerun, the noise of the batches before it drawn again from the seed"
             else:
                 where = "no model state at this level: the batch is rerun from its pinned start row"
             if session.lead_time is not None:
