@@ -634,6 +634,19 @@ def test_str_shows_catalog_table(store: Path, capsys: pytest.CaptureFixture[str]
     assert capsys.readouterr().out == text + "\n"
 
 
+def test_str_shows_sequences_shortened_and_leaves_mappings_out(store: Path) -> None:
+    # An ensemble's completed_ensembles (a list of members) is a column; a
+    # workflow's identity (a mapping) is left to `restartable show`.
+    checkpoint = Checkpoint("show-lists", path=store, mode="append")
+    with checkpoint as session:
+        session.write(lead_time=np.timedelta64(6, "h"), completed_ensembles=[0, 1, 2], workflow={"name": "ensemble"})
+        session.write(lead_time=np.timedelta64(12, "h"), completed_ensembles=list(range(40)))
+    header, body = _table_lines(str(checkpoint))
+    assert "completed_ensembles" in header.split() and "workflow" not in header
+    assert "[0, 1, 2]" in body[0]
+    assert "[0, 1, 2, 3, 4, 5, 6, 7, 8, 9..." in body[1]
+
+
 def test_str_of_empty_catalog(store: Path, capsys: pytest.CaptureFixture[str]) -> None:
     checkpoint = Checkpoint("show-empty", path=store)
     text = str(checkpoint)

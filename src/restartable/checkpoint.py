@@ -992,13 +992,14 @@ def _display(value: Any) -> str:
 
 def entries_table(entries: tuple[CheckpointEntry, ...] | list[CheckpointEntry]) -> list[list[str]]:
     """Rows of the catalog table shown by ``print(checkpoint)`` and ``restartable ls``."""
-    # Structured values (a workflow's plan) do not fit a table cell; `restartable show` prints them.
+    # Mappings (a workflow's identity) do not fit a table cell; `restartable show`
+    # prints them. Sequences do, shortened (earth2studio's completed_ensembles).
     keys = sorted(
         {
             key
             for entry in entries
             for key, value in entry.metadata.items()
-            if key != "lead_time" and not isinstance(value, (dict, list, tuple))
+            if key != "lead_time" and not isinstance(value, dict)
         }
     )
     header = ["row", "sequence", "lead_time", *keys, "write_count", "states", "saved_at"]
