@@ -282,3 +282,17 @@ def test_serial_physicsnemo_manager_lets_the_environment_decide(tmp_path: Path, 
     monkeypatch.setenv("WORLD_SIZE", "4")
     checkpoint = e2c.Checkpoint("forecast", path=tmp_path)
     assert (checkpoint.rank, checkpoint.world_size) == (2, 4)
+
+
+def test_bridged_workflows_are_restartables_with_earth2studios_rewrite() -> None:
+    import inspect
+
+    from restartable import workflows
+    from restartable.earth2studio import run
+
+    for name in ("deterministic", "diagnostic", "ensemble"):
+        bridged, own = getattr(run, name), getattr(workflows, name)
+        assert bridged.__module__ == "restartable.earth2studio.run" and bridged.__wrapped__ is own
+        assert inspect.signature(bridged).parameters["rewrite"].default is True
+        assert inspect.signature(own).parameters["rewrite"].default is False
+        assert list(inspect.signature(bridged).parameters) == list(inspect.signature(own).parameters)

@@ -12,6 +12,7 @@ written, since they are bitwise what was written.
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +28,10 @@ def _as_earth2studio(workflow: Callable[..., Any]) -> Callable[..., Any]:
         return workflow(*args, **kwargs)
 
     run.__module__ = __name__  # where it is defined (wraps copied the workflow's)
+    signature = inspect.signature(workflow)
+    run.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[p.replace(default=True) if p.name == "rewrite" else p for p in signature.parameters.values()]
+    )
     return run
 
 
