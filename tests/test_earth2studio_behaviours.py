@@ -44,6 +44,7 @@ from pathlib import Path
 import restartable.earth2studio
 restartable.earth2studio.install()
 
+import numpy as np
 import torch
 import earth2studio.run as run
 from earth2studio.data import Random
