@@ -265,7 +265,7 @@ def ensemble(
         batch_row = metadata.get("batch_row")
         # Decided before any pin can clear the flags: was the random state
         # restored, or must the noise of earlier batches be drawn again?
-        replay = not holds_restored_state(perturbation)
+        restored = resumed and holds_restored_state(perturbation)
         starts = list(range(0, nensemble, batch_size))
         mine = [first for b, first in enumerate(starts) if b % world_size == rank]
         todo = [first for first in mine if not completed.issuperset(range(first, min(first + batch_size, nensemble)))]
@@ -275,7 +275,7 @@ def ensemble(
             completed.update(range(todo[0], min(todo[0] + batch_size, nensemble)))
             todo.pop(0)
         resume_at = todo[0] if todo else nensemble
-        drawn = _drawn_before(resumed and not replay, done, leads[-1], completed, resume_at, batch_size)
+        drawn = _drawn_before(restored, done, leads[-1], completed, resume_at, batch_size)
         with progress(len(mine), "ensemble batches", verbose, initial=len(mine) - len(todo)) as batches:
             for first in starts if todo else ():
                 members = np.arange(first, min(first + batch_size, nensemble))
