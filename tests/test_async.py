@@ -1158,7 +1158,7 @@ def test_reader_racing_retirement_does_not_report_damage(store: Path, monkeypatc
     reader decodes that row's metadata (an array: a payload file). The reader
     must not warn about damage (``CheckpointFallbackWarning`` is an error here).
     """
-    import restartable.checkpoint as checkpoint_module
+    import restartable.catalog._reading as checkpoint_module
 
     writer = Checkpoint(NAME, path=store, async_commit=True)
     reader = Checkpoint(NAME, path=store)

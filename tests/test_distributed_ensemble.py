@@ -678,7 +678,7 @@ def test_a_rank_committing_while_another_enters_is_not_reported_damaged(tmp_path
     """Ranks of a consistent checkpoint that start at different moments (bench_multirank's 16 ranks hit this)."""
     import warnings
 
-    import restartable.checkpoint as checkpoint_module
+    import restartable.catalog._agreement as checkpoint_module
     from restartable import CheckpointFallbackWarning
 
     path = tmp_path / "ckpt"
@@ -698,7 +698,7 @@ def test_a_rank_committing_while_another_enters_is_not_reported_damaged(tmp_path
 
     def scan_while_rank_0_commits(folder: Any, *args: Any, **kwargs: Any) -> Any:
         scan = real_scan(folder, *args, **kwargs)
-        if Path(folder) == path / "rank_000000":
+        if str(folder) == str(path / "rank_000000"):  # the rank store, by its location
             rank0.run(session0.write, lead_time=2)  # rank 0's next commit lands right after rank 1 read its folder
         return scan
 

@@ -45,8 +45,8 @@ import numpy as np
 import pytest
 
 from restartable import Checkpoint, CheckpointFallbackWarning
-from restartable.distributed import read_head
-from restartable.store import list_row_dirs, scan_rows, verify_row
+from restartable.store import LocalRowStore, RowStore, list_row_dirs, open_store, scan_rows, verify_row
+from restartable.store._layout import rank_folder_name
 
 N = 6
 PHASE_TIMEOUT = 60.0  # a hang guard for one phase of rank processes, not a timing assertion
@@ -307,7 +307,7 @@ def run_ranks(
     return runs
 
 
-def config(root: Path, rank: int, world_size: int, mode: str, history_size: int | None, **extra: Any) -> dict[str, Any]:
+def config(root: Path | str, rank: int, world_size: int, mode: str, history_size: int | None, **extra: Any) -> dict[str, Any]:
     cfg = {
         "name": NAME,
         "root": str(root),
@@ -323,12 +323,16 @@ def config(root: Path, rank: int, world_size: int, mode: str, history_size: int 
     return cfg
 
 
-def rows_on_disk(root: Path, rank: int) -> list[int]:
-    """Sequence numbers of the row directories of a rank (names only)."""
-    return [sequence for sequence, _ in list_row_dirs(root / f"rank_{rank:06d}")]
+def rank_store(root: Path | str, rank: int) -> RowStore:
+    return open_store(root).child(rank_folder_name(rank))
 
 
-def catalog_of(root: Path, rank: int, world_size: int) -> dict[int, Any]:
+def rows_on_disk(root: Path | str, rank: int) -> list[int]:
+    """Sequence numbers of the rows of a rank (names only)."""
+    return [sequence for sequence, _ in rank_store(root, rank).list_rows()]
+
+
+def catalog_of(root: Path | str, rank: int, world_size: int) -> dict[int, Any]:
     return {entry.sequence: entry for entry in Checkpoint(NAME, path=root, rank=rank, world_size=world_size).catalog}
 
 
@@ -367,12 +371,16 @@ KILL_COUNTS = {0: 3, 1: 5, 2: 6, 3: 8}
 
 @pytest.mark.parametrize("dist", [False, True], ids=["shared-path", "torch-distributed"])
 @pytest.mark.parametrize(
-    ("mode", "history_size"), [("overwrite", None), ("append", 2)], ids=["overwrite", "append-history2"]
+    ("backend", "mode", "history_size"),
+    [("local", "overwrite", None), ("local", "append", 2), ("s3", "append", 2)],
+    ids=["overwrite", "append-history2", "s3-append-history2"],
 )
 def test_ranks_killed_at_different_points_resume_from_the_newest_common_row(
-    tmp_path: Path, mode: str, history_size: int | None, dist: bool
+    tmp_path: Path, request: pytest.FixtureRequest, backend: str, mode: str, history_size: int | None, dist: bool
 ) -> None:
-    root = tmp_path / "store"
+    # On S3 (moto's server) the ranks' prefixes take the place of their
+    # folders: the agreement and HEAD are store operations, the same on both.
+    root: Path | str = tmp_path / "store" if backend == "local" else f"{request.getfixturevalue('s3_bucket')}/store"
     world = len(KILL_COUNTS)
     common = min(KILL_COUNTS.values())
 
@@ -392,7 +400,7 @@ def test_ranks_killed_at_different_points_resume_from_the_newest_common_row(
         # Retention never retired the newest common row or anything newer.
         assert set(range(common, count + 1)) <= set(on_disk), (rank, on_disk)
         assert max(on_disk) == count
-        assert read_head(root / f"rank_{rank:06d}") == count
+        assert rank_store(root, rank).read_head() == count
 
     # Phase 2: restart every rank; all resume from the newest row every rank
     # committed, then commit two more rows. Without collectives the ranks
@@ -433,7 +441,7 @@ def test_ranks_killed_at_different_points_resume_from_the_newest_common_row(
         if mode == "append":
             assert set(catalog) >= {common + 1, common + 2}
         assert all(catalog[seq].metadata["phase"] == 1 for seq in catalog if seq <= common)
-        assert read_head(root / f"rank_{rank:06d}") == common + 2
+        assert rank_store(root, rank).read_head() == common + 2
 
     # Phase 3: restart again; every rank resumes from the new newest row.
     runs = run_ranks(
@@ -526,8 +534,8 @@ def test_overwrite_retention_keeps_rows_from_the_slowest_ranks_head(tmp_path: Pa
     assert_finished(runs)
     runs = run_ranks(tmp_path, [config(root, 0, world, "overwrite", None, rows=6)])
     assert_finished(runs)
-    assert read_head(root / "rank_000001") == 2
-    assert read_head(root / "rank_000000") == 6
+    assert LocalRowStore(root / "rank_000001").read_head() == 2
+    assert LocalRowStore(root / "rank_000000").read_head() == 6
     # Nothing at or above rank 1's HEAD (2) was retired on rank 0; row 1 was.
     assert rows_on_disk(root, 0) == [2, 3, 4, 5, 6]
     # Rank 1 ran while rank 0 had no HEAD: it counted as 0, so nothing was retired.

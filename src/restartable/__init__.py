@@ -9,7 +9,7 @@ checkpoint are tensors.
 """
 
 from ._version import __version__
-from .checkpoint import (
+from .catalog import (
     Checkpoint,
     CheckpointEntry,
     CheckpointSession,

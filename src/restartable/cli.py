@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import signal
 import sys
 from collections.abc import Sequence
@@ -24,9 +22,8 @@ from . import codec
 from ._version import __version__
 from .checkpoint import _entry_from_row, format_table
 from .errors import CheckpointCorruptError, CheckpointLockedError, CheckpointRemoteError
-from .store import Problem, WriterLock, clean_leftovers, list_row_dirs, open_row, scan_rows, verify_row
-from .store.manifest import MANIFEST_NAME
-from .store.rows import STAGING_PREFIX, TRASH_PREFIX
+from .store import Problem, RowStore, Scan, clean_leftovers, open_row, open_store, rank_stores, scan_rows, verify_row
+from .store._layout import MANIFEST_NAME, is_url, rank_folder_name
 
 EXIT_OK, EXIT_DAMAGED, EXIT_USAGE, EXIT_LOCKED, EXIT_REMOTE = 0, 1, 2, 3, 4
 
@@ -35,49 +32,24 @@ class UsageError(Exception):
     pass
 
 
-def location(text: str) -> Path | str:
-    """A command-line PATH argument: a URL stays a string, anything else is a path."""
-    from .store.objects import LOCAL_PROTOCOLS, is_url, local_path_of, url_protocol
-
-    if is_url(text):
-        return local_path_of(text) if url_protocol(text) in LOCAL_PROTOCOLS else text.rstrip("/")
-    return Path(text).expanduser()
+def location(text: str) -> str:
+    """A command-line PATH argument: a local path or a URL (opened by :func:`_store`)."""
+    return text
 
 
-def _local_only(path: Path | str, command: str) -> Path:
-    if isinstance(path, str):
-        raise UsageError(f"{command} works on local stores only; copy the rows first with: restartable pull {path} DIR")
-    return path
+def _store(args: argparse.Namespace) -> RowStore:
+    return open_store(args.path, args.storage_options)
 
 
-def _remote_scans(url: str, options: dict[str, Any]) -> list[tuple[str, Any]]:
-    """(rank URL, scan) for every rank prefix under a URL."""
-    from .remote.sync import remote_ranks
-    from .store.object_rows import scan_object_rows
-    from .store.objects import ObjectStore, join_url
-
-    ranks = remote_ranks(ObjectStore(url, options))
-    if not ranks:
-        raise UsageError(f"{url} is not a restartable checkpoint (no commits/ and no rank_* prefixes with rows)")
-    return [(join_url(url, rank), scan_object_rows(ObjectStore(join_url(url, rank), options))) for rank in ranks]
+def _rank_stores(args: argparse.Namespace) -> list[RowStore]:
+    try:
+        return rank_stores(_store(args))
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from None
 
 
-def _scans(path: Path | str, options: dict[str, Any]) -> list[tuple[str, Any]]:
-    if isinstance(path, str):
-        return _remote_scans(path, options)
-    return [(str(rank_path), scan_rows(rank_path)) for rank_path in rank_dirs(path)]
-
-
-def rank_dirs(path: Path) -> list[Path]:
-    """The rank directories of a checkpoint: ``path`` itself, or its ``rank_*`` folders."""
-    if not path.is_dir():
-        raise UsageError(f"{path} is not a directory")
-    ranks = sorted(p for p in path.glob("rank_*") if p.is_dir())
-    if (path / "commits").is_dir() or not ranks:
-        if not (path / "commits").is_dir():
-            raise UsageError(f"{path} is not a restartable checkpoint (no commits/ folder and no rank_* folders)")
-        return [path, *ranks]
-    return ranks
+def _scans(args: argparse.Namespace) -> list[tuple[str, Scan]]:
+    return [(store.location, scan_rows(store)) for store in _rank_stores(args)]
 
 
 def _emit(args: argparse.Namespace, payload: Any, text: str) -> None:
@@ -142,7 +114,7 @@ def _rank_summary(scans: list[tuple[str, Any]]) -> tuple[list[dict[str, Any]], s
 
 def cmd_ls(args: argparse.Namespace) -> int:
     report, blocks = [], []
-    scans = _scans(args.path, args.storage_options)
+    scans = _scans(args)
     summary, summary_text = _rank_summary(scans)
     if summary_text:
         blocks.append(summary_text)
@@ -190,28 +162,28 @@ def _short_metadata(metadata: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _find_row(rank_path: Path, selector: str) -> Path:
-    rows = list_row_dirs(rank_path)
-    for _, path in rows:
-        if path.name == selector:
-            return path
+def _find_row(store: RowStore, selector: str) -> str:
+    """The name of the row ``selector`` names: a commit id, or an index among the whole rows."""
+    for _, name in store.list_rows():
+        if name == selector:
+            return name
     try:
         index = int(selector)
     except ValueError:
-        raise UsageError(f"{selector!r} is neither a row index nor a commit id in {rank_path}") from None
+        raise UsageError(f"{selector!r} is neither a row index nor a commit id in {store}") from None
     # Indexes count whole rows, as the catalog does.
-    whole = scan_rows(rank_path).rows
+    whole = scan_rows(store).rows
     try:
-        return whole[index].path
+        return whole[index].name
     except IndexError:
-        raise UsageError(f"row {index} is out of range: {rank_path} has {len(whole)} whole row(s)") from None
+        raise UsageError(f"row {index} is out of range: {store} has {len(whole)} whole row(s)") from None
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    base = _local_only(args.path, "show")
-    ranks = rank_dirs(base)
-    rank_path = ranks[0] if args.rank is None else base / f"rank_{args.rank:06d}"
-    row = open_row(_find_row(rank_path, args.row))
+    ranks = _rank_stores(args)
+    store = ranks[0] if args.rank is None else _store(args).child(rank_folder_name(args.rank))
+    row = open_row(store, _find_row(store, args.row))
+    rank_path = store.location
     body = row.body
     payload = {
         **_row_summary(0, row),
@@ -245,22 +217,18 @@ def cmd_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _verify_targets(path: Path | str, options: dict[str, Any]) -> list[tuple[str, list[Problem]]]:
+def _verify_targets(args: argparse.Namespace) -> list[tuple[str, list[Problem]]]:
     """(row, problems) for every row of every rank, damaged manifests included."""
-    if isinstance(path, str):
-        from .store.object_rows import verify_object_row
-
-        found = []
-        for _rank, scan in _remote_scans(path, options):
-            found.extend((problem.row, [problem]) for problem in scan.problems)
-            found.extend((str(row.path), verify_object_row(row)) for row in scan.rows)
-        return sorted(found)
-    return [(str(row_path), verify_row(row_path)) for rank_path in rank_dirs(path) for _, row_path in list_row_dirs(rank_path)]
+    return [
+        (str(store.row_path(name)), verify_row(store, name))
+        for store in _rank_stores(args)
+        for _, name in store.list_rows()
+    ]
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     report, lines, damaged = [], [], 0
-    for row_path, problems in _verify_targets(args.path, args.storage_options):
+    for row_path, problems in _verify_targets(args):
         damaged += bool(problems)
         report.append({"row": str(row_path), "ok": not problems, "problems": [_problem(p) for p in problems]})
         if problems:
@@ -279,27 +247,20 @@ def _problem(problem: Problem) -> dict[str, Any]:
 
 def cmd_gc(args: argparse.Namespace) -> int:
     removed: list[str] = []
-    for rank_path in rank_dirs(_local_only(args.path, "gc")):
-        lock = WriterLock(rank_path)
+    for store in _rank_stores(args):
+        lock = store.exclusion()
         lock.acquire()  # a running writer makes this raise CheckpointLockedError
         try:
-            if args.dry_run:
-                removed.extend(str(rank_path / n) for n in os.listdir(rank_path) if n.startswith((STAGING_PREFIX, TRASH_PREFIX)))
-            else:
-                removed.extend(str(p) for p in clean_leftovers(rank_path, warn=False))
-            for _, row_path in list_row_dirs(rank_path):
+            removed.extend(clean_leftovers(store, warn=False, dry_run=args.dry_run))
+            for _, name in store.list_rows():
                 try:
-                    listed = {f["name"] for f in open_row(row_path).files} | {MANIFEST_NAME}
+                    listed = {f["name"] for f in open_row(store, name).files} | {MANIFEST_NAME}
                 except CheckpointCorruptError:
                     continue  # damaged rows are left for the user to inspect
-                for name in sorted(set(os.listdir(row_path)) - listed):
-                    target = row_path / name
-                    removed.append(str(target))
-                    if not args.dry_run:
-                        if target.is_dir() and not target.is_symlink():
-                            shutil.rmtree(target)
-                        else:
-                            target.unlink()
+                unlisted = sorted(store.row_files(name) - listed)
+                removed.extend(store.file_location(name, file) for file in unlisted)
+                if unlisted and not args.dry_run:
+                    store.remove_files(name, unlisted)
         finally:
             lock.release()
     verb = "would remove" if args.dry_run else "removed"
@@ -310,7 +271,6 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 def _sync_command(args: argparse.Namespace, direction: str) -> int:
     from .remote.sync import pull, push
-    from .store.objects import is_url
 
     source, destination = args.source, args.destination
     remote = destination if direction == "push" else source

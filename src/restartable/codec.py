@@ -42,12 +42,12 @@ from .errors import CheckpointCorruptError, CheckpointSerializationError, Checkp
 
 __all__ = [
     "Encoded",
-    "encode",
     "decode",
+    "dtype_from_json",
+    "dtype_to_json",
+    "encode",
     "schema_hash",
     "type_name",
-    "dtype_to_json",
-    "dtype_from_json",
 ]
 
 TAG = "__t"

@@ -129,7 +129,7 @@ def _hours(value: Any) -> float | None:
 
 
 def _checkpoint(path: Path) -> Any:
-    from .checkpoint import Checkpoint
+    from .catalog import Checkpoint
 
     return Checkpoint(
         CHECKPOINT_NAME, path=path, mode="overwrite", flush_interval=FLUSH_INTERVAL, level=2, rank=0, world_size=1

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 __all__ = ["detect_rank_and_world_size", "process_group_size"]
@@ -107,15 +106,10 @@ def detect_rank_and_world_size(initialize_physicsnemo: bool = False) -> tuple[in
 # rank committed whole. With an initialised torch.distributed process group
 # of the same size they exchange what they have by collectives, issued only
 # from the caller's thread when the checkpoint is opened; otherwise each rank
-# reads the other ranks' folders on the shared path. Between commits, each
-# rank publishes its newest sequence in a small HEAD file, so that retention
-# can keep the newest common row at the cost of one small read per rank.
-
-HEAD_NAME = "HEAD"
-
-
-def rank_folder(path: Path, rank: int) -> Path:
-    return Path(path) / f"rank_{rank:06d}"
+# reads the other ranks' stores (restartable.catalog._agreement). Between
+# commits, each rank publishes its newest sequence in its store's HEAD
+# (RowStore.write_head), so that retention can keep the newest common row at
+# the cost of one small read per rank.
 
 
 def process_group_size() -> int | None:
@@ -131,23 +125,3 @@ def all_gather(value: Any, world_size: int) -> list[Any]:
     gathered: list[Any] = [None] * world_size
     dist.all_gather_object(gathered, value)
     return gathered
-
-
-def write_head(rank_path: Path, sequence: int) -> None:
-    """Publish this rank's newest committed sequence (temp file and rename, no fsync).
-
-    A HEAD lost in a crash only makes other ranks keep more rows: it is a
-    hint for retention, never a source of truth for restoring.
-    """
-    tmp = Path(rank_path) / f".{HEAD_NAME}.{os.getpid()}.tmp"
-    with open(tmp, "w") as fh:
-        fh.write(f"{sequence}\n")
-    os.replace(tmp, Path(rank_path) / HEAD_NAME)
-
-
-def read_head(rank_path: Path) -> int | None:
-    try:
-        text = (Path(rank_path) / HEAD_NAME).read_text().strip()
-    except OSError:
-        return None
-    return int(text) if text.isdigit() else None

@@ -12,25 +12,49 @@ Warnings go through :func:`warnings.warn` with a category derived from
     from restartable import CheckpointFallbackWarning
 
     warnings.simplefilter("error", CheckpointFallbackWarning)
+
+The classes, as a tree. A name in brackets is a base class beyond the one the
+tree shows; each line ends with when the class is raised or issued
+(``tests/test_errors_tree.py`` checks the drawing against the classes).
+
+Exceptions::
+
+    CheckpointError (RuntimeError)                 base class; ``except CheckpointError`` catches every one below
+    ├── CheckpointStateCollision                   one dataclass type is bound twice in one checkpoint session
+    ├── CheckpointSerializationError (TypeError)   a state, metadata value or label cannot be stored without pickle
+    ├── CheckpointStateSchemaError (ValueError)    a saved dataclass no longer matches its type's definition
+    ├── CheckpointCorruptError (ValueError)        a committed row is damaged: a file is missing, truncated or altered
+    ├── CheckpointLockedError                      another writer holds the lock on the checkpoint directory
+    ├── CheckpointWriteError                       a commit cannot be made durable (disk full, I/O error, permissions)
+    ├── CheckpointWorldSizeError (ValueError)      a store is resumed by a run with another number of ranks
+    ├── CheckpointRemoteError                      an object store is unreachable, refuses access, or keeps failing
+    └── CheckpointUnsafeArchiveError (ValueError)  an archive member would land outside its target or is not plain data
+
+Warning categories::
+
+    CheckpointWarning (UserWarning)                base category; filter it to act on every one below
+    ├── CheckpointFallbackWarning                  a damaged or incomplete row is skipped in favour of an older one
+    ├── CheckpointLateBindWarning                  state bound before its session opened is restored late
+    └── CheckpointCleanupWarning                   an interrupted commit's leftovers are removed, or a tidy-up fails
 """
 
 from __future__ import annotations
 
 __all__ = [
-    "CheckpointError",
-    "CheckpointStateCollision",
-    "CheckpointSerializationError",
-    "CheckpointStateSchemaError",
+    "CheckpointCleanupWarning",
     "CheckpointCorruptError",
-    "CheckpointLockedError",
-    "CheckpointWriteError",
-    "CheckpointRemoteError",
-    "CheckpointWorldSizeError",
-    "CheckpointUnsafeArchiveError",
-    "CheckpointWarning",
+    "CheckpointError",
     "CheckpointFallbackWarning",
     "CheckpointLateBindWarning",
-    "CheckpointCleanupWarning",
+    "CheckpointLockedError",
+    "CheckpointRemoteError",
+    "CheckpointSerializationError",
+    "CheckpointStateCollision",
+    "CheckpointStateSchemaError",
+    "CheckpointUnsafeArchiveError",
+    "CheckpointWarning",
+    "CheckpointWorldSizeError",
+    "CheckpointWriteError",
 ]
 
 

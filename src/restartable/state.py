@@ -26,10 +26,11 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from ._device import resolve_device
 from .codec import type_name
 
 if TYPE_CHECKING:
-    from .checkpoint import Checkpoint, CheckpointSession
+    from .catalog import Checkpoint, CheckpointSession
 
 __all__ = ["CheckpointState", "bind_checkpoint_state", "state_id"]
 
@@ -83,10 +84,22 @@ class CheckpointState(Generic[T]):
         object.__setattr__(self, "_session", session)
         object.__setattr__(self, "_state_loaded", state_loaded)
 
+    # For CheckpointSession and bind_checkpoint_state. Underscored: attribute
+    # names without one are the wrapped dataclass's fields.
+
     def _bind(self, checkpoint: Checkpoint | None, session: CheckpointSession | None = None, state_loaded: bool = False) -> None:
+        """Bind to ``checkpoint`` and ``session`` (``None``: unbound), restored from its row or not."""
         object.__setattr__(self, "_checkpoint", checkpoint)
         object.__setattr__(self, "_session", session)
         object.__setattr__(self, "_state_loaded", state_loaded)
+
+    def _set_loaded(self, loaded: bool) -> None:
+        """Set :attr:`checkpoint_state_loaded`: a pin, a rewind or ``start_fresh`` changed what it says."""
+        object.__setattr__(self, "_state_loaded", loaded)
+
+    def _is_bound_to(self, session: CheckpointSession) -> bool:
+        """Whether the state is bound to ``session``."""
+        return self._session is session
 
     @property
     def checkpoint_dataclass(self) -> T:
@@ -136,8 +149,6 @@ class CheckpointState(Generic[T]):
     def checkpoint_device(self) -> Any:
         """Device on which tensor state should be staged."""
         if self._checkpoint is None:
-            from .checkpoint import resolve_device
-
             return resolve_device("cpu")
         return self._checkpoint.device
 

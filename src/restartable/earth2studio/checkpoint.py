@@ -19,8 +19,8 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from .. import checkpoint as _engine
-from ..checkpoint import CheckpointEntry, CheckpointSession, NullCheckpoint
+from .. import catalog as _engine
+from ..catalog import CheckpointEntry, CheckpointSession, NullCheckpoint
 from ..errors import (
     CheckpointCorruptError,
     CheckpointError,

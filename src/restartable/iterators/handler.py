@@ -44,13 +44,12 @@ from __future__ import annotations
 import uuid
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from .. import codec
 from ..errors import CheckpointCleanupWarning, CheckpointCorruptError, CheckpointFallbackWarning
-from ..store import Row, RowWriter, Snapshot, list_row_dirs, open_row
-from ..store.manifest import MANIFEST_NAME
+from ..store import Row, RowStore, RowWriter, Snapshot, open_row, open_store
+from ..store._layout import is_url
 from ..store.background import BackgroundPersist, HostBufferPool
 
 __all__ = ["EngineHandler", "IteratorCheckpointHandler", "is_url"]
@@ -59,10 +58,6 @@ __all__ = ["EngineHandler", "IteratorCheckpointHandler", "is_url"]
 FRONT_END = "iterator"
 STATE_ID = "iterator"
 _READ_ATTEMPTS = 5
-
-
-def is_url(directory: Any) -> bool:
-    return isinstance(directory, str) and "://" in directory
 
 
 @runtime_checkable
@@ -89,74 +84,12 @@ class IteratorCheckpointHandler(Protocol):
 class _Saved:
     step: int
     sequence: int
+    name: str
     path: Any  # Path, or UrlPath on an object store
 
 
 class _Retired(Exception):
     """The row vanished while being read: retired by its writer, not damaged."""
-
-
-class _LocalRows:
-    """The rows of a rank directory on a local filesystem."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.name = path.name
-
-    def __str__(self) -> str:
-        return str(self.path)
-
-    def writer(self, durable: bool) -> Any:
-        return RowWriter(self.path, keep=None, durable=durable)
-
-    def listing(self) -> list[tuple[int, Any]]:
-        return list_row_dirs(self.path)
-
-    def open(self, path: Any, sequence: int) -> Row:
-        return open_row(path, sequence)
-
-    def exists(self, path: Any) -> bool:
-        return path.exists()
-
-
-class _ObjectRows:
-    """The rows of a rank prefix on an object store (``s3://``, any fsspec URL)."""
-
-    def __init__(self, url: str, storage_options: dict[str, Any] | None) -> None:
-        from ..store.object_rows import UrlPath
-        from ..store.objects import ObjectStore
-
-        self.store = ObjectStore(url, storage_options)
-        self.name = UrlPath(url).name
-        self._files: dict[str, dict[str, int]] = {}
-
-    def __str__(self) -> str:
-        return self.store.url
-
-    def writer(self, durable: bool) -> Any:
-        from ..store.object_rows import ObjectRowWriter
-
-        return ObjectRowWriter(self.store, keep=None)  # an object is durable once its upload returns
-
-    def listing(self) -> list[tuple[int, Any]]:
-        from ..store.object_rows import UrlPath, list_object_row_files
-        from ..store.rows import COMMITS_DIR
-
-        # The sizes listed are what open() checks the manifest against.
-        self._files = list_object_row_files(self.store)
-        return sorted(
-            (int(name.split("-", 1)[0]), UrlPath(self.store.url_of(f"{COMMITS_DIR}/{name}"))) for name in self._files
-        )
-
-    def open(self, path: Any, sequence: int) -> Row:
-        from ..store.object_rows import open_object_row
-
-        return open_object_row(self.store, path.name, self._files.get(path.name, {}))
-
-    def exists(self, path: Any) -> bool:
-        from ..store.rows import COMMITS_DIR
-
-        return self.store.exists(f"{COMMITS_DIR}/{path.name}/{MANIFEST_NAME}")
 
 
 class EngineHandler:
@@ -199,7 +132,7 @@ class EngineHandler:
         self.async_checkpointing = bool(async_checkpointing)
         self.durable = bool(durable)
         self.storage_options = storage_options
-        self._sources: dict[str, _LocalRows | _ObjectRows] = {}
+        self._sources: dict[str, RowStore] = {}
         self._background = BackgroundPersist("iterator checkpoint") if self.async_checkpointing else None
         self._buffers = HostBufferPool()
         # Row directory name -> step (None: not an iterator row). Rows are
@@ -211,13 +144,13 @@ class EngineHandler:
 
     # ------------------------------------------------------------------ helpers
 
-    def _rows(self, directory: Any) -> _LocalRows | _ObjectRows:
+    def _rows(self, directory: Any) -> RowStore:
         key = str(directory)
-        source = self._sources.get(key)
-        if source is None:
-            source = _ObjectRows(key, self.storage_options) if is_url(directory) else _LocalRows(Path(directory))
-            self._sources[key] = source
-        return source
+        store = self._sources.get(key)
+        if store is None:
+            store = open_store(directory, self.storage_options, durable=self.durable)
+            self._sources[key] = store
+        return store
 
     def _settle(self) -> None:
         if self._background is not None:
@@ -233,15 +166,15 @@ class EngineHandler:
             stacklevel=5,
         )
 
-    def _index(self, directory: _LocalRows | _ObjectRows, warn: bool) -> tuple[list[_Saved], list[Any]]:
+    def _index(self, directory: RowStore, warn: bool) -> tuple[list[_Saved], list[Any]]:
         """Iterator rows by (step, sequence), oldest first; damaged rows newest first."""
         saved: list[_Saved] = []
         damaged: list[Any] = []
-        listed = directory.listing()
-        names = {path.name for _, path in listed}
+        listed = directory.list_rows()
+        names = {name for _, name in listed}
         self._steps = {name: step for name, step in self._steps.items() if name in names}
-        for sequence, path in listed:
-            name = path.name
+        for sequence, name in listed:
+            path = directory.row_path(name)
             if name in self._damaged:
                 damaged.append(path)
                 continue
@@ -249,9 +182,9 @@ class EngineHandler:
                 step = self._steps[name]
             else:
                 try:
-                    row = directory.open(path, sequence)
+                    row = open_row(directory, name, sequence)
                 except CheckpointCorruptError as exc:
-                    if not directory.exists(path):
+                    if not directory.row_exists(name):
                         continue  # retired while we read it: not damage
                     damaged.append(path)
                     if warn:
@@ -260,7 +193,7 @@ class EngineHandler:
                 step = _step_of(row)
                 self._steps[name] = step
             if step is not None:
-                saved.append(_Saved(step, sequence, path))
+                saved.append(_Saved(step, sequence, name, path))
         saved.sort(key=lambda s: (s.step, s.sequence))
         damaged.reverse()
         return saved, damaged
@@ -298,7 +231,7 @@ class EngineHandler:
 
         try:
             metadata_doc = codec.encode(dict(metadata), root="metadata").document
-            writer = directory.writer(self.durable)
+            writer = RowWriter(directory, keep=None)
         except BaseException:
             release()
             raise
@@ -314,7 +247,7 @@ class EngineHandler:
             others = [entry.path for entry in reversed(saved) if entry.step != step] + damaged
             retire = replaced + (others[keep - 1 :] if keep is not None else [])
             body = {
-                "checkpoint": directory.name,
+                "checkpoint": directory.location.rstrip("/").rsplit("/", 1)[-1],
                 "front_end": FRONT_END,
                 "rank": 0,
                 "world_size": 1,
@@ -340,7 +273,7 @@ class EngineHandler:
 
         def done(result: tuple[Row, list[tuple[Any, OSError]]]) -> None:
             row, failures = result
-            self._steps[row.path.name] = step
+            self._steps[row.name] = step
             for failed, exc in failures:
                 warnings.warn(
                     f"could not retire old iterator checkpoint row {failed}: {exc}",
@@ -376,13 +309,13 @@ class EngineHandler:
                 except _Retired:
                     break  # a writer retired it meanwhile; read the listing again
                 except CheckpointCorruptError as exc:
-                    self._damaged.add(entry.path.name)
+                    self._damaged.add(entry.name)
                     if step is not None:
                         raise
                     following = candidates[index + 1] if index + 1 < len(candidates) else None
                     target = f"step {following.step}" if following is not None else "nothing: no whole step is left"
                     warnings.warn(
-                        f"iterator checkpoint step {entry.step} ({entry.path.name}) of {directory} is damaged ({exc}); "
+                        f"iterator checkpoint step {entry.step} ({entry.name}) of {directory} is damaged ({exc}); "
                         f"falling back to {target}",
                         CheckpointFallbackWarning,
                         stacklevel=4,
@@ -427,7 +360,7 @@ class EngineHandler:
 
     # ------------------------------------------------------------------ reading
 
-    def _candidates(self, directory: _LocalRows | _ObjectRows, step: int | None) -> list[_Saved]:
+    def _candidates(self, directory: RowStore, step: int | None) -> list[_Saved]:
         saved, damaged = self._index(directory, warn=True)
         note = f" ({len(damaged)} damaged row(s) skipped)" if damaged else ""
         if not saved:
@@ -440,15 +373,15 @@ class EngineHandler:
             raise ValueError(f"no iterator checkpoint for step {step} in {directory}; saved steps: {steps}{note}")
         return [by_step[step]]
 
-    def _open(self, directory: _LocalRows | _ObjectRows, entry: _Saved) -> Row:
+    def _open(self, directory: RowStore, entry: _Saved) -> Row:
         try:
-            return directory.open(entry.path, entry.sequence)
+            return open_row(directory, entry.name, entry.sequence)
         except CheckpointCorruptError as exc:
-            if not directory.exists(entry.path):
-                raise _Retired(entry.path.name) from exc
+            if not directory.row_exists(entry.name):
+                raise _Retired(entry.name) from exc
             raise
 
-    def _load_state(self, directory: _LocalRows | _ObjectRows, entry: _Saved) -> Any:
+    def _load_state(self, directory: RowStore, entry: _Saved) -> Any:
         row = self._open(directory, entry)  # the manifest is read again: it may have been damaged since it was listed
         record = next((r for r in row.body.get("states", []) if isinstance(r, dict) and r.get("id") == STATE_ID), None)
         if record is None or "value" not in record:
@@ -456,8 +389,8 @@ class EngineHandler:
         try:
             loader = row.load_all_payloads()  # every payload read and its checksum checked
         except CheckpointCorruptError as exc:
-            if not directory.exists(row.path):
-                raise _Retired(entry.path.name) from exc
+            if not row.exists():
+                raise _Retired(entry.name) from exc
             raise
         return codec.decode(record["value"], loader, root="state")
 

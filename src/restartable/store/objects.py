@@ -31,7 +31,6 @@ from __future__ import annotations
 import importlib
 import os
 import random
-import re
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -40,35 +39,26 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..errors import CheckpointRemoteError
+from ._layout import LOCAL_PROTOCOLS, is_url, join_url, url_protocol
+from ._open import local_path_of
 from .files import fsync_dir, new_hasher
+
+__all__ = [
+    "LOCAL_PROTOCOLS",
+    "ObjectStore",
+    "RetryPolicy",
+    "STREAM_BYTES",
+    "is_url",
+    "join_url",
+    "local_path_of",
+    "open_filesystem",
+    "url_protocol",
+]
 
 T = TypeVar("T")
 
-_URL = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
-LOCAL_PROTOCOLS = frozenset({"file", "local"})
 # Parts of an upload or download stream; large enough for S3 multipart parts.
 STREAM_BYTES = 16 << 20
-
-
-def is_url(location: Any) -> bool:
-    """Whether ``location`` is a ``protocol://`` URL rather than a local path."""
-    return isinstance(location, str) and _URL.match(location) is not None
-
-
-def url_protocol(url: str) -> str:
-    match = _URL.match(url)
-    return match.group(1).lower() if match else "file"
-
-
-def local_path_of(url: str) -> Path:
-    """The local path of a ``file://`` URL."""
-    return Path(url.split("://", 1)[1]).expanduser()
-
-
-def join_url(base: str, *parts: str) -> str:
-    base = base.rstrip("/")
-    tail = "/".join(part.strip("/") for part in parts if part)
-    return f"{base}/{tail}" if tail else base
 
 
 def _is_permanent(exc: BaseException) -> bool:
@@ -172,7 +162,7 @@ class ObjectStore:
         if not is_url(url):
             raise ValueError(f"not a URL: {url!r} (expected protocol://...)")
         try:
-            import fsspec
+            import fsspec  # noqa: F401 - only whether it is installed
         except ImportError as exc:  # pragma: no cover - fsspec is a dependency of the remote extra
             raise ImportError(
                 f"{url} needs fsspec (and s3fs for s3://): pip install 'restartable[remote]'"

@@ -1,23 +1,13 @@
-"""Reading committed rows: layout, scanning, validation and verification.
+"""Reading committed rows from any store: listing, validation and verification.
 
-A rank directory looks like this::
-
-    <rank_path>/
-        .lock                          advisory writer lock (flock)
-        commits/
-            000000000007-<uuid>/       one committed row, immutable
-                manifest.json          self-checksummed, lists every file
-                p000000.npy            array payloads referenced by the manifest
-        .staging-<uuid>/               a commit in progress (ignored by readers)
-        .trash-<uuid>/                 a retired row being deleted (ignored)
-
-Readers take no lock and trust nothing they did not check.
+Written once over :class:`~restartable.store.RowStore`. Readers take no lock
+and trust nothing they did not check: a row is listed only once its
+manifest's checksum, its name and every listed file's size check out.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,36 +16,62 @@ from typing import Any
 import numpy as np
 
 from ..errors import CheckpointCorruptError
-from .files import PayloadError, hash_file, read_payload
-from .manifest import MANIFEST_NAME, ManifestError, load_manifest
+from ._base import RowPath, RowStore
+from ._layout import (
+    COMMITS_DIR,
+    LOCK_NAME,
+    MANIFEST_NAME,
+    PAYLOAD_NAME,
+    ROW_NAME,
+    STAGING_PREFIX,
+    TRASH_PREFIX,
+    row_dir_name,
+    sequence_of,
+)
+from ._open import open_store
+from .files import PayloadError
+from .manifest import ManifestError, load_manifest
 
-COMMITS_DIR = "commits"
-STAGING_PREFIX = ".staging-"
-TRASH_PREFIX = ".trash-"
-LOCK_NAME = ".lock"
-ROW_NAME = re.compile(r"^(\d{12})-([0-9a-f]{32})$")
-PAYLOAD_NAME = "p{:06d}.npy"
+__all__ = [
+    "COMMITS_DIR",
+    "LOCK_NAME",
+    "PAYLOAD_NAME",
+    "Problem",
+    "ROW_NAME",
+    "Row",
+    "STAGING_PREFIX",
+    "Scan",
+    "TRASH_PREFIX",
+    "list_row_dirs",
+    "open_row",
+    "row_dir_name",
+    "scan_rows",
+    "verify_row",
+]
 
 
-def row_dir_name(sequence: int, uid: str) -> str:
-    return f"{sequence:012d}-{uid}"
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Row:
     """A committed row whose manifest and file sizes checked out."""
 
-    path: Path
+    store: RowStore
+    name: str
     sequence: int
     body: dict[str, Any]
 
     @property
+    def path(self) -> RowPath:
+        """The row's directory (a :class:`~pathlib.Path`) or prefix (a :class:`~restartable.store.UrlPath`)."""
+        return self.store.row_path(self.name)
+
+    @property
     def commit_id(self) -> str:
-        return self.path.name
+        return self.name
 
     @property
     def files(self) -> list[dict[str, Any]]:
-        return self.body["files"]
+        files: list[dict[str, Any]] = self.body["files"]
+        return files
 
     def read_payload(self, index: int, verify: bool = True) -> np.ndarray:
         """Read payload ``index``, checking its size and checksum.
@@ -69,17 +85,19 @@ class Row:
                 f"row {self.path} references payload #{index}, which its manifest does not list",
                 row=str(self.path),
             ) from exc
-        path = self.path / entry["name"]
+        where = self.store.file_location(self.name, entry["name"])
         try:
-            return read_payload(path, int(entry["size"]), entry["checksum"] if verify else None)
+            return self.store.read_payload(self.name, entry["name"], int(entry["size"]), entry["checksum"] if verify else None)
         except FileNotFoundError as exc:
-            raise CheckpointCorruptError(f"{path} is missing (row {self.commit_id})", row=str(self.path), file=str(path)) from exc
+            raise CheckpointCorruptError(f"{where} is missing (row {self.commit_id})", row=str(self.path), file=where) from exc
         except (PayloadError, OSError) as exc:
-            raise CheckpointCorruptError(f"{path} is damaged: {exc} (row {self.commit_id})", row=str(self.path), file=str(path)) from exc
+            raise CheckpointCorruptError(
+                f"{where} is damaged: {exc} (row {self.commit_id})", row=str(self.path), file=where
+            ) from exc
 
     def exists(self) -> bool:
         """Whether the row is still there (a writer may retire it while it is read)."""
-        return self.path.exists()
+        return self.store.row_exists(self.name)
 
     def load_all_payloads(self) -> Callable[[int], np.ndarray]:
         """Read and verify every payload now; return a loader over the results."""
@@ -106,120 +124,130 @@ class Scan:
     problems: list[Problem] = field(default_factory=list)
 
 
-def commits_path(rank_path: Path) -> Path:
-    return Path(rank_path) / COMMITS_DIR
-
-
-def list_row_dirs(rank_path: Path) -> list[tuple[int, Path]]:
-    """Committed row directories by sequence number (names only, nothing read)."""
-    base = commits_path(rank_path)
-    try:
-        names = os.listdir(base)
-    except FileNotFoundError:
-        return []
-    found = []
-    for name in names:
-        match = ROW_NAME.match(name)
-        if match:
-            found.append((int(match.group(1)), base / name))
-    found.sort()
-    return found
-
-
-def open_row(path: Path, sequence: int | None = None) -> Row:
-    """Read and validate one row's manifest and file sizes.
+def validate_row(store: RowStore, name: str, raw: bytes | BaseException, sequence: int | None = None) -> Row:
+    """A row from its raw manifest (or the error reading it): checksum, name and file sizes checked.
 
     Raises :class:`CheckpointCorruptError` naming the row and the file at fault.
     """
-    path = Path(path)
+    path = store.row_path(name)
+    manifest = store.file_location(name, MANIFEST_NAME)
     if sequence is None:
-        match = ROW_NAME.match(path.name)
-        if not match:
+        sequence = sequence_of(name)
+        if sequence is None:
             raise CheckpointCorruptError(f"{path} is not a row directory", row=str(path))
-        sequence = int(match.group(1))
-    manifest_path = path / MANIFEST_NAME
-    try:
-        with open(manifest_path, "rb") as fh:
-            raw = fh.read()
-    except FileNotFoundError as exc:
-        raise CheckpointCorruptError(f"{manifest_path} is missing", row=str(path), file=str(manifest_path)) from exc
-    except OSError as exc:
-        raise CheckpointCorruptError(f"{manifest_path} cannot be read: {exc}", row=str(path), file=str(manifest_path)) from exc
+    if isinstance(raw, FileNotFoundError):
+        raise CheckpointCorruptError(f"{manifest} is missing", row=str(path), file=manifest)
+    if isinstance(raw, OSError):
+        raise CheckpointCorruptError(f"{manifest} cannot be read: {raw}", row=str(path), file=manifest)
+    if isinstance(raw, BaseException):
+        raise raw
     try:
         body = load_manifest(raw)
     except ManifestError as exc:
-        raise CheckpointCorruptError(f"{manifest_path} is damaged: {exc}", row=str(path), file=str(manifest_path)) from exc
-    if body.get("sequence") != sequence or body.get("commit_id") != path.name:
+        raise CheckpointCorruptError(f"{manifest} is damaged: {exc}", row=str(path), file=manifest) from exc
+    if body.get("sequence") != sequence or body.get("commit_id") != name:
         raise CheckpointCorruptError(
-            f"{manifest_path} belongs to row {body.get('commit_id')!r}, not {path.name!r}",
-            row=str(path),
-            file=str(manifest_path),
+            f"{manifest} belongs to row {body.get('commit_id')!r}, not {name!r}", row=str(path), file=manifest
         )
     for entry in body.get("files", []):
-        file_path = path / entry["name"]
+        where = store.file_location(name, entry["name"])
         try:
-            size = os.stat(file_path).st_size
+            size = store.file_size(name, entry["name"])
         except FileNotFoundError as exc:
-            raise CheckpointCorruptError(f"{file_path} is missing", row=str(path), file=str(file_path)) from exc
+            raise CheckpointCorruptError(f"{where} is missing", row=str(path), file=where) from exc
         if size != entry["size"]:
             raise CheckpointCorruptError(
-                f"{file_path} is {size} bytes, the manifest says {entry['size']} (truncated or altered)",
+                f"{where} is {size} bytes, the manifest says {entry['size']} (truncated or altered)",
                 row=str(path),
-                file=str(file_path),
+                file=where,
             )
-    return Row(path=path, sequence=sequence, body=body)
+    return Row(store=store, name=name, sequence=sequence, body=body)
 
 
-def scan_rows(rank_path: Path, attempts: int = 5) -> Scan:
-    """Every committed row of a rank directory, oldest first; damaged rows become problems.
+def _store_and_name(target: RowStore | str | os.PathLike[str], name: str | None) -> tuple[RowStore, str]:
+    """A store and row name from either, or from the path of a local row directory."""
+    if name is not None:
+        return open_store(target), name
+    path = Path(target)  # type: ignore[arg-type]
+    return open_store(path.parent.parent), path.name
+
+
+def open_row(target: RowStore | str | os.PathLike[str], name: str | None = None, sequence: int | None = None) -> Row:
+    """Read and validate one row: ``open_row(store, name)``, or ``open_row(row_directory)``.
+
+    Raises :class:`CheckpointCorruptError` naming the row and the file at fault.
+    """
+    store, name = _store_and_name(target, name)
+    try:
+        raw: bytes | BaseException = store.read_manifest(name)
+    except OSError as exc:
+        raw = exc
+    return validate_row(store, name, raw, sequence)
+
+
+def scan_rows(target: RowStore | str | os.PathLike[str], attempts: int = 5) -> Scan:
+    """Every committed row of a store, oldest first; damaged rows become problems.
 
     A writer may retire a row between our listing and our reading it; then
     the listing is stale (a newer row may have been published since), so the
     scan starts over, a bounded number of times.
     """
+    store = open_store(target)
+    scan = Scan()
     for _attempt in range(attempts):
+        listed = store.list_rows()
+        fetched = store.read_manifests([name for _, name in listed])
         scan, stale = Scan(), False
-        for sequence, path in list_row_dirs(rank_path):
+        for sequence, name in listed:
             try:
-                scan.rows.append(open_row(path, sequence))
+                scan.rows.append(validate_row(store, name, fetched[name], sequence))
             except CheckpointCorruptError as exc:
-                if not path.exists():
+                if not store.row_exists(name):
                     stale = True  # retired while we read it: not damage
                     continue
-                scan.problems.append(Problem(row=str(path), file=exc.file, reason=str(exc)))
+                scan.problems.append(Problem(row=str(store.row_path(name)), file=exc.file, reason=str(exc)))
         if not stale:
             break
     return scan
 
 
-def verify_row(path: Path) -> list[Problem]:
+def list_row_dirs(target: RowStore | str | os.PathLike[str]) -> list[tuple[int, RowPath]]:
+    """Committed rows by sequence number, as ``(sequence, row path)``; nothing read but names."""
+    store = open_store(target)
+    return [(sequence, store.row_path(name)) for sequence, name in store.list_rows()]
+
+
+def verify_row(target: RowStore | str | os.PathLike[str], name: str | None = None) -> list[Problem]:
     """Check a row completely: manifest checksum, every file's size and checksum.
 
-    Files in the row directory that the manifest does not list are reported too.
+    ``verify_row(store, name)``, or ``verify_row(row_directory)``. Files in
+    the row that the manifest does not list are reported too.
     """
-    path = Path(path)
+    store, name = _store_and_name(target, name)
+    where = str(store.row_path(name))
     try:
-        row = open_row(path)
+        row = open_row(store, name)
     except CheckpointCorruptError as exc:
-        return [Problem(row=str(path), file=exc.file, reason=str(exc))]
+        if not store.row_exists(name) and not store.row_files(name):
+            return []  # retired by its writer while we checked it: nothing to report
+        return [Problem(row=where, file=exc.file, reason=str(exc))]
     problems = []
     listed = {MANIFEST_NAME}
     for entry in row.files:
         listed.add(entry["name"])
-        file_path = path / entry["name"]
+        file = store.file_location(name, entry["name"])
         try:
-            size, digest = hash_file(file_path)
+            size, digest = store.hash_file(name, entry["name"])
         except OSError as exc:
-            problems.append(Problem(str(path), str(file_path), f"cannot be read: {exc}"))
+            problems.append(Problem(where, file, f"cannot be read: {exc}"))
             continue
         if size != entry["size"]:
-            problems.append(Problem(str(path), str(file_path), f"is {size} bytes, the manifest says {entry['size']}"))
+            problems.append(Problem(where, file, f"is {size} bytes, the manifest says {entry['size']}"))
         elif digest != entry["checksum"]:
-            problems.append(Problem(str(path), str(file_path), f"checksum {digest} does not match the manifest's {entry['checksum']}"))
-    try:
-        present = set(os.listdir(path))
-    except FileNotFoundError:
+            problems.append(Problem(where, file, f"checksum {digest} does not match the manifest's {entry['checksum']}"))
+    present = store.row_files(name)
+    if not present:
         return []  # retired by its writer while we checked it: nothing to report
-    for name in sorted(present - listed):
-        problems.append(Problem(str(path), str(path / name), "is not listed in the manifest"))
+    for file in sorted(present - listed):
+        problems.append(Problem(where, store.file_location(name, file), "is not listed in the manifest"))
     return problems

@@ -1,60 +1,59 @@
-"""Writing rows: the lock, the commit protocol and retention.
+"""Writing rows: the commit protocol and retention, written once for every store.
 
 A commit has two halves. The *snapshot* (:class:`Snapshot`) is built in the
 caller's thread by the front end: values encoded, arrays captured. The
-*persist* (:meth:`RowWriter.persist`) makes it durable:
+*persist* (:meth:`RowWriter.persist`) makes it durable, over the operations
+of a :class:`~restartable.store.RowStore`:
 
-1. stage: write every payload, then ``manifest.json``, into
-   ``.staging-<uuid>/``, hashing each file while it is written;
-2. make durable: fsync every file, then the staging directory;
-3. publish: rename the staging directory to ``commits/<seq>-<uuid>`` and
-   fsync ``commits/``. The rename is the commit point;
-4. retire: only then move rows that fall out of the retention policy to
-   ``.trash-<uuid>`` (one atomic rename each) and delete them.
+1. stage: write every payload into a :class:`~restartable.store.Draft`,
+   hashing each file while it is written (a local store stages into
+   ``.staging-<uuid>/``; an object store uploads under the row's prefix);
+2. make durable: every payload is durable before the manifest is written
+   (fsyncs on a local disk; an upload is durable when it returns);
+3. publish: check the writer's exclusion (a lease can be lost), then the
+   manifest makes the row visible in one atomic step, the commit point: a
+   rename of the staged directory, or a create-only manifest where the
+   store has no rename;
+4. retire: only then do rows that fall out of the retention policy stop
+   being rows (renamed to ``.trash-*``, or their manifest deleted first),
+   and their space is freed, beside the caller's next work when large.
 
 The cost of a commit does not depend on how many rows exist: the writer
-lists the directory once, when it takes the lock, and tracks its rows in
+lists the store once, when it takes the exclusion, and tracks its rows in
 memory afterwards.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import errno as _errno
 import os
-import shutil
 import threading
 import uuid
 import warnings
 from collections import deque
-from dataclasses import dataclass
-from pathlib import Path
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from .._version import __version__
-from ..errors import CheckpointCleanupWarning, CheckpointCorruptError, CheckpointLockedError, CheckpointWriteError
-from .files import CHECKSUM_ALGORITHM, PreparedArray, SyncGroup, fsync_dir, write_bytes, write_payload
-from .manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME, dump_manifest
-from .rows import (
-    COMMITS_DIR,
-    LOCK_NAME,
-    PAYLOAD_NAME,
-    STAGING_PREFIX,
-    TRASH_PREFIX,
-    Row,
-    list_row_dirs,
-    open_row,
-    row_dir_name,
+from ..errors import (
+    CheckpointCleanupWarning,
+    CheckpointCorruptError,
+    CheckpointLockedError,
+    CheckpointRemoteError,
+    CheckpointWriteError,
 )
+from ._base import RowStore
+from ._layout import PAYLOAD_NAME, row_dir_name, sequence_of
+from ._local import WriterLock
+from ._open import open_store
+from .files import CHECKSUM_ALGORITHM, PreparedArray
+from .manifest import FORMAT, FORMAT_VERSION, ManifestError, dump_manifest, load_manifest
+from .rows import Row
 
-try:  # advisory locks exist on every POSIX system
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
-
+__all__ = ["RowWriter", "Snapshot", "WriterLock", "clean_leftovers", "row_body"]
 
 # Retired rows at least this large are deleted on a helper thread.
 DEFER_DELETE_BYTES = 64 << 20
@@ -94,108 +93,48 @@ class Snapshot:
     pin: bool = False
 
 
-class WriterLock:
-    """An exclusive, non-blocking advisory lock on a rank directory.
+def clean_leftovers(target: RowStore | str | os.PathLike[str], warn: bool = True, *, dry_run: bool = False) -> list[str]:
+    """Remove what interrupted writers left in a store (staging folders, manifest-less uploads).
 
-    ``flock`` locks belong to the open file description, so a second writer
-    in the same process is refused just like one in another process, and the
-    kernel releases the lock when the holder dies, however it dies.
+    Only call this while holding the store's exclusion. Returns what was
+    (with ``dry_run``: would be) removed.
     """
-
-    def __init__(self, rank_path: Path) -> None:
-        self.path = Path(rank_path) / LOCK_NAME
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        if fcntl is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                holder = self._holder(fd)
-                os.close(fd)
-                if exc.errno in (_errno.EWOULDBLOCK, _errno.EAGAIN, _errno.EACCES):
-                    raise CheckpointLockedError(
-                        f"{self.path.parent} is being written by another writer{holder}; "
-                        "only one writer per checkpoint directory (and rank) is allowed"
-                    ) from None
-                raise
-        record = f"{os.getpid()}\n".encode()
-        try:
-            current = os.pread(fd, 64, 0)
-        except OSError:
-            current = b""
-        if current != record:
-            # A front end that locks for each commit (the iterator checkpoints)
-            # finds its own pid here and skips the truncate, a journalled
-            # metadata change that can wait for another file's fsync.
-            os.ftruncate(fd, 0)
-            os.write(fd, record)
-        self._fd = fd
-
-    @staticmethod
-    def _holder(fd: int) -> str:
-        try:
-            text = os.pread(fd, 64, 0).decode().strip()
-        except (OSError, UnicodeDecodeError):
-            return ""
-        return f" (process {text})" if text.isdigit() else ""
-
-    def release(self) -> None:
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            os.close(fd)  # closing the descriptor releases the flock
-
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
-
-def _remove_tree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def clean_leftovers(rank_path: Path, warn: bool = True) -> list[Path]:
-    """Remove staging and trash directories left by interrupted writers.
-
-    Only call this while holding the writer lock.
-    """
-    removed = []
-    try:
-        names = os.listdir(rank_path)
-    except FileNotFoundError:
-        return removed
-    for name in names:
-        if name.startswith(STAGING_PREFIX) or name.startswith(TRASH_PREFIX):
-            path = Path(rank_path) / name
-            _remove_tree(path)
-            removed.append(path)
-    stale = [p for p in removed if p.name.startswith(STAGING_PREFIX)]
-    if stale and warn:
+    store = open_store(target)
+    interrupted, other = store.clean_leftovers(dry_run=dry_run)
+    if interrupted and warn and not dry_run:
         warnings.warn(
-            f"removed {len(stale)} incomplete commit(s) left in {rank_path} by an interrupted writer: "
-            + ", ".join(p.name for p in stale),
+            f"removed {len(interrupted)} incomplete commit(s) left in {store} by an interrupted writer: "
+            + ", ".join(item.rstrip("/").rsplit("/", 1)[-1] for item in interrupted),
             CheckpointCleanupWarning,
             stacklevel=4,
         )
-    return removed
+    return interrupted + other
+
+
+def _row_name(row: Any) -> str:
+    """The name of a row given as a name, a path or a URL."""
+    name = getattr(row, "name", None)
+    return name if isinstance(name, str) else str(row).rstrip("/").rsplit("/", 1)[-1]
 
 
 class RowWriter:
-    """The single writer of one rank directory.
+    """The single writer of one store (one rank's rows).
 
     Parameters
     ----------
-    rank_path:
-        Directory of this rank's rows.
+    store:
+        A :class:`~restartable.store.RowStore`, or a path or URL for
+        :func:`~restartable.store.open_store`.
     keep:
         How many rows to keep (``None`` keeps all); older rows are retired
         after each commit, never before the new row is durable.
     durable:
-        fsync files and directories (turn off only for throw-away data).
+        fsync files and directories of a local store given by path (turn
+        off only for throw-away data).
     link_unchanged:
-        Hard-link array files whose bytes equal those of the same payload in
-        the previous row written by this writer, instead of writing them again.
+        Link payloads whose bytes equal those of the same payload in the
+        previous row written by this writer, instead of writing them again
+        (stores with hard links; elsewhere they are written).
     floor:
         Called at each retirement; rows with a sequence number at or above
         what it returns are never retired (multi-rank runs keep the newest
@@ -207,7 +146,7 @@ class RowWriter:
 
     def __init__(
         self,
-        rank_path: Path,
+        store: RowStore | str | os.PathLike[str],
         *,
         keep: int | None = None,
         durable: bool = True,
@@ -215,42 +154,40 @@ class RowWriter:
         floor: Callable[[], int | None] | None = None,
         head: bool = False,
     ) -> None:
-        self.rank_path = Path(rank_path)
+        self.store = open_store(store, durable=durable)
         self.floor = floor
         self.head = head
         self.keep = keep
-        self.durable = durable
-        self.link_unchanged = link_unchanged
-        self.commits = self.rank_path / COMMITS_DIR
-        self.lock = WriterLock(self.rank_path)
+        self.link_unchanged = link_unchanged and self.store.capabilities.hard_links
+        self.exclusion = self.store.exclusion()
         try:
-            if not self.commits.is_dir():
-                self.commits.mkdir(parents=True, exist_ok=True)
-                if durable:
-                    # A crash must not lose the new directories, and with
-                    # them every row committed into them.
-                    fsync_dir(self.rank_path)
-                    fsync_dir(self.rank_path.parent)
-            self.lock.acquire()
+            self.store.prepare()
+            self.exclusion.acquire()
         except OSError as exc:
-            raise CheckpointWriteError(
-                f"cannot open {self.rank_path} for writing: {exc}", errno=exc.errno
-            ) from exc
+            raise CheckpointWriteError(f"cannot open {self.store} for writing: {exc}", errno=exc.errno) from exc
         try:
-            clean_leftovers(self.rank_path)
-            existing = list_row_dirs(self.rank_path)
+            leftovers = clean_leftovers(self.store)
+            existing = self.store.list_rows()
         except BaseException:
-            self.lock.release()
+            self.exclusion.release()
             raise
-        self._rows: deque[tuple[int, Path]] = deque(existing)
+        self._rows: deque[tuple[int, str]] = deque(existing)
         self._pinned = self._find_pinned() if keep is not None else None
-        self._next_sequence = existing[-1][0] + 1 if existing else 1
+        # Never reuse the number of a leftover row (a writer cut off from
+        # its lease may still publish it): the next row is numbered after both.
+        numbered = [sequence for item in leftovers if (sequence := sequence_of(item.rstrip("/").rsplit("/", 1)[-1]))]
+        self._next_sequence = max([existing[-1][0] if existing else 0, *numbered]) + 1
         self._previous_files: list[dict[str, Any]] = []
-        self._previous_path: Path | None = None
-        self._undeleted_trash: list[Path] = []
-        self._reaper: tuple[threading.Thread, list[Path]] | None = None
+        self._previous_name: str | None = None
+        self._undeleted: list[Any] = []
+        self._reaper: tuple[threading.Thread, list[Any]] | None = None
         # Payload bytes of the rows this writer committed: what retiring them frees.
-        self._row_bytes: dict[Path, int] = {}
+        self._row_bytes: dict[str, int] = {}
+
+    @property
+    def lock(self) -> Any:
+        """The store's exclusion (an flock, or a lease on an object store)."""
+        return self.exclusion
 
     @property
     def next_sequence(self) -> int:
@@ -258,14 +195,14 @@ class RowWriter:
 
     def close(self) -> None:
         try:
-            if self.lock.held:
+            if self.exclusion.held:
                 self._empty_trash(wait=True)
             else:
                 self._join_reaper()
         finally:
-            self.lock.release()
+            self.exclusion.release()
 
-    def restart_after(self, sequence: int) -> list[tuple[Path, OSError]]:
+    def restart_after(self, sequence: int) -> list[tuple[Any, OSError]]:
         """Continue after row ``sequence``: retire every newer row, number the next ``sequence + 1``.
 
         Multi-rank runs resume every rank from the same sequence; rows a rank
@@ -273,7 +210,7 @@ class RowWriter:
         and the sequence numbers of the ranks must stay aligned.
         """
         # Newest first: a rank reading meanwhile never sees a gap below a newer row.
-        newer = [path for seq, path in reversed(self._rows) if seq > sequence]
+        newer = [self.store.row_path(name) for seq, name in reversed(self._rows) if seq > sequence]
         failed = self.retire(newer)
         if failed:
             return failed
@@ -283,16 +220,14 @@ class RowWriter:
         return []
 
     def _publish_head(self, sequence: int) -> None:
-        from ..distributed import write_head
-
         try:
-            write_head(self.rank_path, sequence)
-        except OSError as exc:  # only a retention hint for other ranks
-            warnings.warn(f"could not update {self.rank_path}/HEAD: {exc}", CheckpointCleanupWarning, stacklevel=3)
+            self.store.write_head(sequence)
+        except (OSError, CheckpointRemoteError) as exc:  # only a retention hint for other ranks
+            warnings.warn(f"could not update the HEAD of {self.store}: {exc}", CheckpointCleanupWarning, stacklevel=3)
 
-    def row_path(self, uid: str) -> Path:
-        """The directory that :meth:`persist` with this ``uid`` will publish next."""
-        return self.commits / row_dir_name(self._next_sequence, uid)
+    def row_path(self, uid: str) -> Any:
+        """Where :meth:`persist` with this ``uid`` will publish the next row."""
+        return self.store.row_path(row_dir_name(self._next_sequence, uid))
 
     def persist(self, snapshot: Snapshot, *, uid: str | None = None) -> Row:
         """Make ``snapshot`` a durable row; retire rows beyond ``keep``.
@@ -301,88 +236,81 @@ class RowWriter:
         the caller where the row will be (:meth:`row_path`) before a
         background persist publishes it; a fresh one by default.
 
-        Raises :class:`CheckpointWriteError` if the row could not be made
-        durable; every earlier row is then untouched.
+        Raises :class:`CheckpointWriteError` (:class:`CheckpointRemoteError`
+        on an object store) if the row could not be made durable; every
+        earlier row is then untouched.
         """
-        if not self.lock.held:
-            raise CheckpointWriteError(f"the writer of {self.rank_path} is closed")
+        if not self.exclusion.held:
+            raise CheckpointWriteError(f"the writer of {self.store} is closed")
         if uid is None:
             uid = uuid.uuid4().hex
         elif not (len(uid) == 32 and all(c in "0123456789abcdef" for c in uid)):
             raise ValueError(f"uid must be 32 lowercase hex digits, got {uid!r}")
         # The rows retired by the previous commit are gone before this one
-        # takes space: the disk never holds more rows than without deferral.
+        # takes space: the store never holds more rows than without deferral.
         self._join_reaper()
         sequence = self._next_sequence
         self._next_sequence += 1
-        staging = self.rank_path / f"{STAGING_PREFIX}{uid}"
-        final = self.commits / row_dir_name(sequence, uid)
+        name = row_dir_name(sequence, uid)
         step = "creating the staging directory"
-        sync = SyncGroup()
+        draft = None
         try:
-            os.mkdir(staging)
+            draft = self.store.stage(name)
             files = []
-            try:
-                for index, array in enumerate(snapshot.payloads):
-                    name = PAYLOAD_NAME.format(index)
-                    step = f"writing {name}"
-                    files.append(self._write_payload(staging / name, index, PreparedArray(array), sync))
-            except BaseException:
-                sync.abandon()  # no descriptor may outlive a failed commit
-                raise
+            for index, array in enumerate(snapshot.payloads):
+                file = PAYLOAD_NAME.format(index)
+                step = f"writing {file}"
+                files.append(self._write_payload(draft, file, index, PreparedArray(array)))
             step = "writing and syncing the payload files"
-            sync.wait()
-            body = row_body(snapshot, sequence, final.name, files)
-            step = f"writing {MANIFEST_NAME}"
-            write_bytes(staging / MANIFEST_NAME, dump_manifest(body), self.durable)
-            step = "syncing the staging directory"
-            if self.durable:
-                fsync_dir(staging)
+            draft.finish_payloads()
+            body = row_body(snapshot, sequence, name, files)
+            step = "checking the writer's lock"
+            self.exclusion.check()
             step = "publishing the row"
-            os.rename(staging, final)
-        except OSError as exc:
-            _remove_tree(staging)
-            raise CheckpointWriteError(
-                f"could not commit row {sequence} to {self.rank_path} while {step}: {exc}. "
-                "Earlier rows are intact.",
-                errno=exc.errno,
+            draft.publish(dump_manifest(body))
+        except CheckpointLockedError:
+            if draft is not None:
+                draft.abandon()
+            raise
+        except (OSError, CheckpointRemoteError) as exc:
+            if draft is not None:
+                draft.abandon()
+            raise self.store.write_error(
+                f"could not commit row {sequence} to {self.store} while {step}: {exc}. Earlier rows are intact.", exc
             ) from exc
         except BaseException:
-            _remove_tree(staging)
+            if draft is not None:
+                draft.abandon()
             raise
-        self._rows.append((sequence, final))
-        self._row_bytes[final] = sum(record["size"] for record in files)
+        self._rows.append((sequence, name))
+        self._row_bytes[name] = sum(record["size"] for record in files)
         if snapshot.pin:
-            self._pinned = final
-        self._previous_files, self._previous_path = files, final
+            self._pinned = name
+        self._previous_files, self._previous_name = files, name
         try:
-            if self.durable:
-                fsync_dir(self.commits)
+            draft.settle()
         except OSError as exc:
-            raise CheckpointWriteError(
-                f"row {final.name} was published in {self.commits} but syncing the directory failed: {exc}",
-                errno=exc.errno,
+            raise self.store.write_error(
+                f"row {name} was published in {self.store} but syncing its directory failed: {exc}", exc
             ) from exc
         if self.head:
             self._publish_head(sequence)
         self._retire()
-        return Row(path=final, sequence=sequence, body=body)
+        return Row(store=self.store, name=name, sequence=sequence, body=body)
 
-    def _write_payload(self, path: Path, index: int, prepared: PreparedArray, sync: SyncGroup) -> dict[str, Any]:
+    def _write_payload(self, draft: Any, file: str, index: int, prepared: PreparedArray) -> dict[str, Any]:
         previous = self._previous_files[index] if index < len(self._previous_files) else None
         if (
             self.link_unchanged
             and previous is not None
+            and self._previous_name is not None
             and previous["size"] == prepared.size
             and previous["checksum"] == prepared.digest()
+            and draft.link_payload(file, self._previous_name, previous["name"])
         ):
-            try:
-                os.link(self._previous_path / previous["name"], path)  # type: ignore[operator]
-                return {"name": path.name, "size": prepared.size, "checksum": prepared.digest()}
-            except OSError:
-                pass  # no hard links here (or the old row was retired): write a copy
-        digest = write_payload(path, prepared, self.durable, sync)
-        return {"name": path.name, "size": prepared.size, "checksum": digest}
+            return {"name": file, "size": prepared.size, "checksum": prepared.digest()}
+        digest = draft.write_payload(file, prepared)
+        return {"name": file, "size": prepared.size, "checksum": digest}
 
     def _retire(self) -> None:
         self._empty_trash(wait=True)  # what an earlier deletion left
@@ -392,94 +320,99 @@ class RowWriter:
         rows = list(self._rows)
         # Kept: the newest ``keep`` rows, the pinned row, and (multi-rank)
         # every row at or above the floor.
-        kept = {path for _, path in rows[max(0, len(rows) - self.keep) :]} if self.keep > 0 else set()
+        kept = {name for _, name in rows[max(0, len(rows) - self.keep) :]} if self.keep > 0 else set()
         freed = 0
-        for sequence, path in rows:
-            if path in kept or path == self._pinned or (floor is not None and sequence >= floor):
+        for sequence, name in rows:
+            if name in kept or name == self._pinned or (floor is not None and sequence >= floor):
                 continue
-            trash = self.rank_path / f"{TRASH_PREFIX}{uuid.uuid4().hex}"
             try:
-                os.rename(path, trash)
+                retired = self.store.retire(name)
             except FileNotFoundError:
-                self._rows.remove((sequence, path))
-                self._row_bytes.pop(path, None)
+                self._rows.remove((sequence, name))
+                self._row_bytes.pop(name, None)
                 continue
-            except OSError as exc:
+            except (OSError, CheckpointRemoteError) as exc:
                 # The row stays listed and is retried after the next commit.
-                warnings.warn(f"could not retire old row {path}: {exc}", CheckpointCleanupWarning, stacklevel=3)
+                warnings.warn(
+                    f"could not retire old row {self.store.row_path(name)}: {exc}", CheckpointCleanupWarning, stacklevel=3
+                )
                 break
-            self._rows.remove((sequence, path))
-            self._undeleted_trash.append(trash)
-            freed += self._row_bytes.pop(path, 0)
+            self._rows.remove((sequence, name))
+            self._undeleted.append(retired)
+            freed += self._row_bytes.pop(name, 0)
         # Deleting a small row costs less than handing it to a thread.
         self._empty_trash(wait=freed < DEFER_DELETE_BYTES)
 
-    def retire(self, paths: list[Path]) -> list[tuple[Path, OSError]]:
-        """Retire the given committed rows now, whatever ``keep`` says.
+    def retire(self, rows: list[Any]) -> list[tuple[Any, OSError]]:
+        """Retire the given committed rows (names or paths) now, whatever ``keep`` says.
 
         For front ends with their own retention policy (the iterator front
         end keeps the newest steps, not the newest sequence numbers). Call it
-        only once the rows that supersede them are durable. Each row is
-        renamed to ``.trash-<uuid>`` (one atomic step) and deleted. Returns
-        the rows that could not be retired, with the error; they stay listed
-        and nothing is warned here, so that a background thread can hand the
+        only once the rows that supersede them are durable. Returns the rows
+        that could not be retired, with the error; they stay listed and
+        nothing is warned here, so that a background thread can hand the
         failures to the caller's thread.
         """
-        failed: list[tuple[Path, OSError]] = []
-        for path in paths:
-            path = Path(path)
-            trash = self.rank_path / f"{TRASH_PREFIX}{uuid.uuid4().hex}"
+        failed: list[tuple[Any, OSError]] = []
+        for row in rows:
+            name = _row_name(row)
             try:
-                os.rename(path, trash)
+                self._undeleted.append(self.store.retire(name))
             except FileNotFoundError:
                 pass  # already gone
             except OSError as exc:
-                failed.append((path, exc))
+                failed.append((row, exc))
                 continue
-            else:
-                self._undeleted_trash.append(trash)
-            self._rows = deque(item for item in self._rows if item[1] != path)
-            self._row_bytes.pop(path, None)
-            if self._pinned == path:
+            except CheckpointRemoteError as exc:
+                failed.append((row, OSError(str(exc))))
+                continue
+            self._rows = deque(item for item in self._rows if item[1] != name)
+            self._row_bytes.pop(name, None)
+            if self._pinned == name:
                 self._pinned = None
         self._empty_trash(wait=True)
         return failed
 
-    def _find_pinned(self) -> Path | None:
+    def _find_pinned(self) -> str | None:
         """The newest pinned row left by an earlier writer (read at open only)."""
-        for sequence, path in reversed(self._rows):
+        names = [name for _, name in reversed(self._rows)]
+        fetched = self.store.read_manifests(names)
+        for name in names:
+            raw = fetched.get(name)
+            if not isinstance(raw, bytes):
+                continue
             try:
-                if open_row(path, sequence).body.get("pinned"):
-                    return path
-            except CheckpointCorruptError:
+                if load_manifest(raw).get("pinned"):
+                    return name
+            except (ManifestError, CheckpointCorruptError):
                 continue
         return None
 
     def _empty_trash(self, wait: bool = False) -> None:
-        """Delete retired rows on a helper thread (or now, with ``wait``).
+        """Free the space of retired rows on a helper thread (or now, with ``wait``).
 
         Deleting a large row costs about as much as a quarter of writing it
         (on a disk mounted with ``discard``, every freed extent is trimmed):
         it runs beside the caller's work and is joined before the next
         commit writes anything, and at :meth:`close`. What cannot be deleted
         is retried at the next call; a killed process leaves ``.trash-*``
-        directories, which the next writer removes.
+        directories (or manifest-less uploads), which the next writer removes.
         """
         self._join_reaper()
-        trash, self._undeleted_trash = self._undeleted_trash, []
-        if not trash:
+        retired, self._undeleted = self._undeleted, []
+        if not retired:
             return
         if wait:
-            self._undeleted_trash = _delete_trees(trash)
+            self._undeleted = self.store.delete_retired(retired)
             return
-        remaining: list[Path] = []
+        remaining: list[Any] = []
         thread = threading.Thread(
-            target=lambda: remaining.extend(_delete_trees(trash)), name="restartable-reaper", daemon=True
+            target=lambda: remaining.extend(self.store.delete_retired(retired)), name="restartable-reaper", daemon=True
         )
         try:
             thread.start()
         except RuntimeError:  # no thread to be had: delete now
-            self._undeleted_trash = _delete_trees(trash)
+            self._undeleted = self.store.delete_retired(retired)
             return
         self._reaper = (thread, remaining)
 
@@ -488,14 +421,4 @@ class RowWriter:
             thread, remaining = self._reaper
             thread.join()
             self._reaper = None
-            self._undeleted_trash = remaining + self._undeleted_trash
-
-
-def _delete_trees(paths: list[Path]) -> list[Path]:
-    """Delete retired row directories; return those still present."""
-    remaining = []
-    for trash in paths:
-        _remove_tree(trash)
-        if os.path.lexists(trash):
-            remaining.append(trash)
-    return remaining
+            self._undeleted = remaining + self._undeleted

@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from ..checkpoint import Checkpoint
+from ..catalog import Checkpoint
 from ._run import (
     PREEMPTED_EXIT_CODE,
     WorkflowPreempted,

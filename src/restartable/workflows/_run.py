@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..checkpoint import Checkpoint, NullCheckpoint
+from ..catalog import Checkpoint, NullCheckpoint
 from ..distributed import detect_rank_and_world_size
 from ..state import states_of
 from .coords import map_coords, split_coords

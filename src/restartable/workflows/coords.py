@@ -17,7 +17,7 @@ import numpy as np
 
 CoordSystem = "OrderedDict[str, np.ndarray]"
 
-__all__ = ["fetch_data", "map_coords", "split_coords", "to_time_array", "lead_times"]
+__all__ = ["fetch_data", "lead_times", "map_coords", "split_coords", "to_time_array"]
 
 
 def to_time_array(time: Iterable[Any]) -> np.ndarray:

@@ -1,0 +1,153 @@
+"""Catalog entries: :class:`CheckpointEntry`, read from a committed row's manifest.
+
+Also the two value helpers the session needs to compare what it wrote with
+what it restored: :func:`normalize_value` (a one-element array or tensor is
+recorded as its element) and :func:`fingerprint` (a state record's content).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .. import codec
+from ..errors import CheckpointCorruptError
+
+if TYPE_CHECKING:
+    from ..store import Row
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointEntry:
+    """One committed row of a catalog.
+
+    Attributes
+    ----------
+    commit_id:
+        Name of the row directory, ``<sequence:012d>-<uuid>``.
+    sequence:
+        Commit sequence number, increasing within a rank directory.
+    lead_time:
+        The ``lead_time`` metadata of the row, if any.
+    metadata:
+        All metadata recorded with ``write``/``flush``.
+    write_count:
+        Number of ``write`` calls of the session when the row was committed.
+    saved_at:
+        UTC time of the commit, ISO 8601.
+    rank, world_size:
+        The rank that wrote the row and the world size at the time.
+    level:
+        Checkpoint level at the time of the commit.
+    state_ids:
+        Qualified names of the bound states saved in the row.
+    path:
+        The row directory.
+    pinned:
+        Whether the row was committed with :meth:`CheckpointSession.pin`.
+    labels:
+        The session's labels when the row was committed (``session.labels``:
+        a mapping the caller may set, kept apart from metadata).
+    all_ranks:
+        In a multi-rank run, whether every rank has a row with this sequence
+        number (read from the other ranks' folders); ``None`` otherwise.
+    """
+
+    commit_id: str
+    sequence: int
+    lead_time: Any
+    metadata: Mapping[str, Any]
+    write_count: int
+    saved_at: str
+    rank: int
+    world_size: int
+    level: int
+    state_ids: tuple[str, ...]
+    path: Path
+    pinned: bool = False
+    all_ranks: bool | None = None
+    labels: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def metadata_keys(self) -> tuple[str, ...]:
+        """Names of the metadata values (earth2studio's field)."""
+        return tuple(self.metadata)
+
+    @property
+    def artifacts(self) -> tuple[str, ...]:
+        """earth2studio's older name for :attr:`metadata_keys`."""
+        return self.metadata_keys
+
+
+def entry_from_row(row: Row) -> CheckpointEntry:
+    """The catalog entry of a committed row (its manifest's catalog record, metadata decoded).
+
+    Raises
+    ------
+    CheckpointCorruptError
+        The manifest lacks a valid catalog record.
+    """
+    body = row.body
+    try:
+        metadata = codec.decode(body["metadata"], row.read_payload, root="metadata")
+        labels = codec.decode(body["labels"], row.read_payload, root="labels") if "labels" in body else {}
+        return CheckpointEntry(
+            commit_id=row.commit_id,
+            sequence=row.sequence,
+            lead_time=metadata.get("lead_time"),
+            metadata=metadata,
+            write_count=int(body["write_count"]),
+            saved_at=str(body["saved_at"]),
+            rank=int(body["rank"]),
+            world_size=int(body["world_size"]),
+            level=int(body["level"]),
+            state_ids=tuple(record["id"] for record in body["states"]),
+            path=row.path,
+            pinned=bool(body.get("pinned", False)),
+            labels=labels,
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        if isinstance(exc, CheckpointCorruptError):
+            raise
+        raise CheckpointCorruptError(
+            f"{row.path / 'manifest.json'} lacks a valid catalog record ({exc!r})",
+            row=str(row.path),
+            file=str(row.path / "manifest.json"),
+        ) from exc
+
+
+def normalize_value(value: Any) -> Any:
+    """A metadata value as the catalog records it."""
+    # Workflows pass coords["lead_time"], a one-element array; the catalog
+    # records the element.
+    if isinstance(value, np.ndarray) and value.size == 1:
+        return value.reshape(-1)[0]
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.detach().cpu().reshape(-1)[0].item()
+    return value
+
+
+def fingerprint(record: dict[str, Any] | None, row: Row | None) -> str | None:
+    """A state record's content, with each array reference replaced by its file's checksum."""
+    if record is None or row is None:
+        return None
+    files = row.files
+
+    def resolve(doc: Any) -> Any:
+        if isinstance(doc, list):
+            return [resolve(item) for item in doc]
+        if isinstance(doc, dict):
+            if doc.get(codec.TAG) in ("ndarray", "tensor") and "i" in doc:
+                entry = files[int(doc["i"])]
+                return {**doc, "i": [entry["size"], entry["checksum"]]}
+            return {key: resolve(value) for key, value in doc.items()}
+        return doc
+
+    return json.dumps(resolve(record.get("value")), sort_keys=True, default=str)
