@@ -59,16 +59,19 @@ def build(path: Path, rows: int) -> float:
     return time.perf_counter() - start
 
 
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="1,1000,10000", help="existing rows, comma-separated; default 1,1000,10000")
     parser.add_argument("--commits", type=int, default=200, help="timed commits per size; default 200")
     parser.add_argument("--warmup", type=int, default=5, help="untimed commits per size first; default 5")
     parser.add_argument("--open-repeats", type=int, default=3, help="timed catalog opens per size; default 3")
-    parser.add_argument("--dir", default=None, help="parent directory of the scratch directory (default: the system temp dir)")
+    parser.add_argument(
+        "--dir", default=None, help="parent directory of the scratch directory (default: the system temp dir)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
-    parser.add_argument("--json", action="store_true", help="print machine-readable results on stdout (the table goes to stderr)")
+    parser.add_argument(
+        "--json", action="store_true", help="print machine-readable results on stdout (the table goes to stderr)"
+    )
     args = parser.parse_args(argv)
     if args.json:
         log_to_stderr()
@@ -136,7 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     smallest, largest = sizes[0], sizes[-1]
     ratio = results[largest]["commit_median_s"] / results[smallest]["commit_median_s"]
     log_run_head(meta)
-    log(f"mode='append', history_size=None, durable=True, flush_interval=1; {args.commits} timed commits per size (median)")
+    log(
+        f"mode='append', history_size=None, durable=True, flush_interval=1; {args.commits} timed commits per size (median)"
+    )
     log()
     header = f"{'existing rows':>13} {'commit median':>14} {'p10':>9} {'p90':>9} {'commits/s':>10} {'open catalog':>13} {'enter session':>14}"
     log_table_header(header)

@@ -208,13 +208,17 @@ class Profiler:
             out = io.StringIO()
             pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(top)
             body = out.getvalue().strip().splitlines()
-            keep = [line for line in body if line.strip() and not line.lstrip().startswith(("Ordered by", "List reduced"))]
+            keep = [
+                line for line in body if line.strip() and not line.lstrip().startswith(("Ordered by", "List reduced"))
+            ]
             log(f"\n--- profile: {variant}, {label} (totals over {calls[0]} calls, sorted by own time) ---")
             for line in keep:
                 log(line)
 
 
-def bench_variant(variant: str, root: Path, size_mb: float, repeats: int, cold: bool, profile: bool = False) -> dict[str, Any]:
+def bench_variant(
+    variant: str, root: Path, size_mb: float, repeats: int, cold: bool, profile: bool = False
+) -> dict[str, Any]:
     profiler = Profiler(profile)
     state = make_state(variant, size_mb)
     nbytes = sum(a.nbytes for a in numpy_views(state))
@@ -242,7 +246,9 @@ def bench_variant(variant: str, root: Path, size_mb: float, repeats: int, cold: 
                         raw_commit.append(t)
                 else:
                     if rnd:
-                        t, _ = timed(lambda: profiler.run("commit, changed state", lambda: session.write(lead_time=tick)))
+                        t, _ = timed(
+                            lambda: profiler.run("commit, changed state", lambda: session.write(lead_time=tick))
+                        )
                         rs_commit.append(t)
                     else:
                         session.write(lead_time=tick)
@@ -278,7 +284,8 @@ def bench_variant(variant: str, root: Path, size_mb: float, repeats: int, cold: 
                 else:
                     t, restored = timed(
                         lambda: profiler.run(
-                            f"restore, {'cold' if drop else 'warm'}", lambda: restartable_restore(ckpt_path, name, variant)
+                            f"restore, {'cold' if drop else 'warm'}",
+                            lambda: restartable_restore(ckpt_path, name, variant),
                         )
                     )
                     rs_t.append(t)
@@ -362,13 +369,17 @@ def print_report(results: list[dict[str, Any]], meta: dict[str, Any]) -> None:
                 continue
             s = r[key]
             primary = key == f"restore_{r['restore_cache']}"
-            target = f"<= {RESTORE_TARGET} ({verdict(s['ratio_time'] <= RESTORE_TARGET)})" if primary else "(informational)"
+            target = (
+                f"<= {RESTORE_TARGET} ({verdict(s['ratio_time'] <= RESTORE_TARGET)})" if primary else "(informational)"
+            )
             log(
                 f"{v:<8} {label:<26} {s['raw_median_s'] * 1e3:>11.1f} ms     {s['restartable_median_s'] * 1e3:>11.1f} ms    "
                 f"{s['ratio_time']:>7.2f}  {target}"
             )
     log()
-    log("commit ratio = restartable MiB/s / raw MiB/s (higher is better); restore ratio = restartable time / raw time (lower is better)")
+    log(
+        "commit ratio = restartable MiB/s / raw MiB/s (higher is better); restore ratio = restartable time / raw time (lower is better)"
+    )
     for r in results:
         c, u = r["commit"], r["commit_unchanged"]
         log(
@@ -380,14 +391,24 @@ def print_report(results: list[dict[str, Any]], meta: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size-mb", type=float, default=256, help="total state size in MiB (4 float32 arrays); default 256")
+    parser.add_argument(
+        "--size-mb", type=float, default=256, help="total state size in MiB (4 float32 arrays); default 256"
+    )
     parser.add_argument("--repeats", type=int, default=9, help="timed runs of each measurement; default 9")
     parser.add_argument("--variants", default="numpy,torch", help="comma-separated: numpy,torch")
-    parser.add_argument("--dir", default=None, help="parent directory of the scratch directory (default: the system temp dir)")
+    parser.add_argument(
+        "--dir", default=None, help="parent directory of the scratch directory (default: the system temp dir)"
+    )
     parser.add_argument("--warm-only", action="store_true", help="do not drop the page cache; restore is compared warm")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
-    parser.add_argument("--profile", action="store_true", help="cProfile the timed restartable calls and print the top functions (adds a little overhead)")
-    parser.add_argument("--json", action="store_true", help="print machine-readable results on stdout (the table goes to stderr)")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="cProfile the timed restartable calls and print the top functions (adds a little overhead)",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print machine-readable results on stdout (the table goes to stderr)"
+    )
     args = parser.parse_args(argv)
     if args.json:
         log_to_stderr()
@@ -413,7 +434,9 @@ def main(argv: list[str] | None = None) -> int:
         "size_mb": args.size_mb,
         "cache_note": cache_note,
     }
-    log(f"bench_commit: {args.size_mb:g} MiB state ({N_ARRAYS} float32 arrays), variants {', '.join(variants)}, in {root}")
+    log(
+        f"bench_commit: {args.size_mb:g} MiB state ({N_ARRAYS} float32 arrays), variants {', '.join(variants)}, in {root}"
+    )
     results = []
     started = time.perf_counter()
     try:

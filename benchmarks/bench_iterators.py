@@ -109,7 +109,13 @@ def one_run(mode: str, data: np.ndarray, args: argparse.Namespace, directory: Pa
         expected = list(range(INTERVAL, args.steps + 1, INTERVAL))[-KEEP:]
         if list(steps) != expected:
             raise RuntimeError(f"{mode}: unexpected steps {list(steps)} (expected {expected})")
-    return {"elapsed": elapsed, "iterating": iterating, "checkpointing": checkpointing, "saves": saves, "checksum": checksum}
+    return {
+        "elapsed": elapsed,
+        "iterating": iterating,
+        "checkpointing": checkpointing,
+        "saves": saves,
+        "checksum": checksum,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

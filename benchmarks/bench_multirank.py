@@ -88,10 +88,14 @@ class RankState:
 
 
 def _checkpoint(path: Path, rank: int, world_size: int, consistent: bool) -> Checkpoint:
-    return Checkpoint(NAME, path=path, rank=rank, world_size=world_size, mode="overwrite", flush_interval=1, consistent=consistent)
+    return Checkpoint(
+        NAME, path=path, rank=rank, world_size=world_size, mode="overwrite", flush_interval=1, consistent=consistent
+    )
 
 
-def rank_work(rank: int, world_size: int, root: str, args: dict[str, Any], barrier: Any) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+def rank_work(
+    rank: int, world_size: int, root: str, args: dict[str, Any], barrier: Any
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """One rank: warm-up commits, timed commits, then timed opens, the two variants taking turns."""
     paths = {variant: Path(root) / variant for variant in VARIANTS}
     commits: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
@@ -99,7 +103,9 @@ def rank_work(rank: int, world_size: int, root: str, args: dict[str, Any], barri
     with contextlib.ExitStack() as stack:
         sessions, states = {}, {}
         for variant in VARIANTS:
-            sessions[variant] = stack.enter_context(_checkpoint(paths[variant], rank, world_size, variant == "consistent"))
+            sessions[variant] = stack.enter_context(
+                _checkpoint(paths[variant], rank, world_size, variant == "consistent")
+            )
             states[variant] = sessions[variant].bind(RankState(np.zeros(args["state_bytes"], dtype=np.uint8)))
         lead = 0
 
@@ -146,14 +152,19 @@ def rank_main(rank: int, world_size: int, root: str, args: dict[str, Any], barri
         results.put({"rank": rank, "commit_s": commits, "open_s": opens, "warnings": warned, "error": None})
     except BaseException as exc:  # reported by the parent
         barrier.abort()
-        results.put({"rank": rank, "commit_s": {}, "open_s": {}, "warnings": [], "error": f"{type(exc).__name__}: {exc}"})
+        results.put(
+            {"rank": rank, "commit_s": {}, "open_s": {}, "warnings": [], "error": f"{type(exc).__name__}: {exc}"}
+        )
 
 
 def run_world(ctx: Any, root: Path, world_size: int, args: dict[str, Any], tag: str) -> list[dict[str, Any]]:
     """Start ``world_size`` rank processes on fresh stores; their results, by rank."""
     path = root / tag
     barrier, results = ctx.Barrier(world_size), ctx.Queue()
-    procs = [ctx.Process(target=rank_main, args=(rank, world_size, str(path), args, barrier, results)) for rank in range(world_size)]
+    procs = [
+        ctx.Process(target=rank_main, args=(rank, world_size, str(path), args, barrier, results))
+        for rank in range(world_size)
+    ]
     for proc in procs:
         proc.start()
     gathered = [results.get(timeout=BARRIER_TIMEOUT * 2) for _ in procs]
@@ -166,18 +177,23 @@ def run_world(ctx: Any, root: Path, world_size: int, args: dict[str, Any], tag: 
     return sorted(gathered, key=lambda r: r["rank"])
 
 
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ranks", default="1,4,16", help="world sizes, comma-separated; default 1,4,16")
     parser.add_argument("--commits", type=int, default=50, help="timed commits per rank and round; default 50")
     parser.add_argument("--warmup", type=int, default=3, help="untimed commits per rank first; default 3")
     parser.add_argument("--opens", type=int, default=3, help="timed opens per rank and round; default 3")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds (the variants alternate which goes first); default 3")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="rounds (the variants alternate which goes first); default 3"
+    )
     parser.add_argument("--state-kib", type=int, default=64, help="state committed by each rank, KiB; default 64")
-    parser.add_argument("--dir", default=None, help="parent directory of the scratch directory (default: the system temp dir)")
+    parser.add_argument(
+        "--dir", default=None, help="parent directory of the scratch directory (default: the system temp dir)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
-    parser.add_argument("--json", action="store_true", help="print machine-readable results on stdout (the table goes to stderr)")
+    parser.add_argument(
+        "--json", action="store_true", help="print machine-readable results on stdout (the table goes to stderr)"
+    )
     args = parser.parse_args(argv)
     if args.json:
         log_to_stderr()
@@ -187,12 +203,28 @@ def main(argv: list[str] | None = None) -> int:
 
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     root = Path(tempfile.mkdtemp(prefix="restartable-bench-multirank-", dir=args.dir))
-    worker_args = {"state_bytes": args.state_kib * 1024, "warmup": args.warmup, "commits": args.commits, "opens": args.opens}
-    meta = {**run_meta(root), "ranks": sizes, "commits": args.commits, "opens": args.opens, "rounds": args.rounds, "state_kib": args.state_kib}
-    log(f"bench_multirank: {args.state_kib} KiB commits at {', '.join(map(str, sizes))} ranks, consistent vs independent, in {root}")
+    worker_args = {
+        "state_bytes": args.state_kib * 1024,
+        "warmup": args.warmup,
+        "commits": args.commits,
+        "opens": args.opens,
+    }
+    meta = {
+        **run_meta(root),
+        "ranks": sizes,
+        "commits": args.commits,
+        "opens": args.opens,
+        "rounds": args.rounds,
+        "state_kib": args.state_kib,
+    }
+    log(
+        f"bench_multirank: {args.state_kib} KiB commits at {', '.join(map(str, sizes))} ranks, consistent vs independent, in {root}"
+    )
     started = time.perf_counter()
     warned: dict[int, list[str]] = {w: [] for w in sizes}  # restartable's warnings, by world size
-    raw: dict[int, dict[str, dict[str, list[float]]]] = {w: {v: {"commit_s": [], "open_s": [], "open_slowest_s": []} for v in VARIANTS} for w in sizes}
+    raw: dict[int, dict[str, dict[str, list[float]]]] = {
+        w: {v: {"commit_s": [], "open_s": [], "open_slowest_s": []} for v in VARIANTS} for w in sizes
+    }
     try:
         for rnd in range(args.rounds):
             for world_size in sizes:
@@ -225,8 +257,12 @@ def main(argv: list[str] | None = None) -> int:
                 "open_median_s": statistics.median(r["open_s"]),
                 "open_slowest_median_s": statistics.median(r["open_slowest_s"]),
             }
-        row["commit_ratio_consistent_over_independent"] = row["consistent"]["commit_median_s"] / row["independent"]["commit_median_s"]
-        row["open_ratio_consistent_over_independent"] = row["consistent"]["open_median_s"] / row["independent"]["open_median_s"]
+        row["commit_ratio_consistent_over_independent"] = (
+            row["consistent"]["commit_median_s"] / row["independent"]["commit_median_s"]
+        )
+        row["open_ratio_consistent_over_independent"] = (
+            row["consistent"]["open_median_s"] / row["independent"]["open_median_s"]
+        )
         results.append(row)
     single = min(sizes)
     base = next(r for r in results if r["ranks"] == single)["consistent"]["commit_median_s"]
@@ -258,11 +294,15 @@ def main(argv: list[str] | None = None) -> int:
     log()
     log("cons/indep: consistent over independent at the same number of ranks (the cost of consistency);")
     log(f"cons/{single} rank: consistent commit over the single-rank commit of the same state;")
-    log("open: entering the checkpoint with every rank's row present (the agreement, when consistent); slowest: the slowest rank")
+    log(
+        "open: entering the checkpoint with every rank's row present (the agreement, when consistent); slowest: the slowest rank"
+    )
     for row in results:
         if row["warnings"]:
             kinds = sorted({text.split(":")[0] for text in row["warnings"]})
-            log(f"{row['ranks']} ranks: {len(row['warnings'])} warning(s) from restartable ({', '.join(kinds)}), e.g. {row['warnings'][0]}")
+            log(
+                f"{row['ranks']} ranks: {len(row['warnings'])} warning(s) from restartable ({', '.join(kinds)}), e.g. {row['warnings'][0]}"
+            )
     log(f"elapsed {meta['elapsed_s']:.1f} s")
     if args.json:
         print(json.dumps({"benchmark": "multirank", "meta": meta, "results": results}, indent=2))

@@ -117,11 +117,16 @@ def main(argv: list[str] | None = None) -> int:
             started = time.perf_counter()
             saver.save_sync(source)
             times["save"].append(time.perf_counter() - started)
-            loader = RemoteCheckpoint(f"{prefix}/attempt-1", checkpoint_src=f"{prefix}/attempt-0", path=scratch / f"restored-{round_index}")
+            loader = RemoteCheckpoint(
+                f"{prefix}/attempt-1", checkpoint_src=f"{prefix}/attempt-0", path=scratch / f"restored-{round_index}"
+            )
             started = time.perf_counter()
             restored = loader.load_sync()
             times["load"].append(time.perf_counter() - started)
-            assert restored is not None and (restored / "weights_7.npy").stat().st_size == (source / "weights_7.npy").stat().st_size
+            assert (
+                restored is not None
+                and (restored / "weights_7.npy").stat().st_size == (source / "weights_7.npy").stat().st_size
+            )
             shutil.rmtree(restored)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -148,7 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     log(f"upload throughput ratio   restartable / fs.put = {ratios['upload']:.2f}")
     log(f"download throughput ratio restartable / fs.get = {ratios['download']:.2f}")
     if args.json:
-        json.dump({"meta": meta, "seconds": times, "median": median, "mb_per_s": rate, "ratios": ratios}, sys.stdout, indent=2)
+        json.dump(
+            {"meta": meta, "seconds": times, "median": median, "mb_per_s": rate, "ratios": ratios}, sys.stdout, indent=2
+        )
         sys.stdout.write("\n")
     return 0
 

@@ -191,7 +191,6 @@ def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-
 def in_fresh_context(fn: Callable[[], Any]) -> Any:
     # Both libraries keep the current checkpoint, the active session and
     # pending states in context variables: each part (and each workflow run)
@@ -227,7 +226,11 @@ class Profiler:
         for label, (prof, calls) in self.profiles.items():
             out = _io.StringIO()
             pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(top)
-            lines = [l for l in out.getvalue().strip().splitlines() if l.strip() and not l.lstrip().startswith(("Ordered by", "List reduced"))]
+            lines = [
+                l
+                for l in out.getvalue().strip().splitlines()
+                if l.strip() and not l.lstrip().startswith(("Ordered by", "List reduced"))
+            ]
             log(f"\n--- profile: {label} (totals over {calls} calls, sorted by own time; caller's thread only) ---")
             for line in lines:
                 log(line)
@@ -253,7 +256,14 @@ def raw_save(tensors: list[torch.Tensor], raw_dir: Path) -> None:
 
 
 def bench_commit(
-    root: Path, e2s: Any, size_mb: float, ntensors: int, commits: int, sequences: int, profile: bool, device: str = "cpu"
+    root: Path,
+    e2s: Any,
+    size_mb: float,
+    ntensors: int,
+    commits: int,
+    sequences: int,
+    profile: bool,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     profiler = Profiler(profile)
     count = max(1, int(size_mb * MB / ntensors / 4))
@@ -283,11 +293,19 @@ def bench_commit(
         sessions: dict[str, Any] = {}
         if e2s:
             for side in ("earth2studio", "earth2studio+fsync"):
-                ck = e2s.Checkpoint(f"vs-{side}".replace("+", "-"), path=root / f"commit-{side}".replace("+", "-"), rank=0, world_size=1)
+                ck = e2s.Checkpoint(
+                    f"vs-{side}".replace("+", "-"), path=root / f"commit-{side}".replace("+", "-"), rank=0, world_size=1
+                )
                 sessions[side] = stack.enter_context(ck)
                 sessions[side].bind(state)
         for side, asynchronous in (("restartable sync", False), ("restartable async", True)):
-            ck = Checkpoint(side.replace(" ", "-"), path=root / f"commit-{side}".replace(" ", "-"), rank=0, world_size=1, async_commit=asynchronous)
+            ck = Checkpoint(
+                side.replace(" ", "-"),
+                path=root / f"commit-{side}".replace(" ", "-"),
+                rank=0,
+                world_size=1,
+                async_commit=asynchronous,
+            )
             sessions[side] = stack.enter_context(ck)
             sessions[side].bind(state)
 
@@ -363,7 +381,11 @@ def bench_commit(
 
         row_bytes["raw"] = tree_bytes(raw_dir)
         for side, session in sessions.items():
-            path = (session.catalog.rank_path / "commits" / session.commit_id) if side.startswith("earth2studio") else session.entry.path
+            path = (
+                (session.catalog.rank_path / "commits" / session.commit_id)
+                if side.startswith("earth2studio")
+                else session.entry.path
+            )
             row_bytes[side] = tree_bytes(path)
         # Check once that every side holds the final state.
         expected = [t.cpu().numpy().copy() for t in tensors]
@@ -379,11 +401,15 @@ def bench_commit(
 
         def reload(side: str = side, fresh: Any = fresh) -> Any:
             if side.startswith("earth2studio"):
-                ck = e2s.Checkpoint(f"vs-{side}".replace("+", "-"), path=root / f"commit-{side}".replace("+", "-"), rank=0, world_size=1)
+                ck = e2s.Checkpoint(
+                    f"vs-{side}".replace("+", "-"), path=root / f"commit-{side}".replace("+", "-"), rank=0, world_size=1
+                )
                 with ck as session:
                     session.bind(fresh)
                     return session.lead_time
-            ck = Checkpoint(side.replace(" ", "-"), path=root / f"commit-{side}".replace(" ", "-"), rank=0, world_size=1)
+            ck = Checkpoint(
+                side.replace(" ", "-"), path=root / f"commit-{side}".replace(" ", "-"), rank=0, world_size=1
+            )
             with ck as session:
                 session.bind(fresh)
                 return session.lead_time
@@ -425,7 +451,9 @@ def bench_commit(
     result["ratio_sync_over_raw_bandwidth"] = mbps["restartable sync"] / mbps["raw"]
     result["ratio_async_blocking_over_sync"] = result["async_blocking_median_s"] / med["restartable sync"]
     result["ratio_async_blocking_over_e2s"] = ratio(result["async_blocking_median_s"], med.get("earth2studio"))
-    result["ratio_async_blocking_over_e2s_fsync"] = ratio(result["async_blocking_median_s"], med.get("earth2studio+fsync"))
+    result["ratio_async_blocking_over_e2s_fsync"] = ratio(
+        result["async_blocking_median_s"], med.get("earth2studio+fsync")
+    )
     result["ratio_async_durable_over_sync"] = med["restartable async"] / med["restartable sync"]
     result["ratio_async_sequence_over_sync"] = seq_med["restartable async"] / seq_med["restartable sync"]
     result["ratio_sync_over_e2s_fsync"] = ratio(med["restartable sync"], med.get("earth2studio+fsync"))
@@ -448,7 +476,9 @@ def report_commit(r: dict[str, Any], e2s_note: str) -> None:
     }
     for side in r["sides"]:
         v = r["times_s"][side]
-        log(f"{side:<22} {r['median_s'][side] * 1e3:>7.1f} ms {min(v) * 1e3:>7.1f} ms {max(v) * 1e3:>7.1f} ms {r['mb_per_s'][side]:>8.0f}  {notes[side]}")
+        log(
+            f"{side:<22} {r['median_s'][side] * 1e3:>7.1f} ms {min(v) * 1e3:>7.1f} ms {max(v) * 1e3:>7.1f} ms {r['mb_per_s'][side]:>8.0f}  {notes[side]}"
+        )
     b = r["async_blocking_s"]
     log(f"{'restartable async':<22} {r['async_blocking_median_s'] * 1e3:>7.1f} ms {min(b) * 1e3:>7.1f} ms {max(b) * 1e3:>7.1f} ms "
         f"{r['mb'] / r['async_blocking_median_s']:>8.0f}  blocking: time inside write() (the snapshot)")  # fmt: skip
@@ -459,7 +489,10 @@ def report_commit(r: dict[str, Any], e2s_note: str) -> None:
     log(f"  restartable async write() inside the sequence (waits for the persist in flight): median "
         f"{r['sequence_async_blocking_median_s'] * 1e3:.1f} ms, p90 {r['sequence_async_blocking_p90_s'] * 1e3:.1f} ms")  # fmt: skip
     log("row size on disk: " + ", ".join(f"{side} {size / MB:.1f} MB" for side, size in r["row_bytes"].items()))
-    log("final state read back equal: " + ", ".join(f"{side}={ok}" for side, ok in r["final_state_restored_equal"].items()))
+    log(
+        "final state read back equal: "
+        + ", ".join(f"{side}={ok}" for side, ok in r["final_state_restored_equal"].items())
+    )
 
 
 # --------------------------------------------------------------------------- part 2: catalog
@@ -555,7 +588,10 @@ def bench_catalog(root: Path, e2s: Any, rows: int, commits: int, warmup: int, e2
                 elapsed = time.perf_counter() - start
                 if rnd >= warmup:
                     times[key].append(elapsed)
-    rows_after = {f"{lib} {size}": len((rs_catalog(p) if lib == "restartable" else e2s_catalog(e2s, p)).catalog) for (lib, size), p in paths.items()}
+    rows_after = {
+        f"{lib} {size}": len((rs_catalog(p) if lib == "restartable" else e2s_catalog(e2s, p)).catalog)
+        for (lib, size), p in paths.items()
+    }
     result: dict[str, Any] = {
         "rows": rows,
         "sizes": sizes,
@@ -591,7 +627,9 @@ def report_catalog(r: dict[str, Any]) -> None:
         for size in r["sizes"]:
             key = f"{lib} {size}"
             m = r["commit_median_s"][key]
-            log(f"{lib:<14} {size:>13,} {m * 1e3:>11.2f} ms {r['commit_p90_s'][key] * 1e3:>7.2f} ms {1 / m:>10.0f} {r['enter_session_s'][key] * 1e3:>11.1f} ms")
+            log(
+                f"{lib:<14} {size:>13,} {m * 1e3:>11.2f} ms {r['commit_p90_s'][key] * 1e3:>7.2f} ms {1 / m:>10.0f} {r['enter_session_s'][key] * 1e3:>11.1f} ms"
+            )
     n = r["rows"]
     log(f"restartable: cost at {n:,} rows / at 1 row = {r['ratio_restartable_large_over_small']:.2f}")
     if "ratio_e2s_large_over_small" in r:
@@ -619,10 +657,14 @@ def e2s_lorenz96_class(e2s: Any) -> type:
     return E2SLorenz96
 
 
-STAGING = "staging only"  # restartable with flush_interval=None: the model stages its state every step, one commit at the end
+STAGING = (
+    "staging only"  # restartable with flush_interval=None: the model stages its state every step, one commit at the end
+)
 
 
-def workflow_run(side: str, e2s: Any, data: SyntheticData, steps: int, path: Path) -> tuple[float, float, MemoryIO, int]:
+def workflow_run(
+    side: str, e2s: Any, data: SyntheticData, steps: int, path: Path
+) -> tuple[float, float, MemoryIO, int]:
     """One forecast: wall time, time inside write/flush, output, size of the last row."""
 
     def run() -> tuple[float, float, MemoryIO, int]:
@@ -647,8 +689,10 @@ def workflow_run(side: str, e2s: Any, data: SyntheticData, steps: int, path: Pat
         # Untimed check: one row holding the model state at the last lead time.
         entries = (e2s.Checkpoint("vs-workflow", path=path, rank=0, world_size=1) if side == "earth2studio"
                    else Checkpoint("vs-workflow", path=path, rank=0, world_size=1)).catalog  # fmt: skip
-        if len(entries) != 1 or np.timedelta64(entries[-1].lead_time) != np.timedelta64(6 * steps, "h") or not any(
-            "Lorenz96State" in s for s in entries[-1].state_ids
+        if (
+            len(entries) != 1
+            or np.timedelta64(entries[-1].lead_time) != np.timedelta64(6 * steps, "h")
+            or not any("Lorenz96State" in s for s in entries[-1].state_ids)
         ):
             raise RuntimeError(f"{side}: unexpected checkpoint: {entries}")
         row_bytes = sum(f.stat().st_size for f in (path / "commits").rglob("*") if f.is_file())
@@ -661,8 +705,16 @@ def same_output(a: MemoryIO, b: MemoryIO) -> bool:
     return sorted(a.arrays) == sorted(b.arrays) and all(a[k].tobytes() == b[k].tobytes() for k in a.arrays)
 
 
-def bench_workflow(root: Path, e2s: Any, nlat: int, nlon: int, steps: int, repeats: int, staging: bool) -> dict[str, Any]:
-    sides = ["without", *([STAGING] if staging else []), *(["earth2studio"] if e2s else []), "restartable sync", "restartable async"]
+def bench_workflow(
+    root: Path, e2s: Any, nlat: int, nlon: int, steps: int, repeats: int, staging: bool
+) -> dict[str, Any]:
+    sides = [
+        "without",
+        *([STAGING] if staging else []),
+        *(["earth2studio"] if e2s else []),
+        "restartable sync",
+        "restartable async",
+    ]
     data = SyntheticData(nlat=nlat, nlon=nlon)
     times: dict[str, list[float]] = {side: [] for side in sides}
     cpu_times: dict[str, list[float]] = {side: [] for side in sides}  # process CPU (user + system, all threads)
@@ -724,7 +776,9 @@ def bench_workflow(root: Path, e2s: Any, nlat: int, nlon: int, steps: int, repea
         "torch_threads": torch.get_num_threads(),
     }
     result["ratio_over_without"] = {side: med[side] / med["without"] for side in sides if side != "without"}
-    result["ratio_min_over_min"] = {side: min(times[side]) / min(times["without"]) for side in sides if side != "without"}
+    result["ratio_min_over_min"] = {
+        side: min(times[side]) / min(times["without"]) for side in sides if side != "without"
+    }
     result["ratio_paired_median"] = {
         side: median([w / o for w, o in zip(times[side], times["without"])]) for side in sides if side != "without"
     }
@@ -749,7 +803,9 @@ def report_workflow(r: dict[str, Any]) -> None:
             log(f"{side:<18} {r['median_s'][side]:>8.2f}s {min(v):>8.2f}s {max(v):>8.2f}s {'1':>7} {'1':>8} {'1':>7} {'-':>8} {'-':>9} "
                 f"{cpu:>7.2f}s {'1':>9} {'-':>7}")  # fmt: skip
             continue
-        per_commit = r["commit_per_step_s"][side] * (r["steps"] + 1) if side == STAGING else r["commit_per_step_s"][side]
+        per_commit = (
+            r["commit_per_step_s"][side] * (r["steps"] + 1) if side == STAGING else r["commit_per_step_s"][side]
+        )
         log(f"{side:<18} {r['median_s'][side]:>8.2f}s {min(v):>8.2f}s {max(v):>8.2f}s {r['ratio_over_without'][side]:>7.3f} "
             f"{r['ratio_min_over_min'][side]:>8.3f} {r['ratio_paired_median'][side]:>7.3f} {r['overhead_per_step_s'][side] * 1e3:>8.1f} "
             f"{per_commit * 1e3:>6.1f} ms {cpu:>7.2f}s {r['cpu_ratio_over_without'][side]:>9.3f} {r['row_bytes'][side] / MB:>7.1f}")  # fmt: skip
@@ -757,8 +813,13 @@ def report_workflow(r: dict[str, Any]) -> None:
         "ms/step = (median with - without) / steps; in write = time inside session.write/flush per commit; "
         "CPU = process user+system time, all threads (steadier than wall time on a shared machine)")  # fmt: skip
     if STAGING in r["sides"]:
-        log(f"'{STAGING}': restartable with flush_interval=None: the model stages its level-2 state every step, one commit at the end")
-    log("outputs bitwise equal to the run without checkpoint: " + ", ".join(f"{k}={v}" for k, v in r["outputs_equal_to_without"].items()))
+        log(
+            f"'{STAGING}': restartable with flush_interval=None: the model stages its level-2 state every step, one commit at the end"
+        )
+    log(
+        "outputs bitwise equal to the run without checkpoint: "
+        + ", ".join(f"{k}={v}" for k, v in r["outputs_equal_to_without"].items())
+    )
     if any(value < 1 for value in r["ratio_over_without"].values()):
         log("WARNING: a side with a checkpoint has a lower median than the side without: other work on the machine dominated "
             "these wall times; the fastest runs (min/min) and the CPU ratio are the figures to trust")  # fmt: skip
@@ -776,16 +837,46 @@ def targets(results: dict[str, Any], e2s: bool) -> list[dict[str, Any]]:
     c = results.get("commit")
     if c:
         v = c["ratio_sync_over_raw_bandwidth"]
-        add("commit: restartable sync bandwidth / raw numpy.save+fsync", v, f">= {SYNC_VS_RAW_MIN}", v >= SYNC_VS_RAW_MIN)
+        add(
+            "commit: restartable sync bandwidth / raw numpy.save+fsync",
+            v,
+            f">= {SYNC_VS_RAW_MIN}",
+            v >= SYNC_VS_RAW_MIN,
+        )
         v = c["ratio_async_blocking_over_e2s"]
-        add("commit: restartable async blocking / earth2studio commit", v, f"<= {ASYNC_VS_E2S_MAX}", None if v is None else v <= ASYNC_VS_E2S_MAX)
+        add(
+            "commit: restartable async blocking / earth2studio commit",
+            v,
+            f"<= {ASYNC_VS_E2S_MAX}",
+            None if v is None else v <= ASYNC_VS_E2S_MAX,
+        )
         v = c["ratio_async_blocking_over_sync"]
-        add("commit: restartable async blocking / restartable sync", v, f"<= {ASYNC_VS_SYNC_MAX}", v <= ASYNC_VS_SYNC_MAX)
+        add(
+            "commit: restartable async blocking / restartable sync",
+            v,
+            f"<= {ASYNC_VS_SYNC_MAX}",
+            v <= ASYNC_VS_SYNC_MAX,
+        )
         v = c["ratio_async_sequence_over_sync"]
-        add(f"commit: async / sync, {c['commits']} commits to durable (sequence)", v, f"<= {ASYNC_TOTAL_VS_SYNC_MAX}", v <= ASYNC_TOTAL_VS_SYNC_MAX)
+        add(
+            f"commit: async / sync, {c['commits']} commits to durable (sequence)",
+            v,
+            f"<= {ASYNC_TOTAL_VS_SYNC_MAX}",
+            v <= ASYNC_TOTAL_VS_SYNC_MAX,
+        )
         v = c["ratio_async_durable_over_sync"]
-        add("commit: async / sync, one commit to durable (nothing to overlap)", v, f"<= {ASYNC_TOTAL_VS_SYNC_MAX}", v <= ASYNC_TOTAL_VS_SYNC_MAX)
-        add("commit: restartable async blocking / earth2studio + fsync", c["ratio_async_blocking_over_e2s_fsync"], "(info)", None)
+        add(
+            "commit: async / sync, one commit to durable (nothing to overlap)",
+            v,
+            f"<= {ASYNC_TOTAL_VS_SYNC_MAX}",
+            v <= ASYNC_TOTAL_VS_SYNC_MAX,
+        )
+        add(
+            "commit: restartable async blocking / earth2studio + fsync",
+            c["ratio_async_blocking_over_e2s_fsync"],
+            "(info)",
+            None,
+        )
         add("commit: restartable sync / earth2studio (not durable)", c["ratio_sync_over_e2s"], "(info)", None)
         add("commit: restartable sync / earth2studio + fsync", c["ratio_sync_over_e2s_fsync"], "(info)", None)
     k = results.get("catalog")
@@ -794,14 +885,29 @@ def targets(results: dict[str, Any], e2s: bool) -> list[dict[str, Any]]:
         v = k["ratio_restartable_large_over_small"]
         add(f"catalog: restartable commit at {n:,} / 1 rows", v, f"<= {CATALOG_RATIO_MAX}", v <= CATALOG_RATIO_MAX)
         add(f"catalog: earth2studio commit at {n:,} / 1 rows", k.get("ratio_e2s_large_over_small"), "(info)", None)
-        add(f"catalog: earth2studio / restartable commit at {n:,} rows", k.get("ratio_e2s_over_restartable_at_large"), "(info)", None)
+        add(
+            f"catalog: earth2studio / restartable commit at {n:,} rows",
+            k.get("ratio_e2s_over_restartable_at_large"),
+            "(info)",
+            None,
+        )
     w = results.get("workflow")
     if w:
         v = w["ratio_over_without"]["restartable async"]
         add("workflow: restartable async / no checkpoint", v, f"<= {WORKFLOW_ASYNC_MAX}", v <= WORKFLOW_ASYNC_MAX)
-        add("workflow: restartable async / no checkpoint (paired)", w["ratio_paired_median"]["restartable async"], "(info)", None)
+        add(
+            "workflow: restartable async / no checkpoint (paired)",
+            w["ratio_paired_median"]["restartable async"],
+            "(info)",
+            None,
+        )
         add("workflow: restartable sync / no checkpoint", w["ratio_over_without"]["restartable sync"], "(info)", None)
-        add("workflow: restartable async / no checkpoint (CPU time)", w["cpu_ratio_over_without"]["restartable async"], "(info)", None)
+        add(
+            "workflow: restartable async / no checkpoint (CPU time)",
+            w["cpu_ratio_over_without"]["restartable async"],
+            "(info)",
+            None,
+        )
         add("workflow: earth2studio / no checkpoint", w["ratio_over_without"].get("earth2studio"), "(info)", None)
         if STAGING in w["ratio_over_without"]:
             add("workflow: staging only (no commits) / no checkpoint", w["ratio_over_without"][STAGING], "(info)", None)
@@ -813,30 +919,55 @@ def machine() -> dict[str, Any]:
     with contextlib.suppress(OSError, ValueError, IndexError):
         with open("/proc/meminfo") as fh:
             mem = int(fh.readline().split()[1]) * 1024
-    return {"platform": platform.platform(), "cpus": os.cpu_count(), "memory_bytes": mem, "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds")}
+    return {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "memory_bytes": mem,
+        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--parts", default="commit,catalog,workflow", help="comma-separated: commit,catalog,workflow (default all)")
+    parser.add_argument(
+        "--parts", default="commit,catalog,workflow", help="comma-separated: commit,catalog,workflow (default all)"
+    )
     parser.add_argument("--size-mb", type=float, default=265, help="commit: state size in MB (10^6 bytes), default 265")
     parser.add_argument("--tensors", type=int, default=5, help="commit: number of tensors, default 5")
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="commit: where the state's tensors live, default cpu")
-    parser.add_argument("--commits", type=int, default=10, help="commit: timed commits per side and commits per sequence, default 10")
+    parser.add_argument(
+        "--device", default="cpu", choices=("cpu", "cuda"), help="commit: where the state's tensors live, default cpu"
+    )
+    parser.add_argument(
+        "--commits", type=int, default=10, help="commit: timed commits per side and commits per sequence, default 10"
+    )
     parser.add_argument("--sequences", type=int, default=2, help="commit: timed sequences per side, default 2")
-    parser.add_argument("--rows", type=int, default=10_000, help="catalog: existing rows of the large catalogs, default 10000")
+    parser.add_argument(
+        "--rows", type=int, default=10_000, help="catalog: existing rows of the large catalogs, default 10000"
+    )
     parser.add_argument("--meta-commits", type=int, default=100, help="catalog: timed commits per catalog, default 100")
-    parser.add_argument("--meta-warmup", type=int, default=3, help="catalog: untimed commits per catalog first, default 3")
-    parser.add_argument("--e2s-build", choices=("replicate", "api"), default="replicate", help="catalog: how earth2studio's large catalog is built")
+    parser.add_argument(
+        "--meta-warmup", type=int, default=3, help="catalog: untimed commits per catalog first, default 3"
+    )
+    parser.add_argument(
+        "--e2s-build",
+        choices=("replicate", "api"),
+        default="replicate",
+        help="catalog: how earth2studio's large catalog is built",
+    )
     parser.add_argument("--nlat", type=int, default=2048, help="workflow: latitudes, default 2048")
     parser.add_argument("--nlon", type=int, default=2048, help="workflow: longitudes, default 2048")
     parser.add_argument("--steps", type=int, default=40, help="workflow: steps, default 40")
     parser.add_argument("--repeats", type=int, default=3, help="workflow: timed rounds, default 3")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
-    parser.add_argument("--staging-side", action="store_true",
-                        help="workflow: add a side that stages the model state every step but commits once (flush_interval=None)")
+    parser.add_argument(
+        "--staging-side",
+        action="store_true",
+        help="workflow: add a side that stages the model state every step but commits once (flush_interval=None)",
+    )
     parser.add_argument("--no-earth2studio", action="store_true", help="leave earth2studio out even if installed")
-    parser.add_argument("--profile", action="store_true", help="commit: cProfile restartable's write() calls (caller's thread)")
+    parser.add_argument(
+        "--profile", action="store_true", help="commit: cProfile restartable's write() calls (caller's thread)"
+    )
     parser.add_argument("--dir", default=None, help="parent of the scratch directory (default: the system temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
     parser.add_argument("--json", action="store_true", help="JSON on stdout, the tables on stderr")
@@ -845,7 +976,20 @@ def main(argv: list[str] | None = None) -> int:
     for p in parts:
         if p not in ("commit", "catalog", "workflow"):
             parser.error(f"unknown part {p!r}")
-    if min(args.tensors, args.commits, args.sequences, args.rows, args.meta_commits, args.nlat, args.nlon, args.steps, args.repeats) < 1:
+    if (
+        min(
+            args.tensors,
+            args.commits,
+            args.sequences,
+            args.rows,
+            args.meta_commits,
+            args.nlat,
+            args.nlon,
+            args.steps,
+            args.repeats,
+        )
+        < 1
+    ):
         parser.error("sizes and counts must be positive")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch sees no CUDA device")
@@ -866,25 +1010,35 @@ def main(argv: list[str] | None = None) -> int:
     else:
         meta["earth2studio_arrays_fsynced"] = e2s_fsyncs_arrays(e2s)
         if e2s_version != E2S_VERSION:
-            log(f"note: earth2studio {e2s_version} is installed; this benchmark was written for {E2S_VERSION} ({INSTALL})")
+            log(
+                f"note: earth2studio {e2s_version} is installed; this benchmark was written for {E2S_VERSION} ({INSTALL})"
+            )
     log(f"restartable {restartable.__version__}  earth2studio {e2s_version if e2s else '-'} ({how})")
-    log(f"numpy {np.__version__}  torch {torch.__version__} ({torch.get_num_threads()} threads)  python {platform.python_version()}")
+    log(
+        f"numpy {np.__version__}  torch {torch.__version__} ({torch.get_num_threads()} threads)  python {platform.python_version()}"
+    )
     mem = meta["memory_bytes"]
     log(f"{meta['cpus']} CPUs, {mem / 2**30:.1f} GiB memory; scratch {root} ({meta['filesystem']}); {meta['date']}")
     e2s_note = "not durable: arrays np.save'd, no fsync"
     if e2s is not None:
         fs = meta["earth2studio_arrays_fsynced"]
         e2s_note = "arrays fsynced" if fs else "NOT durable: arrays np.save'd, never fsynced (page cache)"
-        log(f"earth2studio array files fsynced (its _CheckpointCodec.dump_array source): {fs}; its JSON files are fsynced")
+        log(
+            f"earth2studio array files fsynced (its _CheckpointCodec.dump_array source): {fs}; its JSON files are fsynced"
+        )
 
     results: dict[str, Any] = {}
     started = time.perf_counter()
     try:
         if "commit" in parts:
-            log(f"\n  running commit: {args.size_mb:g} MB in {args.tensors} tensors, {args.commits} commits per side ...")
+            log(
+                f"\n  running commit: {args.size_mb:g} MB in {args.tensors} tensors, {args.commits} commits per side ..."
+            )
             t = time.perf_counter()
             results["commit"] = in_fresh_context(
-                lambda: bench_commit(root, e2s, args.size_mb, args.tensors, args.commits, args.sequences, args.profile, args.device)
+                lambda: bench_commit(
+                    root, e2s, args.size_mb, args.tensors, args.commits, args.sequences, args.profile, args.device
+                )
             )
             results["commit"]["elapsed_s"] = time.perf_counter() - t
             report_commit(results["commit"], e2s_note)
@@ -899,7 +1053,9 @@ def main(argv: list[str] | None = None) -> int:
         if "workflow" in parts:
             log(f"\n  running workflow: {args.nlat} x {args.nlon}, {args.steps} steps, {args.repeats} rounds ...")
             t = time.perf_counter()
-            results["workflow"] = bench_workflow(root, e2s, args.nlat, args.nlon, args.steps, args.repeats, args.staging_side)
+            results["workflow"] = bench_workflow(
+                root, e2s, args.nlat, args.nlon, args.steps, args.repeats, args.staging_side
+            )
             results["workflow"]["elapsed_s"] = time.perf_counter() - t
             report_workflow(results["workflow"])
     finally:
@@ -925,7 +1081,11 @@ def main(argv: list[str] | None = None) -> int:
     if e2s is None:
         log(f"earth2studio columns skipped: {how}. Install with: {INSTALL}")
     if args.json:
-        print(json.dumps({"benchmark": "vs_earth2studio", "meta": meta, **results, "summary": summary}, indent=2, default=str))
+        print(
+            json.dumps(
+                {"benchmark": "vs_earth2studio", "meta": meta, **results, "summary": summary}, indent=2, default=str
+            )
+        )
     return 0
 
 

@@ -131,7 +131,9 @@ def main(argv: list[str] | None = None) -> int:
                 level=2, flush_interval=1, state_bytes=state_bytes)  # fmt: skip
     log(f"deterministic workflow, Lorenz96 {len(VARIABLES)} variables x {args.nlat} x {args.nlon}, {args.steps} steps, "
         f"MemoryIO; checkpoint flush_interval=1 level=2 (overwrite, durable)")  # fmt: skip
-    log(f"level-2 state: x_prev + x_curr = 2 x {len(VARIABLES) * field_bytes / MiB:g} MiB = {state_bytes / MiB:g} MiB float32")
+    log(
+        f"level-2 state: x_prev + x_curr = 2 x {len(VARIABLES) * field_bytes / MiB:g} MiB = {state_bytes / MiB:g} MiB float32"
+    )
     log(f"scratch: {root} ({meta['filesystem']}); torch {torch.__version__}, {torch.get_num_threads()} threads; "
         f"{args.repeats} timed rounds after 1 warm-up")  # fmt: skip
 

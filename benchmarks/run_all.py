@@ -41,10 +41,16 @@ def run(script: str, extra: list[str]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, to check that everything runs")
-    parser.add_argument("--size-mb", type=float, default=None, help="state size for bench_commit (default 256, 16 with --quick)")
+    parser.add_argument(
+        "--size-mb", type=float, default=None, help="state size for bench_commit (default 256, 16 with --quick)"
+    )
     parser.add_argument("--dir", default=None, help="parent directory of the scratch directories")
     parser.add_argument("--warm-only", action="store_true", help="bench_commit: do not drop the page cache")
-    parser.add_argument("--skip", default="", help="comma-separated benchmarks to leave out: commit,catalog,workflow,vs_earth2studio,remote")
+    parser.add_argument(
+        "--skip",
+        default="",
+        help="comma-separated benchmarks to leave out: commit,catalog,workflow,vs_earth2studio,remote",
+    )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     args = parser.parse_args(argv)
     skip = {name.strip() for name in args.skip.split(",") if name.strip()}
@@ -92,15 +98,31 @@ def main(argv: list[str] | None = None) -> int:
     heads: list[str] = []
     commit = results.get("commit")
     if commit is not None:
-        heads.append(f"{commit['meta']['size_mb']:g} MiB state; restore {commit['results'][0]['restore_cache'] if commit['results'] else '-'}")
+        heads.append(
+            f"{commit['meta']['size_mb']:g} MiB state; restore {commit['results'][0]['restore_cache'] if commit['results'] else '-'}"
+        )
         for r in commit["results"]:
             v = r["variant"]
             c = r["commit"]
-            lines.append((f"{v}: commit bandwidth restartable/raw", c["ratio_bandwidth"], f">= {c['target_ratio_min']}", c["ratio_bandwidth"] >= c["target_ratio_min"]))
+            lines.append(
+                (
+                    f"{v}: commit bandwidth restartable/raw",
+                    c["ratio_bandwidth"],
+                    f">= {c['target_ratio_min']}",
+                    c["ratio_bandwidth"] >= c["target_ratio_min"],
+                )
+            )
             u = r["commit_unchanged"]
             lines.append((f"{v}: unchanged-state commit restartable/raw", u["ratio_bandwidth"], "(info)", None))
             s = r["restore"]
-            lines.append((f"{v}: restore time restartable/raw ({r['restore_cache']})", s["ratio_time"], f"<= {s['target_ratio_max']}", s["ratio_time"] <= s["target_ratio_max"]))
+            lines.append(
+                (
+                    f"{v}: restore time restartable/raw ({r['restore_cache']})",
+                    s["ratio_time"],
+                    f"<= {s['target_ratio_max']}",
+                    s["ratio_time"] <= s["target_ratio_max"],
+                )
+            )
             if r["restore_cache"] == "cold":
                 w = r["restore_warm"]
                 lines.append((f"{v}: restore time restartable/raw (warm)", w["ratio_time"], "(info)", None))
@@ -109,12 +131,21 @@ def main(argv: list[str] | None = None) -> int:
         sizes = catalog["meta"]["sizes"]
         heads.append(f"catalog sizes {', '.join(f'{s:,}' for s in sizes)}")
         ratio = catalog["ratio_commit_largest_over_smallest"]
-        lines.append((f"catalog: commit cost at {sizes[-1]:,} / {sizes[0]:,} rows", ratio, f"<= {catalog['target_ratio_max']}", ratio <= catalog["target_ratio_max"]))
+        lines.append(
+            (
+                f"catalog: commit cost at {sizes[-1]:,} / {sizes[0]:,} rows",
+                ratio,
+                f"<= {catalog['target_ratio_max']}",
+                ratio <= catalog["target_ratio_max"],
+            )
+        )
     workflow = results.get("workflow")
     if workflow is not None:
         m = workflow["meta"]
         heads.append(f"workflow {m['nlat']}x{m['nlon']}, {m['steps']} steps")
-        lines.append(("workflow: with/without checkpoint (medians)", workflow["ratio_with_over_without"], "(info)", None))
+        lines.append(
+            ("workflow: with/without checkpoint (medians)", workflow["ratio_with_over_without"], "(info)", None)
+        )
         lines.append(("workflow: with/without checkpoint (paired)", workflow["ratio_paired_median"], "(info)", None))
         lines.append(("workflow: with/without checkpoint (fastest runs)", workflow["ratio_min"], "(info)", None))
     remote = results.get("remote")
@@ -140,10 +171,16 @@ def main(argv: list[str] | None = None) -> int:
     if commit is not None:
         for r in commit["results"]:
             c = r["commit"]
-            print(f"{r['variant']}: commit {c['raw_mib_per_s']:.0f} MiB/s raw, {c['restartable_mib_per_s']:.0f} MiB/s restartable", file=out)
+            print(
+                f"{r['variant']}: commit {c['raw_mib_per_s']:.0f} MiB/s raw, {c['restartable_mib_per_s']:.0f} MiB/s restartable",
+                file=out,
+            )
     if catalog is not None:
         for r in catalog["results"]:
-            print(f"catalog {r['rows']:>6,} rows: commit {r['commit_median_s'] * 1e3:.2f} ms, open {r['open_catalog_median_s'] * 1e3:.1f} ms", file=out)
+            print(
+                f"catalog {r['rows']:>6,} rows: commit {r['commit_median_s'] * 1e3:.2f} ms, open {r['open_catalog_median_s'] * 1e3:.1f} ms",
+                file=out,
+            )
     if workflow is not None:
         print(f"workflow: {workflow['without_median_s']:.2f} s without, {workflow['with_median_s']:.2f} s with checkpoint; "
               f"overhead {workflow['overhead_per_step_s'] * 1e3:.1f} ms/step; {workflow['commit_per_step_s'] * 1e3:.1f} ms per commit "
@@ -154,9 +191,18 @@ def main(argv: list[str] | None = None) -> int:
     missed = sum(1 for *_, ok in lines if ok is False)
     print(f"{missed} target(s) missed; total {elapsed:.0f} s", file=out)
     if args.json:
-        print(json.dumps({**results, "summary": [
-            {"measure": label, "value": value, "target": target, "meets": ok} for label, value, target, ok in lines
-        ]}, indent=2))
+        print(
+            json.dumps(
+                {
+                    **results,
+                    "summary": [
+                        {"measure": label, "value": value, "target": target, "meets": ok}
+                        for label, value, target, ok in lines
+                    ],
+                },
+                indent=2,
+            )
+        )
     return 0
 
 

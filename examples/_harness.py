@@ -90,7 +90,9 @@ def compare(reference: Path, restarted: Path) -> bool:
     return same
 
 
-def add_forecast_options(parser: argparse.ArgumentParser, nsteps: int, seed_help: str = "seed of the synthetic initial condition") -> None:
+def add_forecast_options(
+    parser: argparse.ArgumentParser, nsteps: int, seed_help: str = "seed of the synthetic initial condition"
+) -> None:
     """``--nsteps``, the grid and the seed."""
     parser.add_argument("--nsteps", type=int, default=nsteps, help=f"6-hour steps of the forecast (default {nsteps})")
     parser.add_argument("--nlat", type=int, default=32, help="latitudes of the grid (default 32)")
@@ -103,14 +105,18 @@ def add_restart_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--level", type=int, choices=(0, 1, 2), default=2, help="checkpoint level (default 2)")
     parser.add_argument("--flush-interval", type=int, default=1, help="IO writes per durable commit (default 1)")
     parser.add_argument("--mode", choices=("overwrite", "append"), default="overwrite")
-    parser.add_argument("--kill-after", type=int, default=None, help="IO writes before the SIGKILL (default: about 60%% of the run)")
+    parser.add_argument(
+        "--kill-after", type=int, default=None, help="IO writes before the SIGKILL (default: about 60%% of the run)"
+    )
     parser.add_argument("--dir", default=None, help="where to write (default: a new temporary directory)")
     parser.add_argument("--keep", action="store_true", help="keep the stores and the checkpoint")
     parser.add_argument("--progress", action="store_true", help="show the workflow's progress bars")
     parser.add_argument("--child", choices=("crash", "resume"), help=argparse.SUPPRESS)
 
 
-def check_kill_after(parser: argparse.ArgumentParser, args: argparse.Namespace, writes: int, what: str) -> argparse.Namespace:
+def check_kill_after(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, writes: int, what: str
+) -> argparse.Namespace:
     """Set ``args.writes`` (IO writes of the whole run) and default or check ``--kill-after`` against it."""
     args.writes = writes
     if args.kill_after is None:
@@ -175,7 +181,9 @@ def main(
     started = time.perf_counter()
     status = child("crash")
     killed = status == -signal.SIGKILL
-    print(f"   child ended {'by SIGKILL' if killed else f'with status {status}'} after {time.perf_counter() - started:.2f} s")
+    print(
+        f"   child ended {'by SIGKILL' if killed else f'with status {status}'} after {time.perf_counter() - started:.2f} s"
+    )
     print("   catalog after the crash:")
     catalog = str(Checkpoint(name, path=root / "checkpoint", mode=args.mode, level=args.level))
     print("\n".join(f"     {line}".rstrip() for line in catalog.splitlines()))

@@ -43,7 +43,9 @@ from _harness import START, KillingZarrIO, hours, say
 NAME = "deterministic-example"
 
 
-def forecast(args: argparse.Namespace, store: Path, checkpoint_dir: Path | None = None, kill_after: int | None = None) -> None:
+def forecast(
+    args: argparse.Namespace, store: Path, checkpoint_dir: Path | None = None, kill_after: int | None = None
+) -> None:
     """Run (or resume, when ``checkpoint_dir`` holds a row) the forecast into ``store``."""
     data = SyntheticData(nlat=args.nlat, nlon=args.nlon, seed=args.seed)
     io = KillingZarrIO(store, kill_after)
@@ -51,7 +53,9 @@ def forecast(args: argparse.Namespace, store: Path, checkpoint_dir: Path | None 
         model = Lorenz96(lat=data.lat, lon=data.lon)
         deterministic(START, args.nsteps, model, data, io, device="cpu", verbose=args.progress)
         return
-    checkpoint = Checkpoint(NAME, path=checkpoint_dir, mode=args.mode, flush_interval=args.flush_interval, level=args.level)
+    checkpoint = Checkpoint(
+        NAME, path=checkpoint_dir, mode=args.mode, flush_interval=args.flush_interval, level=args.level
+    )
     with checkpoint as session:
         # Restart-aware components are constructed inside the session, so that
         # their bound state is restored before they use it.

@@ -47,7 +47,9 @@ from _harness import START, KillingZarrIO, hours, say
 NAME = "diagnostic-example"
 
 
-def forecast(args: argparse.Namespace, store: Path, checkpoint_dir: Path | None = None, kill_after: int | None = None) -> None:
+def forecast(
+    args: argparse.Namespace, store: Path, checkpoint_dir: Path | None = None, kill_after: int | None = None
+) -> None:
     """Run (or resume, when ``checkpoint_dir`` holds a row) the forecast into ``store``."""
     data = SyntheticData(nlat=args.nlat, nlon=args.nlon, seed=args.seed)
     io = KillingZarrIO(store, kill_after)
@@ -55,7 +57,9 @@ def forecast(args: argparse.Namespace, store: Path, checkpoint_dir: Path | None 
         model = Lorenz96(("u10m", "v10m"), lat=data.lat, lon=data.lon)
         diagnostic(START, args.nsteps, model, WindSpeed(), data, io, device="cpu", verbose=args.progress)
         return
-    checkpoint = Checkpoint(NAME, path=checkpoint_dir, mode=args.mode, flush_interval=args.flush_interval, level=args.level)
+    checkpoint = Checkpoint(
+        NAME, path=checkpoint_dir, mode=args.mode, flush_interval=args.flush_interval, level=args.level
+    )
     with checkpoint as session:
         # Restart-aware components are constructed inside the session, so that
         # their bound state is restored before they use it. WindSpeed is
@@ -68,7 +72,9 @@ def forecast(args: argparse.Namespace, store: Path, checkpoint_dir: Path | None 
                 else "no model state saved at this level: recomputes the rollout, skips what was written"
             )
             say(f"resuming after lead time {hours(session.lead_time)}; {restored}")
-        diagnostic(START, args.nsteps, model, WindSpeed(), data, io, device="cpu", verbose=args.progress, checkpoint=session)
+        diagnostic(
+            START, args.nsteps, model, WindSpeed(), data, io, device="cpu", verbose=args.progress, checkpoint=session
+        )
         say(f"wrote {io.writes} lead time(s), committed up to lead time {hours(session.lead_time)}")
 
 

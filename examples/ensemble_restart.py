@@ -51,16 +51,31 @@ from _harness import START, KillingZarrIO, hours, say, span
 NAME = "ensemble-example"
 
 
-def forecast(args: argparse.Namespace, store: Path, checkpoint_dir: Path | None = None, kill_after: int | None = None) -> None:
+def forecast(
+    args: argparse.Namespace, store: Path, checkpoint_dir: Path | None = None, kill_after: int | None = None
+) -> None:
     """Run (or resume, when ``checkpoint_dir`` holds a row) the forecast into ``store``."""
     data = SyntheticData(nlat=args.nlat, nlon=args.nlon, seed=args.seed)
     io = KillingZarrIO(store, kill_after)
     if checkpoint_dir is None:
         model = Lorenz96(lat=data.lat, lon=data.lon)
         noise = GaussianPerturbation(std=args.std, seed=args.seed)
-        ensemble(START, args.nsteps, args.nensemble, model, data, io, noise, batch_size=args.batch_size, device="cpu", verbose=args.progress)
+        ensemble(
+            START,
+            args.nsteps,
+            args.nensemble,
+            model,
+            data,
+            io,
+            noise,
+            batch_size=args.batch_size,
+            device="cpu",
+            verbose=args.progress,
+        )
         return
-    checkpoint = Checkpoint(NAME, path=checkpoint_dir, mode=args.mode, flush_interval=args.flush_interval, level=args.level)
+    checkpoint = Checkpoint(
+        NAME, path=checkpoint_dir, mode=args.mode, flush_interval=args.flush_interval, level=args.level
+    )
     with checkpoint as session:
         # Restart-aware components are constructed inside the session, so that
         # their bound state is restored before they use it.
@@ -104,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     headline = (f"ensemble forecast: {args.nensemble} members in batches of {args.batch_size}, Lorenz-96 on "
                 f"{args.nlat}x{args.nlon}, {args.nsteps} steps")  # fmt: skip
     note = "note: level 0 saves no component state; a member batch rerun after the restart draws other noise"
-    return _harness.main(__file__, argv, args, forecast, name=NAME, headline=headline, note=note if args.level == 0 else None)
+    return _harness.main(
+        __file__, argv, args, forecast, name=NAME, headline=headline, note=note if args.level == 0 else None
+    )
 
 
 if __name__ == "__main__":

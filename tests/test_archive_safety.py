@@ -205,7 +205,13 @@ CASES = [
     _case("symlink-chain-parent", [_sym("a", "."), _sym("b", "a/..")], "b", first_line=False),
     _case(
         "symlink-chain-write-through",
-        [_dir("d1"), _dir("d1/d2"), _sym("d1/d2/r", "../.."), _sym("d1/d2/l", "r/../../evil"), _reg("d1/d2/l", b"pwned")],
+        [
+            _dir("d1"),
+            _dir("d1/d2"),
+            _sym("d1/d2/r", "../.."),
+            _sym("d1/d2/l", "r/../../evil"),
+            _reg("d1/d2/l", b"pwned"),
+        ],
         "d1/d2/l",
         first_line=False,
     ),
@@ -296,7 +302,9 @@ def test_check_members_accepts_sizes_at_the_limits(tmp_path: Path) -> None:
         check_members([a, b], tmp_path, max_total_bytes=99)
 
 
-def test_extract_archive_refuses_archive_larger_than_free_space(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_extract_archive_refuses_archive_larger_than_free_space(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     archive = _write_tarball(tmp_path / "bad.tar.gz", BENIGN_PREFIX + [_reg("big.bin", b"z" * 4096)])
     target = tmp_path / "box" / "target"
     target.mkdir(parents=True)
@@ -438,7 +446,9 @@ def _fifo(source: Path) -> str:
     return "pipe"
 
 
-@pytest.mark.parametrize("make", [_link_absolute, _link_dotdot, _link_nested_dotdot, _fifo], ids=lambda f: f.__name__.strip("_"))
+@pytest.mark.parametrize(
+    "make", [_link_absolute, _link_dotdot, _link_nested_dotdot, _fifo], ids=lambda f: f.__name__.strip("_")
+)
 def test_write_archive_refuses_what_cannot_be_restored_safely(tmp_path: Path, make: Callable[[Path], str]) -> None:
     source = tmp_path / "source"
     source.mkdir()
@@ -582,22 +592,29 @@ def _load_refused(
     return caught.value, cp.path
 
 
-E2E_CASES = [c for c in CASES if c.id in {
-    "abs-into-tmp_path",
-    "dotdot-inner",
-    "dotdot-two-levels",
-    "symlink-dotdot-then-through",
-    "symlink-inside-then-file-below",
-    "hardlink-absolute",
-    "char-device",
-    "fifo",
-    "nul-in-name",
-    "symlink-chain-write-through",
-}]
+E2E_CASES = [
+    c
+    for c in CASES
+    if c.id
+    in {
+        "abs-into-tmp_path",
+        "dotdot-inner",
+        "dotdot-two-levels",
+        "symlink-dotdot-then-through",
+        "symlink-inside-then-file-below",
+        "hardlink-absolute",
+        "char-device",
+        "fifo",
+        "nul-in-name",
+        "symlink-chain-write-through",
+    }
+]
 
 
 @pytest.mark.parametrize("case", E2E_CASES, ids=[c.id for c in E2E_CASES])
-def test_remote_load_refuses_malicious_directory_save(tmp_path: Path, attempt_urls: tuple[str, str], case: Case) -> None:
+def test_remote_load_refuses_malicious_directory_save(
+    tmp_path: Path, attempt_urls: tuple[str, str], case: Case
+) -> None:
     members, bad = case.build(tmp_path)
     error, _ = _load_refused(tmp_path, attempt_urls, _tarball_bytes(BENIGN_PREFIX + members))
     _assert_names_member(error, bad)

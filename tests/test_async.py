@@ -57,7 +57,9 @@ from restartable import (
 from restartable.store import scan_rows, verify_row
 from restartable.store.writer import RowWriter
 
-pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd to map descriptors to paths")
+pytestmark = pytest.mark.skipif(
+    not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd to map descriptors to paths"
+)
 
 NAME = "async"
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -80,7 +82,9 @@ def assert_rows_verify(entries: tuple[CheckpointEntry, ...]) -> None:
         assert verify_row(entry.path) == [], entry.commit_id
 
 
-def restore(store: Path, cls: type, row: int = -1, mode: str = "overwrite", device: str = "cpu") -> tuple[CheckpointEntry, Any]:
+def restore(
+    store: Path, cls: type, row: int = -1, mode: str = "overwrite", device: str = "cpu"
+) -> tuple[CheckpointEntry, Any]:
     """Row ``row`` read back by a separate :class:`Checkpoint` and a fresh instance of ``cls``."""
     session = Checkpoint(NAME, path=store, mode=mode, device=device).select(row)
     proxy = session.bind(cls())
@@ -356,7 +360,9 @@ def surface(where: str, checkpoint: Checkpoint, session: Any, first: CheckpointE
 @pytest.mark.parametrize("err", [errno.ENOSPC, errno.EIO], ids=["ENOSPC", "EIO"])
 @pytest.mark.parametrize("op", ["fsync", "write"])
 @pytest.mark.parametrize("where", [*SURFACES, "exit"])
-def test_background_failure_is_raised_at_next_call(store: Path, monkeypatch: pytest.MonkeyPatch, where: str, op: str, err: int) -> None:
+def test_background_failure_is_raised_at_next_call(
+    store: Path, monkeypatch: pytest.MonkeyPatch, where: str, op: str, err: int
+) -> None:
     fault = Fault(monkeypatch, op, err)
     checkpoint = Checkpoint(NAME, path=store, mode="append", async_commit=True)
 
@@ -410,7 +416,9 @@ def test_background_failure_is_raised_at_next_call(store: Path, monkeypatch: pyt
 
 
 @pytest.mark.parametrize("err", [errno.ENOSPC, errno.EIO], ids=["ENOSPC", "EIO"])
-def test_background_failure_raised_by_close_without_context(store: Path, monkeypatch: pytest.MonkeyPatch, err: int) -> None:
+def test_background_failure_raised_by_close_without_context(
+    store: Path, monkeypatch: pytest.MonkeyPatch, err: int
+) -> None:
     fault = Fault(monkeypatch, "fsync", err)
     checkpoint = Checkpoint(NAME, path=store, async_commit=True)
     session = checkpoint.select()
@@ -432,7 +440,9 @@ def test_background_failure_raised_by_close_without_context(store: Path, monkeyp
     assert staging_dirs(store) == []
 
 
-def test_background_failure_at_exit_is_not_masked_by_body_exception(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_background_failure_at_exit_is_not_masked_by_body_exception(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The body's own exception stays visible as ``__context__``; the write error is not swallowed."""
     fault = Fault(monkeypatch, "fsync", errno.EIO)
     checkpoint = Checkpoint(NAME, path=store, async_commit=True)
@@ -450,7 +460,9 @@ def test_background_failure_at_exit_is_not_masked_by_body_exception(store: Path,
 
 
 @pytest.mark.parametrize("async_commit", [False, True], ids=["sync", "async"])
-def test_flush_retried_after_failure_commits_the_pending_state(store: Path, monkeypatch: pytest.MonkeyPatch, async_commit: bool) -> None:
+def test_flush_retried_after_failure_commits_the_pending_state(
+    store: Path, monkeypatch: pytest.MonkeyPatch, async_commit: bool
+) -> None:
     """A flush that raised left the writes pending: retrying it commits them, as in sync mode.
 
     Only the failure's timing differs between the modes (during the flush,
@@ -478,7 +490,9 @@ def test_flush_retried_after_failure_commits_the_pending_state(store: Path, monk
     check_small(restored, 2)
 
 
-def test_failure_raised_at_next_write_even_when_it_does_not_commit(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failure_raised_at_next_write_even_when_it_does_not_commit(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """With ``flush_interval=3`` a failed background commit must stop the next ``write()``, not the third one."""
     fault = Fault(monkeypatch, "fsync", errno.EIO)
     checkpoint = Checkpoint(NAME, path=store, mode="append", flush_interval=3, async_commit=True)
@@ -504,7 +518,9 @@ def test_failure_raised_at_next_write_even_when_it_does_not_commit(store: Path, 
 
 
 @pytest.mark.parametrize("async_commit", [False, True], ids=["sync", "async"])
-def test_failed_fsync_on_helper_thread_fails_the_commit(store: Path, monkeypatch: pytest.MonkeyPatch, async_commit: bool) -> None:
+def test_failed_fsync_on_helper_thread_fails_the_commit(
+    store: Path, monkeypatch: pytest.MonkeyPatch, async_commit: bool
+) -> None:
     """Payloads of 1 MiB and more are fsynced on helper threads; one failed fsync there must fail the commit.
 
     A single fsync fails, that of the 2 MiB payload, and it fails late: once
@@ -554,7 +570,7 @@ def test_failed_fsync_on_helper_thread_fails_the_commit(store: Path, monkeypatch
 
 # --------------------------------------------------------------------------- 3. SIGKILL during a background persist
 
-KILL_CHILD = r'''
+KILL_CHILD = r"""
 import os, sys, time, traceback, warnings
 from dataclasses import dataclass, field
 
@@ -657,7 +673,7 @@ try:
 except BaseException:
     report("error " + traceback.format_exc().replace("\n", " | "))
     sys.exit(2)
-'''
+"""
 
 
 def test_sigkill_during_background_persist_keeps_whole_rows(tmp_path: Path) -> None:
@@ -691,7 +707,14 @@ def test_sigkill_during_background_persist_keeps_whole_rows(tmp_path: Path) -> N
             max_rows = "0" if stall == "final" else "100000"
             with open(tmp_path / "child.err", "w") as err:
                 child = subprocess.Popen(
-                    [sys.executable, str(script), str(store), str(report), "none" if stall == "final" else stall, max_rows],
+                    [
+                        sys.executable,
+                        str(script),
+                        str(store),
+                        str(report),
+                        "none" if stall == "final" else stall,
+                        max_rows,
+                    ],
                     stdout=subprocess.DEVNULL,
                     stderr=err,
                 )
@@ -748,7 +771,7 @@ def test_sigkill_during_background_persist_keeps_whole_rows(tmp_path: Path) -> N
 
 # --------------------------------------------------------------------------- 4. interpreter exit with a pending persist
 
-EXIT_CHILD = r'''
+EXIT_CHILD = r"""
 import errno, gc, os, sys, threading
 
 import numpy as np
@@ -813,7 +836,7 @@ elif variant == "failure":
     os.fsync = fsync
     assert session.write(lead_time=2, values=values(2)) is None
     release.set()
-'''
+"""
 
 
 @pytest.mark.parametrize("variant", ["module", "function", "sys_exit_in_with", "uncaught"])
@@ -1110,7 +1133,14 @@ def poll_while_committing(tmp_path: Path, store: Path, history_size: int | None)
     script.write_text(READER)
     ready, stop = tmp_path / "ready", tmp_path / "stop"
     reader = subprocess.Popen(
-        [sys.executable, str(script), str(store), str(ready), str(stop), "all" if history_size is None else str(history_size)],
+        [
+            sys.executable,
+            str(script),
+            str(store),
+            str(ready),
+            str(stop),
+            "all" if history_size is None else str(history_size),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -310,7 +310,9 @@ def test_gc_refuses_while_a_writer_holds_the_store(store: Path, capsys: pytest.C
 
 
 @pytest.mark.parametrize("command", [["ls"], ["verify"], ["gc"], ["show", "-1"]])
-def test_non_checkpoint_path_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]) -> None:
+def test_non_checkpoint_path_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
     plain = tmp_path / "plain-folder"
     plain.mkdir()
     (plain / "notes.txt").write_text("hello")

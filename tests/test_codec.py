@@ -783,7 +783,13 @@ def test_unsupported_types_are_refused(name: str) -> None:
 
 @pytest.mark.parametrize(
     "key, path",
-    [(1.5, "value[1.5]"), (True, "value[True]"), ((1, 2), "value[(1, 2)]"), (None, "value[None]"), (b"k", "value[b'k']")],
+    [
+        (1.5, "value[1.5]"),
+        (True, "value[True]"),
+        ((1, 2), "value[(1, 2)]"),
+        (None, "value[None]"),
+        (b"k", "value[b'k']"),
+    ],
 )
 def test_dict_with_unsupported_keys_is_refused(key: Any, path: str) -> None:
     with pytest.raises(CheckpointSerializationError) as info:

@@ -159,13 +159,21 @@ def _containers(children: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
         st.dictionaries(st.integers(), children, max_size=4),
         st.dictionaries(st.one_of(st.text(max_size=3), st.integers(-5, 5)), children, max_size=4),
         st.builds(Pair, children, children),
-        st.builds(Record, st.text(max_size=4), st.lists(children, max_size=3), st.dictionaries(st.integers(), children, max_size=3)),
+        st.builds(
+            Record,
+            st.text(max_size=4),
+            st.lists(children, max_size=3),
+            st.dictionaries(st.integers(), children, max_size=3),
+        ),
     )
 
 
 values = st.recursive(leaves, _containers, max_leaves=12)
 
-_SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large])
+_SETTINGS = dict(
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 # --------------------------------------------------------------------------- properties

@@ -73,7 +73,9 @@ class CostState:
 CHECKPOINTS = (2, 201, 1001)
 
 
-def run_commits(store: Path, counter: OpCounter, *, mode: str, history_size: int | None, state: str | None) -> dict[int, Counter[str]]:
+def run_commits(
+    store: Path, counter: OpCounter, *, mode: str, history_size: int | None, state: str | None
+) -> dict[int, Counter[str]]:
     """1001 commits in one session; the ops of commits 2, 201 and 1001 (a steady state for history 5 too)."""
     measured: dict[int, Counter[str]] = {}
     measure_at = set(CHECKPOINTS) | ({7} if history_size else set())
@@ -103,14 +105,18 @@ def run_commits(store: Path, counter: OpCounter, *, mode: str, history_size: int
     [("append", None, 0), ("overwrite", None, 1), ("append", 5, 1)],
     ids=["append-all", "overwrite", "append-history-5"],
 )
-def test_metadata_only_commit_cost_is_constant(store: Path, monkeypatch: pytest.MonkeyPatch, mode: str, history_size: int | None, retires: int) -> None:
+def test_metadata_only_commit_cost_is_constant(
+    store: Path, monkeypatch: pytest.MonkeyPatch, mode: str, history_size: int | None, retires: int
+) -> None:
     counter = OpCounter(monkeypatch)
     measured = run_commits(store, counter, mode=mode, history_size=history_size, state=None)
     first_steady = 7 if history_size else 2
     reference = measured[first_steady]
     for i in CHECKPOINTS:
         if i >= first_steady:
-            assert measured[i] == reference, f"commit {i}: {dict(measured[i])} != commit {first_steady}: {dict(reference)}"
+            assert measured[i] == reference, (
+                f"commit {i}: {dict(measured[i])} != commit {first_steady}: {dict(reference)}"
+            )
     # What the design promises for one commit: no listing, one mkdir, the
     # manifest and two directories fsynced, one rename to publish and one
     # per retired row.

@@ -361,7 +361,9 @@ def _run_zygote(tmp_path: Path, mode: str, kills: int, kills_per_store: int, see
         timeout=timeout,
         env=env,
     )
-    assert result.returncode == 0, f"zygote failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    assert result.returncode == 0, (
+        f"zygote failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    )
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     return summary
 

@@ -279,7 +279,9 @@ def test_restore_places_tensors_on_the_checkpoint_device(tmp_path: Path) -> None
                 assert state.step == 5
                 np.testing.assert_array_equal(state.array, expected.array)
                 for name in ("on_gpu", "on_cpu", "half"):
-                    assert_same_tensor(getattr(state, name), getattr(expected, name), device, f"{source} -> {device}: {name}")
+                    assert_same_tensor(
+                        getattr(state, name), getattr(expected, name), device, f"{source} -> {device}: {name}"
+                    )
 
 
 def test_steady_state_async_commits_hold_no_device_memory(tmp_path: Path) -> None:
@@ -356,7 +358,9 @@ CHILD = textwrap.dedent(
 
 def restored_rows(path: Path) -> list[int]:
     """The lead times of the catalog's rows, each verified and restored on the GPU by a fresh process."""
-    done = subprocess.run([sys.executable, "-c", CHILD, "check", str(path)], capture_output=True, text=True, timeout=CHILD_TIMEOUT)
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, "check", str(path)], capture_output=True, text=True, timeout=CHILD_TIMEOUT
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
@@ -364,7 +368,9 @@ def restored_rows(path: Path) -> list[int]:
 def test_interpreter_exit_with_a_pending_cuda_persist_commits_the_row(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-c", CHILD, "write", str(tmp_path), "3", "no-flush"],
-        capture_output=True, text=True, timeout=CHILD_TIMEOUT,
+        capture_output=True,
+        text=True,
+        timeout=CHILD_TIMEOUT,
     )
     assert done.returncode == 0, done.stderr
     assert restored_rows(tmp_path) == [1, 2, 3]
@@ -423,8 +429,17 @@ def test_workflows_on_the_gpu_resume_bitwise_equal_with_async_commits(tmp_path: 
         if workflow == "deterministic":
             return deterministic(time, nsteps, model, data, io, device="cuda", verbose=False, checkpoint=checkpoint)
         return ensemble(
-            time, nsteps, 4, model, data, io, GaussianPerturbation(0.5, seed=7),
-            batch_size=2, device="cuda", verbose=False, checkpoint=checkpoint,
+            time,
+            nsteps,
+            4,
+            model,
+            data,
+            io,
+            GaussianPerturbation(0.5, seed=7),
+            batch_size=2,
+            device="cuda",
+            verbose=False,
+            checkpoint=checkpoint,
         )
 
     for workflow, stop_at in (("deterministic", 4), ("ensemble", 9)):
@@ -449,4 +464,6 @@ def test_workflows_on_the_gpu_resume_bitwise_equal_with_async_commits(tmp_path: 
         assert sorted(io.coords) == sorted(reference.coords)
         for name in reference.coords:
             assert not np.isnan(io[name]).any(), f"{workflow}: {name} has unwritten entries"
-            assert io[name].tobytes() == reference[name].tobytes(), f"{workflow}: {name} differs from the uninterrupted run"
+            assert io[name].tobytes() == reference[name].tobytes(), (
+                f"{workflow}: {name} differs from the uninterrupted run"
+            )

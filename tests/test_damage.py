@@ -230,6 +230,7 @@ def test_damage_in_an_older_row_does_not_hide_newer_rows(store: Path, capsys: py
 
 # --------------------------------------------------------------------------- pickle
 
+
 class Evil:
     """Unpickling this runs code that creates ``marker``."""
 
@@ -313,6 +314,7 @@ def test_pickled_object_payload_is_refused_and_never_unpickled(
 
 
 # --------------------------------------------------------------------------- leftovers
+
 
 def test_leftover_staging_and_trash_dirs(store: Path, capsys: pytest.CaptureFixture) -> None:
     entries = make_store(store)

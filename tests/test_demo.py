@@ -94,9 +94,22 @@ def test_demo_human_output_and_temporary_workdir() -> None:
 def test_demo_help() -> None:
     result = run_demo_cli("--help", timeout=60)
     assert result.returncode == 0
-    for option in ("--members", "--steps", "--nlat", "--nlon", "--batch-size", "--workdir", "--keep", "--json", "--quiet", "--kill-after"):
+    for option in (
+        "--members",
+        "--steps",
+        "--nlat",
+        "--nlon",
+        "--batch-size",
+        "--workdir",
+        "--keep",
+        "--json",
+        "--quiet",
+        "--kill-after",
+    ):
         assert option in result.stdout
-    top = subprocess.run([sys.executable, "-m", "restartable.cli", "--help"], capture_output=True, text=True, timeout=60)
+    top = subprocess.run(
+        [sys.executable, "-m", "restartable.cli", "--help"], capture_output=True, text=True, timeout=60
+    )
     assert top.returncode == 0 and "demo" in top.stdout
 
 
@@ -117,7 +130,9 @@ def test_demo_refuses_a_workdir_it_did_not_write(tmp_path: Path) -> None:
 
 def _store(path: Path, values: np.ndarray) -> None:
     io = ZarrIO(path)
-    coords = OrderedDict(ensemble=np.arange(values.shape[0]), lead_time=np.arange(values.shape[1]) * np.timedelta64(6, "h"))
+    coords = OrderedDict(
+        ensemble=np.arange(values.shape[0]), lead_time=np.arange(values.shape[1]) * np.timedelta64(6, "h")
+    )
     io.add_array(coords, "u10m")
     io.write(values, coords, "u10m")
 

@@ -38,7 +38,9 @@ from restartable import Checkpoint, CheckpointWriteError, bind_checkpoint_state
 from restartable.store import scan_rows, verify_row
 
 O_DIRECT = getattr(os, "O_DIRECT", 0)
-LINUX_ONLY = pytest.mark.skipif(not (O_DIRECT and os.path.isdir("/proc/self/fd")), reason="needs Linux (O_DIRECT, /proc/self/fd)")
+LINUX_ONLY = pytest.mark.skipif(
+    not (O_DIRECT and os.path.isdir("/proc/self/fd")), reason="needs Linux (O_DIRECT, /proc/self/fd)"
+)
 pytestmark = LINUX_ONLY
 
 NAME = "direct"
@@ -194,7 +196,7 @@ def test_direct_io_can_be_turned_off(store: Path, monkeypatch: pytest.MonkeyPatc
         pytest.param(lambda: np.arange(8 * MIB, dtype=np.float32).reshape(4096, 2048)[::2, 1::2], id="strided-view"),
         pytest.param(lambda: np.arange(9 * MIB + 5, dtype=np.int64).astype(np.int8), id="odd-length-int8"),
         pytest.param(lambda: np.arange(2 * MIB, dtype=np.uint32).view(np.complex64), id="complex"),
-        pytest.param(lambda: (np.arange(4 * MIB) % 3 == 0), id="bool"),
+        pytest.param(lambda: np.arange(4 * MIB) % 3 == 0, id="bool"),
         pytest.param(lambda: np.zeros((0, 4 * MIB), dtype=np.float32), id="empty"),
     ],
 )
@@ -334,7 +336,9 @@ def test_disk_full_during_direct_write_keeps_the_previous_row(
 
 
 @pytest.mark.parametrize("async_commit", [False, True], ids=["sync", "async"])
-def test_any_failure_of_a_direct_write_fails_the_commit(store: Path, monkeypatch: pytest.MonkeyPatch, async_commit: bool) -> None:
+def test_any_failure_of_a_direct_write_fails_the_commit(
+    store: Path, monkeypatch: pytest.MonkeyPatch, async_commit: bool
+) -> None:
     """Not only OSError: whatever stops the helper thread's write must keep the row from being published."""
     import restartable.store.files as files_module
 
@@ -420,7 +424,9 @@ def test_sigkill_during_direct_writes_keeps_whole_rows(tmp_path: Path, monkeypat
     for attempt in range(4):
         store = tmp_path / f"store{attempt}"
         store.mkdir()
-        child = subprocess.Popen([sys.executable, str(script), str(store)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        child = subprocess.Popen(
+            [sys.executable, str(script), str(store)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         try:
             assert child.stdout.readline().strip() == "ready", child.stderr.read()
             time.sleep(float(rng.uniform(0.0, 0.3)))

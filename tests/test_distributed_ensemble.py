@@ -177,7 +177,9 @@ class RankProcess:
         self.out, self.err = out.with_suffix(".out"), out.with_suffix(".err")
         env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
         with open(self.out, "w") as stdout, open(self.err, "w") as stderr:
-            self.proc = subprocess.Popen([sys.executable, str(script), json.dumps(jobs)], stdout=stdout, stderr=stderr, env=env)
+            self.proc = subprocess.Popen(
+                [sys.executable, str(script), json.dumps(jobs)], stdout=stdout, stderr=stderr, env=env
+            )
 
     def records(self) -> list[dict[str, Any]]:
         lines = self.out.read_text().splitlines()
@@ -276,7 +278,17 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, int, i
             def go() -> None:
                 data = SyntheticData(NLAT, NLON, seed=0)
                 pert = GaussianPerturbation(STD, PSEED)
-                ensemble(TIME, NSTEPS, nensemble, _model(model, data), data, ZarrIO(path), pert, batch_size=batch_size, verbose=False)
+                ensemble(
+                    TIME,
+                    NSTEPS,
+                    nensemble,
+                    _model(model, data),
+                    data,
+                    ZarrIO(path),
+                    pert,
+                    batch_size=batch_size,
+                    verbose=False,
+                )
 
             contextvars.Context().run(go)
             arrays = _read_store(path)
@@ -305,24 +317,36 @@ def _rank_writes(rank: int, world_size: int, nensemble: int, batch_size: int) ->
     return [(batch, lead) for batch in _owned(rank, world_size, nensemble, batch_size) for lead in LEADS]
 
 
-def assert_rank_store(path: Path, rank: int, world_size: int, nensemble: int, batch_size: int, expected: dict[str, np.ndarray]) -> None:
+def assert_rank_store(
+    path: Path, rank: int, world_size: int, nensemble: int, batch_size: int, expected: dict[str, np.ndarray]
+) -> None:
     """The rank's members are bitwise those of run A; every other member is unwritten (NaN)."""
     got = _read_store(path)
     assert sorted(got) == sorted(expected), f"rank {rank}: arrays {sorted(got)} != {sorted(expected)}"
     for name in COORDS:
-        assert got[name].dtype == expected[name].dtype and got[name].tobytes() == expected[name].tobytes(), f"rank {rank}: coordinate {name}"
+        assert got[name].dtype == expected[name].dtype and got[name].tobytes() == expected[name].tobytes(), (
+            f"rank {rank}: coordinate {name}"
+        )
     mine = {m for batch in _owned(rank, world_size, nensemble, batch_size) for m in batch}
     for name in VARIABLES:
         a, e = got[name], expected[name]
-        assert a.dtype == e.dtype and a.shape == e.shape, f"rank {rank} {name}: {a.dtype}{a.shape} != {e.dtype}{e.shape}"
+        assert a.dtype == e.dtype and a.shape == e.shape, (
+            f"rank {rank} {name}: {a.dtype}{a.shape} != {e.dtype}{e.shape}"
+        )
         for member in range(nensemble):
             if member in mine:
-                assert a[member].tobytes() == e[member].tobytes(), f"rank {rank} {name}: member {member} differs from the single-process run"
+                assert a[member].tobytes() == e[member].tobytes(), (
+                    f"rank {rank} {name}: member {member} differs from the single-process run"
+                )
             else:
-                assert np.isnan(a[member]).all(), f"rank {rank} {name}: member {member} belongs to another rank but was written"
+                assert np.isnan(a[member]).all(), (
+                    f"rank {rank} {name}: member {member} belongs to another rank but was written"
+                )
 
 
-def _job(job: str, rank: int, world_size: int, tmp: Path, model: str, nensemble: int, batch_size: int, **extra: Any) -> dict[str, Any]:
+def _job(
+    job: str, rank: int, world_size: int, tmp: Path, model: str, nensemble: int, batch_size: int, **extra: Any
+) -> dict[str, Any]:
     spec = {
         "job": job,
         "rank": rank,
@@ -355,12 +379,18 @@ SHAPES = {2: [(6, 1), (6, 2), (5, 4)], 4: [(8, 1), (6, 2)]}
 
 
 @pytest.mark.parametrize("world_size", [2, 4])
-def test_each_rank_writes_exactly_its_members_of_the_single_process_ensemble(world_size: int, child: Path, tmp_path: Path, reference: Any) -> None:
+def test_each_rank_writes_exactly_its_members_of_the_single_process_ensemble(
+    world_size: int, child: Path, tmp_path: Path, reference: Any
+) -> None:
     # Lorenz96 (level-2 state) and Persistence (none), every shape; each rank
     # process runs them all, then all again (a rerun of a completed run).
     runs = [(model, n, b) for model in ("lorenz96", "persistence") for n, b in SHAPES[world_size]]
     jobs = [
-        [_job(f"{phase}-{model}-n{n}b{b}", rank, world_size, tmp_path, model, n, b) for phase in ("run", "again") for model, n, b in runs]
+        [
+            _job(f"{phase}-{model}-n{n}b{b}", rank, world_size, tmp_path, model, n, b)
+            for phase in ("run", "again")
+            for model, n, b in runs
+        ]
         for rank in range(world_size)
     ]
     procs = _start_ranks(child, jobs, tmp_path, "run")
@@ -393,7 +423,17 @@ class KillCase:
       ones it skips count alike), after its last write was committed.
     """
 
-    def __init__(self, id: str, world_size: int, model: str, nensemble: int, batch_size: int, kills: list[tuple[str, int]], level: int = 2, mode: str = "overwrite") -> None:
+    def __init__(
+        self,
+        id: str,
+        world_size: int,
+        model: str,
+        nensemble: int,
+        batch_size: int,
+        kills: list[tuple[str, int]],
+        level: int = 2,
+        mode: str = "overwrite",
+    ) -> None:
         assert len(kills) == world_size
         self.id, self.world_size, self.model = id, world_size, model
         self.nensemble, self.batch_size, self.kills, self.level, self.mode = nensemble, batch_size, kills, level, mode
@@ -422,7 +462,9 @@ KILL_CASES = [
     # batch, in its last write, before the first write (the batch pinned), and
     # before its batch (no row yet) while drawing the others' noise. (A rank
     # that owns no batch has nothing to do and draws nothing.)
-    KillCase("4ranks-persistence-b2", 4, "persistence", 7, 2, [("after", 2), ("before", L), ("before", 1), ("draw", 2)]),
+    KillCase(
+        "4ranks-persistence-b2", 4, "persistence", 7, 2, [("after", 2), ("before", L), ("before", 1), ("draw", 2)]
+    ),
 ]
 
 
@@ -436,7 +478,11 @@ def _check_resume(case: KillCase, rank: int, killed: RankProcess, resumed: RankP
         assert before == everything[: k - 1], f"rank {rank}"
     else:
         # Held in draw k (batch k - 1): every batch of its own before that one is written.
-        own_before = [batch for batch in _owned(rank, case.world_size, case.nensemble, case.batch_size) if batch[0] < (k - 1) * case.batch_size]
+        own_before = [
+            batch
+            for batch in _owned(rank, case.world_size, case.nensemble, case.batch_size)
+            if batch[0] < (k - 1) * case.batch_size
+        ]
         assert before == [(batch, lead) for batch in own_before for lead in LEADS], f"rank {rank}"
     assert killed.events("hold", "B1"), f"rank {rank} was not killed where it held:\n{killed}"
     committed = case.committed(rank, before)
@@ -464,11 +510,15 @@ def _check_resume(case: KillCase, rank: int, killed: RankProcess, resumed: RankP
 
 
 @pytest.mark.parametrize("case", KILL_CASES, ids=[c.id for c in KILL_CASES])
-def test_ranks_killed_at_different_points_resume_to_the_single_process_ensemble(case: KillCase, child: Path, tmp_path: Path, reference: Any) -> None:
+def test_ranks_killed_at_different_points_resume_to_the_single_process_ensemble(
+    case: KillCase, child: Path, tmp_path: Path, reference: Any
+) -> None:
     n, b, w = case.nensemble, case.batch_size, case.world_size
     expected = reference(case.model, n, b)
     common = dict(level=case.level, mode=case.mode)
-    first = [[_job("B1", rank, w, tmp_path, case.model, n, b, kill=list(case.kills[rank]), **common)] for rank in range(w)]
+    first = [
+        [_job("B1", rank, w, tmp_path, case.model, n, b, kill=list(case.kills[rank]), **common)] for rank in range(w)
+    ]
     killed = _start_ranks(child, first, tmp_path, "B1")
     _kill_when(killed, lambda rank, proc: bool(proc.events("hold", "B1")))
 
@@ -488,7 +538,9 @@ def rng() -> random.Random:
 
 
 @pytest.mark.parametrize("world_size, model", [(2, "persistence"), (4, "lorenz96")])
-def test_ranks_killed_at_random_moments_resume_to_the_single_process_ensemble(world_size: int, model: str, child: Path, tmp_path: Path, reference: Any, rng: random.Random) -> None:
+def test_ranks_killed_at_random_moments_resume_to_the_single_process_ensemble(
+    world_size: int, model: str, child: Path, tmp_path: Path, reference: Any, rng: random.Random
+) -> None:
     """SIGKILL from outside at any moment (in a commit, between writes), every rank at its own write count."""
     n, b = 8, 2
     expected = reference(model, n, b)
@@ -519,7 +571,9 @@ def test_ranks_killed_at_random_moments_resume_to_the_single_process_ensemble(wo
         # The resume picks up at or before the kill, never skips a write, and
         # redoes at most what the last two writes (one commit interval) left uncommitted.
         assert after == everything[len(everything) - len(after) :], f"rank {rank}: {after}"
-        assert len(before) - 2 <= len(everything) - len(after) <= len(before), f"rank {rank}: {len(before)} written, resumed at {len(everything) - len(after)}"
+        assert len(before) - 2 <= len(everything) - len(after) <= len(before), (
+            f"rank {rank}: {len(before)} written, resumed at {len(everything) - len(after)}"
+        )
         assert_rank_store(Path(first[rank][0]["zarr"]), rank, world_size, n, b, expected)
 
 
@@ -553,8 +607,15 @@ class _RecordingIO:
 
 
 def _run_rank_here(
-    ckpt: Path, rank: int, world_size: int, io: Any, nensemble: int, batch_size: int, model: str = "persistence",
-    session: bool = False, consistent: bool = True,
+    ckpt: Path,
+    rank: int,
+    world_size: int,
+    io: Any,
+    nensemble: int,
+    batch_size: int,
+    model: str = "persistence",
+    session: bool = False,
+    consistent: bool = True,
 ) -> None:
     """One rank's ensemble in this process, in a fresh context (as a separate process would be).
 
@@ -564,12 +625,25 @@ def _run_rank_here(
     """
 
     def go() -> None:
-        checkpoint = Checkpoint("ens", path=ckpt, rank=rank, world_size=world_size, flush_interval=1, level=2, consistent=consistent)
+        checkpoint = Checkpoint(
+            "ens", path=ckpt, rank=rank, world_size=world_size, flush_interval=1, level=2, consistent=consistent
+        )
         data = SyntheticData(NLAT, NLON, seed=0)
 
         def call(target: Any) -> None:
             pert = GaussianPerturbation(STD, PSEED)
-            ensemble(TIME, NSTEPS, nensemble, _model(model, data), data, io, pert, batch_size=batch_size, verbose=False, checkpoint=target)
+            ensemble(
+                TIME,
+                NSTEPS,
+                nensemble,
+                _model(model, data),
+                data,
+                io,
+                pert,
+                batch_size=batch_size,
+                verbose=False,
+                checkpoint=target,
+            )
 
         if session:
             with checkpoint as open_session:
@@ -588,14 +662,15 @@ def _tree(path: Path) -> dict[str, bytes | None]:
     return out
 
 
-
 @pytest.mark.parametrize(
     "before, after",
     [(4, 2), (2, 1), (1, 2), (2, 4)],
     ids=["4-to-2", "2-to-1", "1-to-2", "2-to-4"],
 )
 @pytest.mark.filterwarnings("ignore::restartable.CheckpointLateBindWarning")
-def test_restart_with_another_world_size_is_refused_before_anything_is_written(before: int, after: int, tmp_path: Path, reference: Any) -> None:
+def test_restart_with_another_world_size_is_refused_before_anything_is_written(
+    before: int, after: int, tmp_path: Path, reference: Any
+) -> None:
     n, b = 6, 1
     ckpt = tmp_path / "ckpt"
     stores = [tmp_path / f"rank{rank}.zarr" for rank in range(before)]
@@ -636,7 +711,9 @@ def test_an_open_session_of_a_consistent_multirank_checkpoint_is_refused(tmp_pat
 
 @pytest.mark.parametrize("model", ["lorenz96", "persistence"])
 @pytest.mark.filterwarnings("ignore::restartable.CheckpointLateBindWarning")
-def test_ranks_given_open_independent_sessions_resume_to_the_single_process_ensemble(model: str, tmp_path: Path, reference: Any) -> None:
+def test_ranks_given_open_independent_sessions_resume_to_the_single_process_ensemble(
+    model: str, tmp_path: Path, reference: Any
+) -> None:
     """``with Checkpoint(..., rank=r, world_size=2, consistent=False) as session: ensemble(..., checkpoint=session)``."""
     n, b, w = 6, 1, 2
     ckpt = tmp_path / "ckpt"
@@ -644,7 +721,17 @@ def test_ranks_given_open_independent_sessions_resume_to_the_single_process_ense
     # Interrupted: rank 1 in its first member (3rd write), rank 0 in its second (member 2, 9th write).
     for rank, fail_at in ((1, 3), (0, 2 * L - 1)):
         with pytest.raises(_Interrupt):
-            _run_rank_here(ckpt, rank, w, _RecordingIO(ZarrIO(stores[rank]), fail_at=fail_at), n, b, model, session=True, consistent=False)
+            _run_rank_here(
+                ckpt,
+                rank,
+                w,
+                _RecordingIO(ZarrIO(stores[rank]), fail_at=fail_at),
+                n,
+                b,
+                model,
+                session=True,
+                consistent=False,
+            )
     # Resumed one rank after the other (as ranks that start at different moments).
     for rank in range(w):
         _run_rank_here(ckpt, rank, w, ZarrIO(stores[rank]), n, b, model, session=True, consistent=False)
@@ -673,8 +760,9 @@ def test_ranks_given_open_independent_sessions_resume_from_their_own_newest_row(
 # --------------------------------------------------------------------------- found while running benchmarks/bench_multirank.py
 
 
-
-def test_a_rank_committing_while_another_enters_is_not_reported_damaged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_rank_committing_while_another_enters_is_not_reported_damaged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Ranks of a consistent checkpoint that start at different moments (bench_multirank's 16 ranks hit this)."""
     import warnings
 
@@ -715,4 +803,6 @@ def test_a_rank_committing_while_another_enters_is_not_reported_damaged(tmp_path
     finally:
         rank0.run(checkpoint0.__exit__, None, None, None)
     # Nothing is damaged: rank 0's rows 1 and 2 are whole.
-    assert [entry.lead_time for entry in Checkpoint("live", path=path, rank=0, world_size=3, consistent=False).catalog][-1] == 2
+    assert [entry.lead_time for entry in Checkpoint("live", path=path, rank=0, world_size=3, consistent=False).catalog][
+        -1
+    ] == 2

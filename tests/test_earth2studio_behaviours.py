@@ -163,7 +163,9 @@ def facts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     script.write_text(SCENARIOS)
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "WORLD_SIZE")}
     env.update(EARTH2STUDIO_CACHE=str(root / "cache"), LOGURU_LEVEL="WARNING")
-    done = subprocess.run([sys.executable, str(script), str(root)], capture_output=True, text=True, env=env, timeout=600)
+    done = subprocess.run(
+        [sys.executable, str(script), str(root)], capture_output=True, text=True, env=env, timeout=600
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
     lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     return {line.pop("scenario"): line for line in lines}
@@ -253,12 +255,22 @@ def _physicsnemo(monkeypatch: pytest.MonkeyPatch, initialized: bool, rank: int =
     package.distributed = distributed  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "physicsnemo", package)
     monkeypatch.setitem(sys.modules, "physicsnemo.distributed", distributed)
-    for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "WORLD_SIZE", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):
+    for name in (
+        "RANK",
+        "LOCAL_RANK",
+        "SLURM_PROCID",
+        "OMPI_COMM_WORLD_RANK",
+        "WORLD_SIZE",
+        "SLURM_NTASKS",
+        "OMPI_COMM_WORLD_SIZE",
+    ):
         monkeypatch.delenv(name, raising=False)
     return DistributedManager
 
 
-def test_bridged_checkpoint_initializes_physicsnemo_as_earth2studio_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bridged_checkpoint_initializes_physicsnemo_as_earth2studio_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     manager = _physicsnemo(monkeypatch, initialized=False)
     checkpoint = e2c.Checkpoint("forecast", path=tmp_path)
     assert (checkpoint.rank, checkpoint.world_size) == (3, 4)
@@ -266,7 +278,9 @@ def test_bridged_checkpoint_initializes_physicsnemo_as_earth2studio_does(tmp_pat
     assert checkpoint.rank_path == tmp_path / "rank_000003"
 
 
-def test_restartable_checkpoint_leaves_physicsnemo_uninitialized(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_restartable_checkpoint_leaves_physicsnemo_uninitialized(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # restartable's own Checkpoint asks an initialised manager only: an
     # initialize() may start a process group behind the program's back.
     manager = _physicsnemo(monkeypatch, initialized=False)
@@ -274,10 +288,15 @@ def test_restartable_checkpoint_leaves_physicsnemo_uninitialized(tmp_path: Path,
     assert (checkpoint.rank, checkpoint.world_size) == (0, 1)
     assert manager.initialize_calls == 0
     _physicsnemo(monkeypatch, initialized=True, rank=1, world_size=2)
-    assert (restartable.Checkpoint("forecast", path=tmp_path).rank, restartable.Checkpoint("forecast", path=tmp_path).world_size) == (1, 2)
+    assert (
+        restartable.Checkpoint("forecast", path=tmp_path).rank,
+        restartable.Checkpoint("forecast", path=tmp_path).world_size,
+    ) == (1, 2)
 
 
-def test_serial_physicsnemo_manager_lets_the_environment_decide(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_serial_physicsnemo_manager_lets_the_environment_decide(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _physicsnemo(monkeypatch, initialized=True, rank=0, world_size=1)
     monkeypatch.setenv("RANK", "2")
     monkeypatch.setenv("WORLD_SIZE", "4")

@@ -219,7 +219,13 @@ class Child:
     ``kill_when(writes)`` is true (``writes``: the ``@@W`` lines so far, split).
     """
 
-    def __init__(self, argv: list[str], env: dict[str, str], cwd: Path, kill_when: Callable[[list[list[str]]], bool] | None = None) -> None:
+    def __init__(
+        self,
+        argv: list[str],
+        env: dict[str, str],
+        cwd: Path,
+        kill_when: Callable[[list[list[str]]], bool] | None = None,
+    ) -> None:
         env = dict(env)
         if kill_when is not None:
             env["E2S_TEST_GATE"] = "1"
@@ -294,7 +300,9 @@ class Child:
 
     def completed(self) -> Child:
         self.result()
-        assert self.proc.returncode == 0 and not self.killed, f"{self.argv} failed ({self.proc.returncode}):\n{self.output}"
+        assert self.proc.returncode == 0 and not self.killed, (
+            f"{self.argv} failed ({self.proc.returncode}):\n{self.output}"
+        )
         return self
 
     def was_killed(self) -> Child:
@@ -325,7 +333,12 @@ def _python(code: str, *args: str, env: dict[str, str], cwd: Path) -> Child:
 
 def _cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "restartable.cli", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=_TIMEOUT
+        [sys.executable, "-m", "restartable.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=_TIMEOUT,
     )
 
 
@@ -428,7 +441,9 @@ class _Runs:
 
     def _reference(self) -> Path:
         # Uninterrupted earth2studio: no bridge, no checkpoint. What every resumed run must equal.
-        self.child(_forecast(self.script, self.root / "reference", "det,ens,plus,ens64,m1before,m1inside,m1plus")).completed()
+        self.child(
+            _forecast(self.script, self.root / "reference", "det,ens,plus,ens64,m1before,m1inside,m1plus")
+        ).completed()
         return self.root / "reference"
 
     def _det_ens(self) -> tuple[Path, list[Child]]:
@@ -471,8 +486,12 @@ class _Runs:
         argv = _forecast(self.script, out, "plus,det", ckpt=self.root / "e2s-ckpt")
         first = self.child(argv, _kill_at("plus", 4)).was_killed()
         second = self.child(argv, _kill_at("det", 3)).was_killed()
-        code, report, _ = _import(self.root / "e2s-ckpt" / "det", self.root / "migrated-ckpt" / "det", self.env, self.root)
-        resumed = self.child(_forecast(self.script, out, "det", ckpt=self.root / "migrated-ckpt", bridge=True)).completed()
+        code, report, _ = _import(
+            self.root / "e2s-ckpt" / "det", self.root / "migrated-ckpt" / "det", self.env, self.root
+        )
+        resumed = self.child(
+            _forecast(self.script, out, "det", ckpt=self.root / "migrated-ckpt", bridge=True)
+        ).completed()
         return out, [first, second], (code, report), resumed
 
 
@@ -490,7 +509,7 @@ def env(tmp_path: Path) -> dict[str, str]:
 
 # =========================================================== 1. install / uninstall
 
-_INSTALL_BEFORE_IMPORT = r'''
+_INSTALL_BEFORE_IMPORT = r"""
 import inspect, sys
 from collections import OrderedDict
 from pathlib import Path
@@ -561,9 +580,9 @@ run.deterministic(["2024-01-01"], 2, model, Ones(), ZarrBackend(), device="cpu",
 assert (store / "catalog.json").is_file(), list(store.iterdir())
 assert [e.write_count for e in original.Checkpoint("after-uninstall", path=store).catalog] == [3]
 print("CHILD-OK")
-'''
+"""
 
-_INSTALL_AFTER_IMPORT = r'''
+_INSTALL_AFTER_IMPORT = r"""
 import inspect, sys
 from pathlib import Path
 
@@ -649,10 +668,10 @@ check_installed(False)
 bridge.uninstall()
 check_uninstalled()
 print("CHILD-OK")
-'''
+"""
 
 # Run by ``python -m restartable.earth2studio --no-workflows`` (its main(), from _INSTALL_AFTER_IMPORT).
-_NO_WORKFLOWS_SCRIPT = r'''
+_NO_WORKFLOWS_SCRIPT = r"""
 import inspect, sys
 import restartable
 import restartable.earth2studio.run as wf
@@ -668,16 +687,20 @@ for name in ("deterministic", "diagnostic", "ensemble"):
     assert workflow.__module__ == "earth2studio.run" and workflow is not getattr(wf, name), name
     assert type(inspect.signature(workflow).parameters["checkpoint"].default) is restartable.NullCheckpoint
 print("SCRIPT-OK")
-'''
+"""
 
 
-def test_install_and_uninstall_before_and_after_importing_earth2studio(tmp_path: Path, env: dict[str, str], runs: _Runs) -> None:
+def test_install_and_uninstall_before_and_after_importing_earth2studio(
+    tmp_path: Path, env: dict[str, str], runs: _Runs
+) -> None:
     # ``runs`` is not used here: asking for it starts the module's forecast runs
     # now, so that they overlap with this test's children.
     script = tmp_path / "no_workflows.py"
     script.write_text(_NO_WORKFLOWS_SCRIPT)
     children = {
-        "install before import": _python(_INSTALL_BEFORE_IMPORT, str(tmp_path / "after-uninstall"), env=env, cwd=tmp_path),
+        "install before import": _python(
+            _INSTALL_BEFORE_IMPORT, str(tmp_path / "after-uninstall"), env=env, cwd=tmp_path
+        ),
         "install after import": _python(_INSTALL_AFTER_IMPORT, str(script), env=env, cwd=tmp_path),
         "import restartable": _python(
             """
@@ -723,13 +746,26 @@ def test_main_help_script_errors_and_module_form(tmp_path: Path, env: dict[str, 
     module_env = dict(env, PYTHONPATH=os.pathsep.join(filter(None, [str(tmp_path), env.get("PYTHONPATH")])))
     main = [sys.executable, "-m", "restartable.earth2studio"]
     procs = {
-        "help": subprocess.Popen([*main, "--help"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path),
-        "failing": subprocess.Popen([*main, str(failing)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path),
-        "exiting": subprocess.Popen([*main, str(exiting)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path),
-        "module": subprocess.Popen(
-            [*main, "-m", "e2s_probe_module", "--flag=3", "-v"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=module_env, cwd=tmp_path
+        "help": subprocess.Popen(
+            [*main, "--help"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path
         ),
-        "nothing": subprocess.Popen(main, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path),
+        "failing": subprocess.Popen(
+            [*main, str(failing)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path
+        ),
+        "exiting": subprocess.Popen(
+            [*main, str(exiting)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path
+        ),
+        "module": subprocess.Popen(
+            [*main, "-m", "e2s_probe_module", "--flag=3", "-v"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=module_env,
+            cwd=tmp_path,
+        ),
+        "nothing": subprocess.Popen(
+            main, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path
+        ),
     }
     out = {name: (p, *p.communicate(timeout=_TIMEOUT)) for name, p in procs.items()}
 
@@ -759,7 +795,11 @@ def test_main_passes_every_argument_after_the_script_unchanged(tmp_path: Path, e
     script.write_text("import json, sys\nprint('ARGV', json.dumps(sys.argv[1:]))\n")
     result = subprocess.run(
         [sys.executable, "-m", "restartable.earth2studio", str(script), "--no-workflows", "--help"],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=_TIMEOUT,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=_TIMEOUT,
     )
     assert result.returncode == 0, result.stderr
     argv = [json.loads(line.split(" ", 1)[1]) for line in result.stdout.splitlines() if line.startswith("ARGV ")]
@@ -771,7 +811,11 @@ def test_main_module_form_passes_positional_arguments(tmp_path: Path, env: dict[
     module_env = dict(env, PYTHONPATH=os.pathsep.join(filter(None, [str(tmp_path), env.get("PYTHONPATH")])))
     result = subprocess.run(
         [sys.executable, "-m", "restartable.earth2studio", "-m", "e2s_argv_module", "2024-01-01", "--nsteps", "3"],
-        capture_output=True, text=True, env=module_env, cwd=tmp_path, timeout=_TIMEOUT,
+        capture_output=True,
+        text=True,
+        env=module_env,
+        cwd=tmp_path,
+        timeout=_TIMEOUT,
     )
     assert result.returncode == 0, result.stderr
     argv = [json.loads(line.split(" ", 1)[1]) for line in result.stdout.splitlines() if line.startswith("ARGV ")]
@@ -798,7 +842,7 @@ def test_import_of_the_checkpoint_module_by_its_full_name_after_install(tmp_path
 
 # =========================================================== 4a. import-earth2studio of a store earth2studio wrote
 
-_STATE_DEFINITIONS = r'''
+_STATE_DEFINITIONS = r"""
 import dataclasses, json, sys
 from dataclasses import dataclass, field
 import numpy as np
@@ -842,9 +886,11 @@ def digest(value):
     if isinstance(value, float):
         return ["float", value.hex()]
     return [type(value).__name__, repr(value)]
-'''
+"""
 
-_E2S_WRITER = _STATE_DEFINITIONS + r'''
+_E2S_WRITER = (
+    _STATE_DEFINITIONS
+    + r"""
 from earth2studio.utils.checkpoint import Checkpoint, bind_checkpoint_state
 
 path = sys.argv[1]
@@ -860,9 +906,12 @@ print("RESULT", json.dumps({
     "rows": [{"commit": e.commit_id, "lead": str(e.lead_time), "write_count": e.write_count, "note": e.metadata["note"]}
              for e in catalog],
 }))
-'''
+"""
+)
 
-_RESTARTABLE_READER = _STATE_DEFINITIONS + r'''
+_RESTARTABLE_READER = (
+    _STATE_DEFINITIONS
+    + r"""
 from restartable import Checkpoint, bind_checkpoint_state
 
 result = {}
@@ -883,7 +932,8 @@ for path in sys.argv[1:]:
         again = bind_checkpoint_state(State())
         result[path]["again"] = digest(again.checkpoint_dataclass)
 print("RESULT", json.dumps(result))
-'''
+"""
+)
 
 
 def _result(child: Child) -> Any:
@@ -911,7 +961,9 @@ def test_import_earth2studio_store_then_resume_with_restartable(tmp_path: Path, 
     arrays = sorted((missing_npy / "commits" / commits[2] / "states").rglob("grid.npy"))
     assert len(arrays) == 1, arrays
     arrays[0].unlink()
-    (bad_manifest / "commits" / commits[1] / "manifest.json").write_text('{"commit_id": "' + commits[1] + '", "states": {')
+    (bad_manifest / "commits" / commits[1] / "manifest.json").write_text(
+        '{"commit_id": "' + commits[1] + '", "states": {'
+    )
 
     results = {}
     for name, source in (("whole", src), ("missing-npy", missing_npy), ("bad-manifest", bad_manifest)):
@@ -922,11 +974,15 @@ def test_import_earth2studio_store_then_resume_with_restartable(tmp_path: Path, 
     code, report, _ = results["missing-npy"]
     assert code == 1, report
     assert report["imported"] == commits[:2] + commits[3:]
-    assert [d["row"] for d in report["damaged"]] == [commits[2]] and "grid.npy" in report["damaged"][0]["reason"], report
+    assert [d["row"] for d in report["damaged"]] == [commits[2]] and "grid.npy" in report["damaged"][0]["reason"], (
+        report
+    )
     code, report, _ = results["bad-manifest"]
     assert code == 1, report
     assert report["imported"] == commits[:1] + commits[2:]
-    assert [d["row"] for d in report["damaged"]] == [commits[1]] and "manifest.json" in report["damaged"][0]["reason"], report
+    assert [d["row"] for d in report["damaged"]] == [commits[1]] and "manifest.json" in report["damaged"][0][
+        "reason"
+    ], report
 
     dests = [tmp_path / f"dest-{name}" for name in ("whole", "missing-npy", "bad-manifest")]
     read = _result(_python(_RESTARTABLE_READER, *map(str, dests), env=env, cwd=tmp_path))
@@ -939,7 +995,10 @@ def test_import_earth2studio_store_then_resume_with_restartable(tmp_path: Path, 
         assert got["state"] == written["last"], dest.name
         assert (got["write_count"], got["lead"]) == (5, rows[-1]["lead"])
         assert got["after"] == [str(np.timedelta64(30, "h")), 6]
-        assert got["again"][1]["step"] == ["int", "5"] and got["again"][1]["pair"] == ["tuple", [["int", "5"], ["str", "'row5'"]]]
+        assert got["again"][1]["step"] == ["int", "5"] and got["again"][1]["pair"] == [
+            "tuple",
+            [["int", "5"], ["str", "'row5'"]],
+        ]
 
 
 # =========================================================== 2. earth2studio workflows killed and resumed under the bridge
@@ -954,7 +1013,11 @@ def test_deterministic_and_ensemble_killed_and_resumed_under_bridge_match_earth2
     # from its restored state, nothing before 12 h is written again.
     assert [w[1] for w in second.writes_of("det")] == ["12", "18", "24", "30"], second.output
     assert second.writes_of("ens") == [
-        ["ens", "0", "0,1"], ["ens", "6", "0,1"], ["ens", "12", "0,1"], ["ens", "0", "2,3"], ["ens", "6", "2,3"],
+        ["ens", "0", "0,1"],
+        ["ens", "6", "0,1"],
+        ["ens", "12", "0,1"],
+        ["ens", "0", "2,3"],
+        ["ens", "6", "2,3"],
     ]
     # The finished deterministic run is not redone; the member batch is finished from lead 6 h.
     assert third.writes_of("det") == []
@@ -975,7 +1038,9 @@ def test_ensemble_killed_in_its_first_member_batch_resumes_every_batch(runs: _Ru
 
 
 @pytest.mark.parametrize("what", ["m1before", "m1inside", "m1plus"])
-def test_ensemble_killed_inside_member_1_resumes_bitwise_wherever_its_components_were_built(runs: _Runs, what: str) -> None:
+def test_ensemble_killed_inside_member_1_resumes_bitwise_wherever_its_components_were_built(
+    runs: _Runs, what: str
+) -> None:
     # earth2studio's Gaussian(seed=...) with Persistence built before the
     # checkpoint existed (nothing bound: the generator starts from its seed
     # again, so the noise of member 0 is drawn again before member 1's),

@@ -1215,7 +1215,9 @@ def test_rank_detected_from_the_environment(tmp_path: Path, monkeypatch: pytest.
 
 def _two_ranks(path: Path, consistent: bool) -> None:
     for rank, hours in ((0, (6, 12)), (1, (6,))):
-        checkpoint = e2c.Checkpoint("forecast", path=path, mode="append", rank=rank, world_size=2, consistent=consistent)
+        checkpoint = e2c.Checkpoint(
+            "forecast", path=path, mode="append", rank=rank, world_size=2, consistent=consistent
+        )
         with checkpoint as ckpt:
             state = bind_state(OtherState())
             for h in hours:
@@ -1340,4 +1342,3 @@ def test_repr_shows_the_catalog(tmp_path: Path) -> None:
     text = repr(checkpoint)
     assert "member" in text
     assert "6 hours" in text
-

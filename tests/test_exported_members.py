@@ -83,9 +83,6 @@ def test_all_names_existing_attributes(name: str) -> None:
 
 def test_importing_restartable_leaves_heavy_dependencies_alone() -> None:
     heavy = ("torch", "fsspec", "xarray")
-    code = (
-        "import sys, restartable; "
-        f"print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r})))"
-    )
+    code = f"import sys, restartable; print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r})))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert result.stdout.split() == []

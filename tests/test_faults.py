@@ -37,7 +37,9 @@ from restartable import (
 from restartable.cli import main as cli_main
 from restartable.store import verify_row
 
-pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd to map descriptors to paths")
+pytestmark = pytest.mark.skipif(
+    not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd to map descriptors to paths"
+)
 
 NAME = "faults"
 
@@ -83,6 +85,7 @@ def leftovers(store: Path) -> list[str]:
 
 
 # --------------------------------------------------------------------------- injection
+
 
 def fd_path(fd: int) -> str:
     try:
@@ -293,6 +296,7 @@ def test_failed_hard_link_falls_back_to_a_copy(store: Path, monkeypatch: pytest.
 
 # --------------------------------------------------------------------------- every call, one at a time
 
+
 def classify(name: str, path: str, extra: tuple) -> str:
     if in_staging(path) or is_staging_dir(path):
         return "stage"  # before the commit point
@@ -371,7 +375,9 @@ def test_every_os_call_of_a_commit_failing_in_turn(tmp_path: Path, monkeypatch: 
                 problems.append(f"{label}: unexpected warnings {[str(w.message) for w in other_warnings]}")
             if kind == "stage":
                 if error is None or error.errno != err or str(store) not in str(error):
-                    problems.append(f"{label}: expected CheckpointWriteError(errno={err}) naming {store}, got {error!r}")
+                    problems.append(
+                        f"{label}: expected CheckpointWriteError(errno={err}) naming {store}, got {error!r}"
+                    )
                 if tree(store) != before:
                     problems.append(f"{label}: the disk changed although the commit failed before its commit point")
             elif kind == "sync-commits":
@@ -410,6 +416,7 @@ def test_every_os_call_of_a_commit_failing_in_turn(tmp_path: Path, monkeypatch: 
 
 # --------------------------------------------------------------------------- bad values
 
+
 @dataclass
 class BadState:
     step: int = 0
@@ -447,6 +454,7 @@ def test_unsupported_value_outside_a_session_touches_nothing(store: Path) -> Non
 
 
 # --------------------------------------------------------------------------- real file systems
+
 
 @contextmanager
 def tmpfs(where: Path, *options: str) -> Iterator[Path]:

@@ -439,7 +439,16 @@ class _FlyteLikeS3(AbstractFileSystem):
     protocol = ("s3", "s3a")
     cachable = False
     built = 0
-    _OWN = {"config", "client_options", "retry_config", "credential_provider", "asynchronous", "loop", "batch_size", "max_cache_size"}
+    _OWN = {
+        "config",
+        "client_options",
+        "retry_config",
+        "credential_provider",
+        "asynchronous",
+        "loop",
+        "batch_size",
+        "max_cache_size",
+    }
 
     def __init__(self, *args, **kwargs) -> None:
         type(self).built += 1
@@ -544,7 +553,11 @@ _REAL_FLYTE_CLASH = textwrap.dedent(
 def test_s3_in_a_process_that_imported_flyte_storage(s3_bucket: str) -> None:
     pytest.importorskip("flyte")
     result = subprocess.run(
-        [sys.executable, "-c", _REAL_FLYTE_CLASH, s3_bucket], capture_output=True, text=True, timeout=300, env=dict(os.environ)
+        [sys.executable, "-c", _REAL_FLYTE_CLASH, s3_bucket],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ),
     )
     assert result.returncode == 0 and result.stdout.strip().endswith("OK"), result.stderr
 
@@ -576,7 +589,9 @@ def test_a_loaded_path_outlives_the_object(base: str, tree: Path) -> None:
     assert (workdir / "mine.txt").read_text() == "kept"
 
 
-def test_a_restore_directory_never_handed_out_goes_with_the_object(base: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_restore_directory_never_handed_out_goes_with_the_object(
+    base: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     local_tmp = tmp_path / "tmp"
     local_tmp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(local_tmp))
@@ -706,7 +721,9 @@ def test_from_flyte_context_with_flyte_context_objects(tmp_path: Path) -> None:
         cp = RemoteCheckpoint.from_flyte_context()
         assert cp.prev_exists() is False and cp.remote_destination == f"file://{tmp_path}/out"
     _put_object(f"file://{tmp_path}/prev", b"from the previous attempt")
-    paths = CheckpointPaths(checkpoint_path=(tmp_path / "out2").as_uri(), prev_checkpoint_path=(tmp_path / "prev").as_uri())
+    paths = CheckpointPaths(
+        checkpoint_path=(tmp_path / "out2").as_uri(), prev_checkpoint_path=(tmp_path / "prev").as_uri()
+    )
     with _task_context(paths):
         cp = RemoteCheckpoint.from_flyte_context()
         assert cp is RemoteCheckpoint.from_flyte_context()  # one per task context, as flyte.ctx().checkpoint
@@ -758,7 +775,9 @@ def test_from_flyte_context_in_a_retried_flyte_task(where: str, tmp_path: Path, 
         )
     else:
         raw = str(tmp_path / "raw")
-    result = subprocess.run([sys.executable, "-c", _FLYTE_TASK, raw], capture_output=True, text=True, timeout=300, env=env)
+    result = subprocess.run(
+        [sys.executable, "-c", _FLYTE_TASK, raw], capture_output=True, text=True, timeout=300, env=env
+    )
     attempts = [line for line in result.stdout.splitlines() if line.startswith("ATTEMPT")]
     assert result.returncode == 0, result.stdout + result.stderr
     assert [line.split()[1] for line in attempts] == ["loaded=0", "loaded=1", "loaded=2"], attempts

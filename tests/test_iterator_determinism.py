@@ -38,7 +38,7 @@ from restartable.iterators import IteratorCheckpoint
 TOTAL = 10_000
 WIDTH = 3  # int64 columns per element: [i, 7 * i, -i]
 
-COMMON = r'''
+COMMON = r"""
 import json, os, sys, time, warnings
 import numpy as np
 from restartable.errors import CheckpointWarning
@@ -60,9 +60,11 @@ def make(cfg):
 
 def as_rows(batch):
     return np.asarray(batch, dtype=np.int64).reshape(-1, 3)
-'''
+"""
 
-WRITER = COMMON + r'''
+WRITER = (
+    COMMON
+    + r"""
 cfg = json.loads(sys.argv[1])
 it = make(cfg)
 ckpt = PipelineCheckpoint(cfg["ckpt"], async_checkpointing=cfg["async"])
@@ -89,9 +91,12 @@ while True:
                 print("SUBMITTED", step, flush=True)
             else:
                 print("SAVED", step, flush=True)
-'''
+"""
+)
 
-RESTORER = COMMON + r'''
+RESTORER = (
+    COMMON
+    + r"""
 cfg = json.loads(sys.argv[1])
 it = make(cfg)
 ckpt = PipelineCheckpoint(cfg["ckpt"])
@@ -104,21 +109,66 @@ while count < cfg["need"]:
     count += len(rows)
 np.save(cfg["out"], np.concatenate(out))
 print(json.dumps({"step": step, "epoch": it.epoch}), flush=True)
-'''
+"""
+)
 
 CONFIGS = {
     # id: source, elements, batch, shards, index, drop, bit generator, async, mode
-    "array-1shard-batch7": dict(source="array", n=1237, batch_size=7, num_shards=1, shard_index=0, drop_remainder=False,
-                                bit_generator="PCG64", async_=False, mode="at"),
-    "array-3shards-index2-single": dict(source="array", n=1237, batch_size=None, num_shards=3, shard_index=2,
-                                        drop_remainder=False, bit_generator="PCG64", async_=False, mode="at"),
-    "npy-4shards-index1-batch16-drop": dict(source="npy", n=1000, batch_size=16, num_shards=4, shard_index=1,
-                                            drop_remainder=True, bit_generator="MT19937", async_=True, mode="at"),
-    "npy-2shards-index0-batch5-interval": dict(source="npy", n=1000, batch_size=5, num_shards=2, shard_index=0,
-                                               drop_remainder=False, bit_generator="Philox", async_=False, mode="interval"),
-    "array-2shards-index1-batch8-async-interval": dict(source="array", n=811, batch_size=8, num_shards=2, shard_index=1,
-                                                       drop_remainder=False, bit_generator="SFC64", async_=True,
-                                                       mode="interval"),
+    "array-1shard-batch7": dict(
+        source="array",
+        n=1237,
+        batch_size=7,
+        num_shards=1,
+        shard_index=0,
+        drop_remainder=False,
+        bit_generator="PCG64",
+        async_=False,
+        mode="at",
+    ),
+    "array-3shards-index2-single": dict(
+        source="array",
+        n=1237,
+        batch_size=None,
+        num_shards=3,
+        shard_index=2,
+        drop_remainder=False,
+        bit_generator="PCG64",
+        async_=False,
+        mode="at",
+    ),
+    "npy-4shards-index1-batch16-drop": dict(
+        source="npy",
+        n=1000,
+        batch_size=16,
+        num_shards=4,
+        shard_index=1,
+        drop_remainder=True,
+        bit_generator="MT19937",
+        async_=True,
+        mode="at",
+    ),
+    "npy-2shards-index0-batch5-interval": dict(
+        source="npy",
+        n=1000,
+        batch_size=5,
+        num_shards=2,
+        shard_index=0,
+        drop_remainder=False,
+        bit_generator="Philox",
+        async_=False,
+        mode="interval",
+    ),
+    "array-2shards-index1-batch8-async-interval": dict(
+        source="array",
+        n=811,
+        batch_size=8,
+        num_shards=2,
+        shard_index=1,
+        drop_remainder=False,
+        bit_generator="SFC64",
+        async_=True,
+        mode="interval",
+    ),
 }
 
 
@@ -250,8 +300,7 @@ def test_sigkilled_iterator_resumes_element_for_element(tmp_path: Path, name: st
     assert len(combined) >= TOTAL
     mismatch = np.flatnonzero((combined[:TOTAL] != expected).any(axis=1))
     assert mismatch.size == 0, (
-        f"{name}: first difference at element {mismatch[:1]} (saved at step {step}, "
-        f"prefix of {len(prefix)} elements)"
+        f"{name}: first difference at element {mismatch[:1]} (saved at step {step}, prefix of {len(prefix)} elements)"
     )
     assert len(prefix) < TOTAL, "the save must leave elements for the resumed process"
     assert len(logged) >= len(prefix)
@@ -270,15 +319,25 @@ def test_restore_into_a_fresh_process_for_every_shard(tmp_path: Path) -> None:
     exec(COMMON, namespace)
     for rank in range(shards):
         cfg = {
-            "source": "array", "data": str(tmp_path / "data.npy"), "batch_size": 4, "num_shards": shards,
-            "shard_index": rank, "drop_remainder": False, "bit_generator": "PCG64", "seed": 5,
-            "ckpt": str(tmp_path / f"rank_{rank}"), "need": 400, "out": str(tmp_path / f"out_{rank}.npy"),
+            "source": "array",
+            "data": str(tmp_path / "data.npy"),
+            "batch_size": 4,
+            "num_shards": shards,
+            "shard_index": rank,
+            "drop_remainder": False,
+            "bit_generator": "PCG64",
+            "seed": 5,
+            "ckpt": str(tmp_path / f"rank_{rank}"),
+            "need": 400,
+            "out": str(tmp_path / f"out_{rank}.npy"),
         }
         it = namespace["make"](cfg)
         for _ in range(steps):
             next(it)
         IteratorCheckpoint(cfg["ckpt"]).save_to_directory(it, step=steps)
-        rows = [namespace["as_rows"](next(it)) for _ in range(120)]  # at least 400 elements (short batches at epoch ends)
+        rows = [
+            namespace["as_rows"](next(it)) for _ in range(120)
+        ]  # at least 400 elements (short batches at epoch ends)
         expected.append(np.concatenate(rows)[:400])
         result = run(RESTORER, cfg)
         assert result.returncode == 0, result.stderr

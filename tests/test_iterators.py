@@ -136,7 +136,9 @@ def take(it: Any, count: int) -> list[Any]:
 
 
 def same_batches(a: list[Any], b: list[Any]) -> bool:
-    return len(a) == len(b) and all(np.array_equal(x, y) and np.asarray(x).dtype == np.asarray(y).dtype for x, y in zip(a, b))
+    return len(a) == len(b) and all(
+        np.array_equal(x, y) and np.asarray(x).dtype == np.asarray(y).dtype for x, y in zip(a, b)
+    )
 
 
 # --------------------------------------------------------------------------- ShuffledArrayIterator
@@ -275,7 +277,9 @@ def test_state_must_match_the_configuration_but_not_the_shard_index() -> None:
     with pytest.raises(ValueError, match="not saved by a ShuffledArrayIterator"):
         ShuffledArrayIterator(data).set_state({"i": 3})
     with pytest.raises(ValueError, match="MT19937"):
-        ShuffledArrayIterator(data, batch_size=4, num_shards=2, seed=np.random.Generator(np.random.MT19937(1))).set_state(state)
+        ShuffledArrayIterator(
+            data, batch_size=4, num_shards=2, seed=np.random.Generator(np.random.MT19937(1))
+        ).set_state(state)
     # Every rank holds the same state, so rank 1 can resume from rank 0's.
     rank0 = take(it, 5)
     rank1 = ShuffledArrayIterator(data, batch_size=4, seed=77, num_shards=2, shard_index=1)
@@ -533,7 +537,9 @@ def test_overwrite_replaces_the_step_after_the_new_copy_is_durable(store: Path) 
     assert len(row_dirs(store)) == 2 and leftovers(store) == []
 
 
-def test_overwrite_whose_retirement_fails_keeps_both_copies_and_reads_the_new(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_overwrite_whose_retirement_fails_keeps_both_copies_and_reads_the_new(
+    store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     ckpt = IteratorCheckpoint(store)
     ckpt.save_to_directory(Counter(1), step=0)
     real = os.rename
@@ -628,7 +634,9 @@ def test_metadata_round_trip(store: Path) -> None:
     ckpt = PipelineCheckpoint(store)
     metadata = {"epoch": 3, "loss": 0.125, "tag": "warm-up", "done": False, "big": 2**70, "nan": float("nan")}
     ckpt.save_to_step(Counter(), 1000, metadata=metadata)
-    ckpt.save_to_step(Counter(), 2000, metadata={"np_int": np.int64(5), "np_float": np.float32(0.5), "np_bool": np.bool_(True)})
+    ckpt.save_to_step(
+        Counter(), 2000, metadata={"np_int": np.int64(5), "np_float": np.float32(0.5), "np_bool": np.bool_(True)}
+    )
     for reader in (ckpt, PipelineCheckpoint(store)):
         got = reader.get_metadata(1000)
         assert list(got) == list(metadata)
@@ -765,7 +773,9 @@ def test_async_snapshot_copies_arrays(store: Path, monkeypatch: pytest.MonkeyPat
 
 
 @pytest.mark.skipif(not HAVE_PROC_FD, reason="needs /proc/self/fd to map descriptors to paths")
-@pytest.mark.parametrize("next_call", ["wait_until_finished", "save_to_directory", "get_latest_step", "restore", "close"])
+@pytest.mark.parametrize(
+    "next_call", ["wait_until_finished", "save_to_directory", "get_latest_step", "restore", "close"]
+)
 def test_async_background_failure_is_raised(store: Path, monkeypatch: pytest.MonkeyPatch, next_call: str) -> None:
     ckpt = IteratorCheckpoint(store, async_checkpointing=True)
     it = Counter()
@@ -905,7 +915,9 @@ class MemoryHandler:
         self.saved: dict[Any, dict[int, tuple[Any, dict[str, Any]]]] = {}
         self.calls: list[str] = []
 
-    def save(self, directory: Any, state: Any, *, step: int, keep: int | None, overwrite: bool, metadata: dict[str, Any]) -> str:
+    def save(
+        self, directory: Any, state: Any, *, step: int, keep: int | None, overwrite: bool, metadata: dict[str, Any]
+    ) -> str:
         self.calls.append(f"save {step} keep={keep} overwrite={overwrite}")
         steps = self.saved.setdefault(directory, {})
         steps[step] = (state, metadata)

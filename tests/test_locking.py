@@ -46,7 +46,9 @@ def holder(store: Path) -> Iterator[subprocess.Popen]:
     )
     try:
         line = proc.stdout.readline()
-        assert line.strip() == "ready", f"holder failed: {line!r} {proc.stderr.read() if proc.poll() is not None else ''}"
+        assert line.strip() == "ready", (
+            f"holder failed: {line!r} {proc.stderr.read() if proc.poll() is not None else ''}"
+        )
         yield proc
     finally:
         if proc.poll() is None:

@@ -52,7 +52,7 @@ N = 6
 PHASE_TIMEOUT = 60.0  # a hang guard for one phase of rank processes, not a timing assertion
 NAME = "multirank"
 
-CHILD_SOURCE = r'''
+CHILD_SOURCE = r"""
 import json, os, signal, sys, time, warnings
 from dataclasses import dataclass, field
 
@@ -152,7 +152,7 @@ with ckpt as session:
 if cfg.get("dist"):
     dist.destroy_process_group()
 emit("DONE")
-'''
+"""
 
 
 def expected_values(step: int, rank: int, phase: int) -> list[float]:
@@ -188,8 +188,10 @@ def _describe(runs: dict[int, RankRun]) -> str:
     parts = []
     for rank, run in sorted(runs.items()):
         parts.append(
-            f"--- rank {rank} (returncode {run.returncode})\nstdout:\n" + "\n".join(run.stdout)
-            + "\nstderr:\n" + "".join(run.stderr)[-3000:]
+            f"--- rank {rank} (returncode {run.returncode})\nstdout:\n"
+            + "\n".join(run.stdout)
+            + "\nstderr:\n"
+            + "".join(run.stderr)[-3000:]
         )
     return "\n".join(parts)
 
@@ -307,7 +309,9 @@ def run_ranks(
     return runs
 
 
-def config(root: Path | str, rank: int, world_size: int, mode: str, history_size: int | None, **extra: Any) -> dict[str, Any]:
+def config(
+    root: Path | str, rank: int, world_size: int, mode: str, history_size: int | None, **extra: Any
+) -> dict[str, Any]:
     cfg = {
         "name": NAME,
         "root": str(root),
@@ -410,7 +414,15 @@ def test_ranks_killed_at_different_points_resume_from_the_newest_common_row(
         tmp_path,
         [
             config(
-                root, rank, world, mode, history_size, rows=2, phase=2, dist=dist, rdzv=rdzv(tmp_path, "2"),
+                root,
+                rank,
+                world,
+                mode,
+                history_size,
+                rows=2,
+                phase=2,
+                dist=dist,
+                rdzv=rdzv(tmp_path, "2"),
                 barriers=[] if dist else ["resumed"],
             )
             for rank in range(world)
@@ -423,7 +435,8 @@ def test_ranks_killed_at_different_points_resume_from_the_newest_common_row(
         # The new rows got sequence common+1, common+2 on every rank.
         assert runs[rank].sequences == {common + 1: common + 1, common + 2: common + 2}, _describe(runs)
         unexpected = [
-            message for message in runs[rank].fallback_warnings()
+            message
+            for message in runs[rank].fallback_warnings()
             # Without collectives a rank may scan another while it retires its
             # newer rows (see test_restart_retires_newest_first_...).
             if dist or "is damaged or missing" not in message
@@ -446,10 +459,7 @@ def test_ranks_killed_at_different_points_resume_from_the_newest_common_row(
     # Phase 3: restart again; every rank resumes from the new newest row.
     runs = run_ranks(
         tmp_path,
-        [
-            config(root, rank, world, mode, history_size, dist=dist, rdzv=rdzv(tmp_path, "3"))
-            for rank in range(world)
-        ],
+        [config(root, rank, world, mode, history_size, dist=dist, rdzv=rdzv(tmp_path, "3")) for rank in range(world)],
     )
     assert_finished(runs)
     for rank in range(world):
@@ -489,8 +499,17 @@ def test_damaged_newest_common_row_on_one_rank_makes_every_rank_fall_back(tmp_pa
         tmp_path,
         [
             config(
-                root, rank, world, mode, history, rows=1, phase=2, dist=dist, rdzv=rdzv(tmp_path, "d"),
-                select_first=True, barriers=["selected", "resumed"],
+                root,
+                rank,
+                world,
+                mode,
+                history,
+                rows=1,
+                phase=2,
+                dist=dist,
+                rdzv=rdzv(tmp_path, "d"),
+                select_first=True,
+                barriers=["selected", "resumed"],
             )
             for rank in range(world)
         ],
@@ -504,7 +523,8 @@ def test_damaged_newest_common_row_on_one_rank_makes_every_rank_fall_back(tmp_pa
         assert run.selected == {"sequence": rows - 1}, _describe(runs)
         warned = run.fallback_warnings()
         names_it = [
-            message for message in warned
+            message
+            for message in warned
             if f"row {rows} of rank {damaged_rank} " in message or f"rank {damaged_rank} row {rows} " in message
         ]
         assert any(f"row {rows} of rank {damaged_rank} " in message for message in warned), _describe(runs)
@@ -574,7 +594,10 @@ def uneven_ranks(tmp_path: Path) -> Path:
 
 def test_catalog_flags_rows_that_every_rank_holds(uneven_ranks: Path) -> None:
     flags = {
-        rank: [(entry.sequence, entry.all_ranks) for entry in Checkpoint(NAME, path=uneven_ranks, rank=rank, world_size=3).catalog]
+        rank: [
+            (entry.sequence, entry.all_ranks)
+            for entry in Checkpoint(NAME, path=uneven_ranks, rank=rank, world_size=3).catalog
+        ]
         for rank in range(3)
     }
     assert flags == {
@@ -617,10 +640,17 @@ def test_damaged_row_above_the_common_one_is_warned_about(tmp_path: Path) -> Non
     flip_last_byte(manifest)
     # Rank 1's row 4 no longer counts as whole: 3 is the newest common row.
     checkpoint = Checkpoint(NAME, path=root, mode="append", rank=0, world_size=2)
-    with pytest.warns(CheckpointFallbackWarning, match=r"rank 1 row 4 of .* is damaged or missing; every rank falls back to row 3"):
+    with pytest.warns(
+        CheckpointFallbackWarning, match=r"rank 1 row 4 of .* is damaged or missing; every rank falls back to row 3"
+    ):
         assert checkpoint.select().entry.sequence == 3
     # The catalog flag reads names only: rank 1's folder does hold a row 4.
-    assert [(entry.sequence, entry.all_ranks) for entry in checkpoint.catalog] == [(1, True), (2, True), (3, True), (4, True)]
+    assert [(entry.sequence, entry.all_ranks) for entry in checkpoint.catalog] == [
+        (1, True),
+        (2, True),
+        (3, True),
+        (4, True),
+    ]
     with pytest.warns(CheckpointFallbackWarning, match=r"rank 1 row 4 of .* is damaged or missing"):
         with checkpoint as session:
             assert session.entry.sequence == 3
@@ -688,7 +718,10 @@ def test_async_commits_killed_mid_run_resume_on_the_same_row(tmp_path: Path) -> 
     kill_at = {0: 3, 1: 6}
     runs = run_ranks(
         tmp_path,
-        [config(root, rank, world, "overwrite", None, rows=400, pause=0.005, **{"async": True}) for rank in range(world)],
+        [
+            config(root, rank, world, "overwrite", None, rows=400, pause=0.005, **{"async": True})
+            for rank in range(world)
+        ],
         kill_at=kill_at,
     )
     assert_finished(runs, killed={0, 1})
@@ -714,7 +747,9 @@ def test_async_commits_killed_mid_run_resume_on_the_same_row(tmp_path: Path) -> 
     for rank in range(world):
         assert_resumed(runs[rank], common, phase=1, runs=runs)
         # A kill during a background persist leaves a staging directory: only cleanup may be reported.
-        assert {w["category"] for w in runs[rank].checkpoint_warnings()} <= {"CheckpointCleanupWarning"}, _describe(runs)
+        assert {w["category"] for w in runs[rank].checkpoint_warnings()} <= {"CheckpointCleanupWarning"}, _describe(
+            runs
+        )
     for rank in range(world):
         catalog = catalog_of(root, rank, world)
         assert max(catalog) == common + 2

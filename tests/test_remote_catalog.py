@@ -302,7 +302,9 @@ def advance(x, step):
     return np.sin(1.3 * x + step) + 0.25 * np.cos(x * step)
 '''
 
-LOOP_CHILD = STEP_SOURCE + r'''
+LOOP_CHILD = (
+    STEP_SOURCE
+    + r"""
 import json, sys
 from dataclasses import dataclass, field
 
@@ -332,7 +334,8 @@ with checkpoint as session:
         session.write(lead_time=state.step)
         emit({"committed": state.step})
 emit({"final": state.step, "x": state.x.tobytes().hex()})
-'''
+"""
+)
 
 
 def _reference(steps: int) -> np.ndarray:
@@ -484,7 +487,11 @@ with Checkpoint("hang", path=url, mode="append", history_size=2) as session:
     ids=["before-manifest", "between-payloads", "mid-retirement"],
 )
 def test_kill_mid_commit_leaves_whole_rows_and_the_next_writer_removes_leftovers(
-    s3_bucket: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], stage: str, whole_rows: list[int]
+    s3_bucket: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    stage: str,
+    whole_rows: list[int],
 ) -> None:
     monkeypatch.setenv("RESTARTABLE_LEASE_SECONDS", LONG_LEASE)
     url = f"{s3_bucket}/hang"
@@ -497,7 +504,7 @@ def test_kill_mid_commit_leaves_whole_rows_and_the_next_writer_removes_leftovers
     # The interrupted commit (or retirement) left objects of a row without manifest ...
     left = orphans(url)
     assert len(left) == 1, left
-    (left_row, left_files), = left.items()
+    ((left_row, left_files),) = left.items()
     assert left_files and all(name.endswith(".npy") for name in left_files)
     if stage == "payload":
         assert left_files == {"p000000.npy"}
@@ -605,7 +612,9 @@ def test_damaged_rows_on_the_object_store(s3_bucket: str, capsys: pytest.Capture
     assert [r["commit_id"] for r in json.loads(out)[0]["rows"]] == [e.commit_id for e in catalog[1:]]
 
 
-def test_truncated_payload_is_skipped_when_the_catalog_is_read(s3_bucket: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_truncated_payload_is_skipped_when_the_catalog_is_read(
+    s3_bucket: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     url = f"{s3_bucket}/truncated"
     catalog = _write_rows(url, range(1, 4)).catalog
     target = f"{url}/commits/{catalog[1].commit_id}/p000000.npy"
@@ -661,7 +670,9 @@ def test_second_writer_waits_one_lease_period_then_is_refused(
     assert [e.lead_time for e in Checkpoint("locked", path=url).catalog] == [1, 2, 3]
 
 
-def test_lease_of_a_writer_on_another_host_is_taken_once_expired(s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_lease_of_a_writer_on_another_host_is_taken_once_expired(
+    s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(object_rows, "LEASE_SECONDS", 1.0)
     url = f"{s3_bucket}/expired"
     _write_rows(url, range(1, 3))
@@ -677,11 +688,15 @@ def test_lease_of_a_writer_on_another_host_is_taken_once_expired(s3_bucket: str,
     assert [e.lead_time for e in Checkpoint("rows", path=url).catalog] == [1, 2, 3]
 
 
-def test_lease_of_a_dead_process_on_this_host_is_taken_over_at_once(s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_lease_of_a_dead_process_on_this_host_is_taken_over_at_once(
+    s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(object_rows, "LEASE_SECONDS", 1.0)
     url = f"{s3_bucket}/dead"
     _write_rows(url, range(1, 3))
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     pid = int(dead.stdout)
     # Valid for ten minutes: only the holder's death allows taking it (else CheckpointLockedError after ~6 s).
     record = {"owner": "y" * 32, "host": socket.gethostname(), "pid": pid, "expires": time.time() + 600}
@@ -718,7 +733,7 @@ def test_writer_whose_lease_was_taken_over_refuses_to_publish(s3_bucket: str, mo
     assert LOCK_NAME not in objects_under(url)
 
 
-READER_WRITER_CHILD = r'''
+READER_WRITER_CHILD = r"""
 import sys, time
 import numpy as np
 from restartable import Checkpoint
@@ -727,10 +742,12 @@ with Checkpoint("busy", path=sys.argv[1], mode="append") as session:
         session.write(lead_time=step, values=np.full(2000, float(step)), counts=np.arange(64) * step)
         print(step, flush=True)
         time.sleep(0.02)  # leave the readers some commits to overlap
-'''
+"""
 
 
-def test_readers_never_see_a_partial_row_while_a_writer_commits(s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_readers_never_see_a_partial_row_while_a_writer_commits(
+    s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Readers take no lease: they list, read manifests and payloads while the
     # writer uploads payloads and publishes manifests. No retention here (see
     # test_reader_racing_a_retirement_rescans), and no listings cache (see
@@ -795,7 +812,9 @@ def test_reader_racing_a_retirement_rescans(s3_bucket: str, monkeypatch: pytest.
 
 
 @pytest.mark.parametrize("mode, history_size, keep", [("overwrite", None, 1), ("append", 2, 2)])
-def test_retention_on_the_object_store_leaves_no_orphans(catalog_url: str, mode: str, history_size: int | None, keep: int) -> None:
+def test_retention_on_the_object_store_leaves_no_orphans(
+    catalog_url: str, mode: str, history_size: int | None, keep: int
+) -> None:
     url = catalog_url
     step = 0
     for _session in range(2):  # retention applies across sessions (a new writer) too
@@ -812,7 +831,9 @@ def test_retention_on_the_object_store_leaves_no_orphans(catalog_url: str, mode:
     assert [e.lead_time for e in catalog] == list(range(7 - keep, 7))
     assert [e.sequence for e in catalog] == list(range(7 - keep, 7))
     assert_whole_rows_only(url, [e.commit_id for e in catalog])
-    assert set(objects_under(url)) == {f"commits/{e.commit_id}/{name}" for e in catalog for name in row_objects(url)[e.commit_id]}
+    assert set(objects_under(url)) == {
+        f"commits/{e.commit_id}/{name}" for e in catalog for name in row_objects(url)[e.commit_id]
+    }
     restored = RemoteState()
     checkpoint.select(-1).bind(restored)
     assert_same(restored, state_at(6))
@@ -980,7 +1001,9 @@ def _damage_locally(row_path: Path, how: str) -> Path:
 
 
 @pytest.mark.parametrize("how", ["truncated", "manifest-missing", "bit-rot"])
-def test_pull_repairs_a_damaged_local_copy_of_a_row(s3_bucket: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], how: str) -> None:
+def test_pull_repairs_a_damaged_local_copy_of_a_row(
+    s3_bucket: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], how: str
+) -> None:
     url = f"{s3_bucket}/repair-{how}"
     catalog = _write_rows(url, range(1, 4)).catalog
     local = tmp_path / "local"
@@ -1042,7 +1065,9 @@ def test_pull_keeps_a_damaged_local_copy_when_the_remote_one_is_damaged_too(
         assert Checkpoint("rows", path=local, mode="append").catalog[-1].commit_id == catalog[0].commit_id
 
 
-def test_push_over_a_damaged_remote_copy_of_a_row(s3_bucket: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_push_over_a_damaged_remote_copy_of_a_row(
+    s3_bucket: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     local, url = tmp_path / "local", f"{s3_bucket}/repush"
     checkpoint = _write_rows(str(local), range(1, 3))
     assert cli(capsys, "push", str(local), url)[0] == 0
@@ -1061,7 +1086,9 @@ def test_push_over_a_damaged_remote_copy_of_a_row(s3_bucket: str, tmp_path: Path
     assert f"commits/{second.commit_id}/p000000.npy" in objects_under(url)
 
 
-def test_sync_usage_errors_and_unreachable_store(tmp_path: Path, capsys: pytest.CaptureFixture[str], s3_bucket: str) -> None:
+def test_sync_usage_errors_and_unreachable_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], s3_bucket: str
+) -> None:
     local = tmp_path / "local"
     _write_rows(str(local), range(1, 2))
     code, out, err = cli(capsys, "push", str(local), str(tmp_path / "elsewhere"))
@@ -1074,9 +1101,13 @@ def test_sync_usage_errors_and_unreachable_store(tmp_path: Path, capsys: pytest.
     url = f"{s3_bucket}/unreachable"
     code, out, err = cli(
         capsys,
-        "pull", url, str(tmp_path / "pulled"),
-        "-o", "endpoint_url=http://127.0.0.1:9",
-        "-o", 'config_kwargs={"retries":{"max_attempts":1}}',
+        "pull",
+        url,
+        str(tmp_path / "pulled"),
+        "-o",
+        "endpoint_url=http://127.0.0.1:9",
+        "-o",
+        'config_kwargs={"retries":{"max_attempts":1}}',
     )
     assert code == 4, (out, err)
     assert url in err
@@ -1110,7 +1141,7 @@ def test_deterministic_workflow_with_an_s3_checkpoint_resumes_bit_for_bit(
     catalog = in_fresh_context(lambda: Checkpoint("wf", path=ckpt, mode="append").catalog)
     assert catalog, "nothing was committed to s3 before the kill"
     committed = int(np.asarray(catalog[-1].lead_time).reshape(-1)[-1] / hour)
-    assert committed in harness.LEADS[: written]
+    assert committed in harness.LEADS[:written]
 
     resumed = harness._run_ok(child, [harness._job("B2", "deterministic", "lorenz96", b, log, ckpt, **common)])
     start = resumed.start("B2")

@@ -434,7 +434,7 @@ def test_schema_change_is_detected_across_processes(store: Path, tmp_path: Path)
         import sys
         sys.path.insert(0, {str(module_dir)!r})
         from pathlib import Path
-        Path({str(module_dir / 'proc_schema_mod.py')!r}).write_text(
+        Path({str(module_dir / "proc_schema_mod.py")!r}).write_text(
             "from dataclasses import dataclass\\n@dataclass\\nclass S:\\n    a: int = 0\\n")
         from proc_schema_mod import S
         from restartable import Checkpoint, bind_checkpoint_state
@@ -451,7 +451,7 @@ def test_schema_change_is_detected_across_processes(store: Path, tmp_path: Path)
         sys.dont_write_bytecode = True
         sys.path.insert(0, {str(module_dir)!r})
         from pathlib import Path
-        Path({str(module_dir / 'proc_schema_mod.py')!r}).write_text(
+        Path({str(module_dir / "proc_schema_mod.py")!r}).write_text(
             "from dataclasses import dataclass\\n@dataclass\\nclass S:\\n    a: int = 0\\n    b: list = None\\n")
         import importlib; importlib.invalidate_caches()
         from proc_schema_mod import S
@@ -480,7 +480,9 @@ def test_future_annotations_do_not_change_the_schema(
     with Checkpoint("future", path=store) as session:
         bind_checkpoint_state(v1.ModelState(step=4))
         session.write()
-    v2 = load_module(monkeypatch, tmp_path / "b" / f"{name}.py", name, "from __future__ import annotations\n" + SCHEMA_V1)
+    v2 = load_module(
+        monkeypatch, tmp_path / "b" / f"{name}.py", name, "from __future__ import annotations\n" + SCHEMA_V1
+    )
     with Checkpoint("future", path=store).select(-1):
         assert bind_checkpoint_state(v2.ModelState()).step == 4
 
@@ -575,7 +577,7 @@ def test_tensor_state_of_various_dtypes(store: Path) -> None:
 # --------------------------------------------------------------------------- the seed guide's example
 
 
-NOISE_MODULE = '''
+NOISE_MODULE = """
 from dataclasses import dataclass
 
 import torch
@@ -605,9 +607,9 @@ class NoisePerturbation:
         if self.checkpoint.checkpoint_level >= 1:
             self.checkpoint.rng_state = self.generator.get_state()
         return y
-'''
+"""
 
-NOISE_RUN = '''
+NOISE_RUN = """
 import json, os, sys
 sys.path.insert(0, sys.argv[1])
 import numpy as np
@@ -637,7 +639,7 @@ with checkpoint as ckpt:
             os._exit(17)
     np.save(out, np.stack(noise))
     print(json.dumps({"start": start, "loaded": p.checkpoint.checkpoint_state_loaded}))
-'''
+"""
 
 
 def test_seed_noise_perturbation_resumes_identical_noise_across_processes(store: Path, tmp_path: Path) -> None:

@@ -20,7 +20,17 @@ from hypothesis import settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from restartable.errors import CheckpointCleanupWarning
-from restartable.store import FaultyRowStore, LocalRowStore, MemoryRowStore, RowStore, RowWriter, SimulatedCrash, Snapshot, scan_rows, verify_row
+from restartable.store import (
+    FaultyRowStore,
+    LocalRowStore,
+    MemoryRowStore,
+    RowStore,
+    RowWriter,
+    SimulatedCrash,
+    Snapshot,
+    scan_rows,
+    verify_row,
+)
 
 # Crashing at one of these leaves the row unpublished; at any later one it is published.
 _BEFORE_PUBLISH = {"stage", "write_payload", "finish_payloads", "publish"}

@@ -37,7 +37,15 @@ import pytest
 import torch
 
 from restartable import Checkpoint, CheckpointLateBindWarning
-from restartable.components import GaussianPerturbation, Lorenz96, MemoryIO, Persistence, SyntheticData, WindSpeed, ZarrIO
+from restartable.components import (
+    GaussianPerturbation,
+    Lorenz96,
+    MemoryIO,
+    Persistence,
+    SyntheticData,
+    WindSpeed,
+    ZarrIO,
+)
 from restartable.workflows import PREEMPTED_EXIT_CODE, WorkflowPreempted, deterministic, diagnostic, ensemble
 
 NLAT, NLON = 4, 8
@@ -245,7 +253,9 @@ def _env(*extra_paths: Path) -> dict[str, str]:
     return env
 
 
-def _job(phase: str, workflow: str, model: str, zarr: Path, log: Path, ckpt: Path | None = None, **extra: Any) -> dict[str, Any]:
+def _job(
+    phase: str, workflow: str, model: str, zarr: Path, log: Path, ckpt: Path | None = None, **extra: Any
+) -> dict[str, Any]:
     job = {
         "phase": phase,
         "workflow": workflow,
@@ -329,14 +339,20 @@ def _log(path: Path) -> list[dict[str, Any]]:
 
 
 def _writes(log: Path, phase: str) -> list[tuple[tuple[int, ...], int]]:
-    return [(tuple(r.get("members", ())), r["lead"]) for r in _log(log) if r["phase"] == phase and r["event"] == "write"]
+    return [
+        (tuple(r.get("members", ())), r["lead"]) for r in _log(log) if r["phase"] == phase and r["event"] == "write"
+    ]
 
 
 def _yields(log: Path, phase: str) -> list[tuple[tuple[int, ...], int]]:
-    return [(tuple(r.get("members", ())), r["lead"]) for r in _log(log) if r["phase"] == phase and r["event"] == "yield"]
+    return [
+        (tuple(r.get("members", ())), r["lead"]) for r in _log(log) if r["phase"] == phase and r["event"] == "yield"
+    ]
 
 
-def _kill_from_parent(script: Path, job: dict[str, Any], log: Path, after_writes: int, delay: float) -> tuple[Result, int]:
+def _kill_from_parent(
+    script: Path, job: dict[str, Any], log: Path, after_writes: int, delay: float
+) -> tuple[Result, int]:
     """Start ``job`` and SIGKILL it ``delay`` seconds after its log shows ``after_writes`` writes."""
     proc = _spawn(script, [dict(job, hold=True)])
     deadline = time.monotonic() + CHILD_TIMEOUT
@@ -368,12 +384,24 @@ def _model(name: str, data: SyntheticData) -> Any:
     return Lorenz96(lat=data.lat, lon=data.lon)
 
 
-def _call(workflow: str, model: Any, data: Any, io: Any, pert: Any = None, session: Any = None, nsteps: int = NSTEPS, nensemble: int = 4, batch_size: int = 2) -> Any:
+def _call(
+    workflow: str,
+    model: Any,
+    data: Any,
+    io: Any,
+    pert: Any = None,
+    session: Any = None,
+    nsteps: int = NSTEPS,
+    nensemble: int = 4,
+    batch_size: int = 2,
+) -> Any:
     if workflow == "deterministic":
         return deterministic(TIME, nsteps, model, data, io, verbose=False, checkpoint=session)
     if workflow == "diagnostic":
         return diagnostic(TIME, nsteps, model, WindSpeed(), data, io, verbose=False, checkpoint=session)
-    return ensemble(TIME, nsteps, nensemble, model, data, io, pert, batch_size=batch_size, verbose=False, checkpoint=session)
+    return ensemble(
+        TIME, nsteps, nensemble, model, data, io, pert, batch_size=batch_size, verbose=False, checkpoint=session
+    )
 
 
 def run_a(path: Path, workflow: str, model: str, nensemble: int = 4, batch_size: int = 2) -> Path:
@@ -432,7 +460,9 @@ def _all_writes(workflow: str, nensemble: int, batch_size: int) -> list[tuple[tu
     return [(batch, lead) for batch in _batches(nensemble, batch_size) for lead in LEADS]
 
 
-def _expected_resume_writes(workflow: str, start: dict[str, Any], nensemble: int, batch_size: int) -> list[tuple[tuple[int, ...], int]]:
+def _expected_resume_writes(
+    workflow: str, start: dict[str, Any], nensemble: int, batch_size: int
+) -> list[tuple[tuple[int, ...], int]]:
     """What a resume from the row described by ``start`` must write: everything after it, once."""
     done = start["lead"] if start["exists"] else None
     if workflow != "ensemble":
@@ -464,7 +494,14 @@ class Case:
 
     @property
     def id(self) -> str:
-        parts = [self.workflow[:4], self.model[:4], f"L{self.level}", f"f{self.flush_interval}", self.mode, f"kill-{self.kill}"]
+        parts = [
+            self.workflow[:4],
+            self.model[:4],
+            f"L{self.level}",
+            f"f{self.flush_interval}",
+            self.mode,
+            f"kill-{self.kill}",
+        ]
         if self.workflow == "ensemble":
             parts.insert(2, f"n{self.nensemble}b{self.batch_size}")
         return "-".join(parts)
@@ -493,7 +530,9 @@ CASES = [
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_killed_run_resumes_bitwise_equal_to_an_uninterrupted_run(case: Case, child: Path, tmp_path: Path, rng: random.Random) -> None:
+def test_killed_run_resumes_bitwise_equal_to_an_uninterrupted_run(
+    case: Case, child: Path, tmp_path: Path, rng: random.Random
+) -> None:
     a = run_a(tmp_path / "a.zarr", case.workflow, case.model, case.nensemble, case.batch_size)
     assert_reference_complete(a, case.workflow)
 
@@ -525,7 +564,10 @@ def test_killed_run_resumes_bitwise_equal_to_an_uninterrupted_run(case: Case, ch
     # B2 resumes in a fresh process; C then runs the completed forecast again.
     resumed = _run_ok(
         child,
-        [_job("B2", case.workflow, case.model, b, log, ckpt, **common), _job("C", case.workflow, case.model, b, log, ckpt, **common)],
+        [
+            _job("B2", case.workflow, case.model, b, log, ckpt, **common),
+            _job("C", case.workflow, case.model, b, log, ckpt, **common),
+        ],
     )
     start = resumed.start("B2")
     for phase in ("B2", "C"):
@@ -536,7 +578,10 @@ def test_killed_run_resumes_bitwise_equal_to_an_uninterrupted_run(case: Case, ch
 
     # The resume writes exactly what was not committed, in order, once.
     writes_after = _writes(log, "B2")
-    assert writes_after == _expected_resume_writes(case.workflow, start, case.nensemble, case.batch_size), (start, written_before)
+    assert writes_after == _expected_resume_writes(case.workflow, start, case.nensemble, case.batch_size), (
+        start,
+        written_before,
+    )
     if start["exists"] and start["lead"] is not None:
         # The committed boundary is a step B1 did write.
         assert any(lead == start["lead"] for _, lead in written_before)
@@ -567,18 +612,36 @@ def test_killed_run_resumes_bitwise_equal_to_an_uninterrupted_run(case: Case, ch
 # --------------------------------------------------------------------------- level 2 continues, level 1 recomputes
 
 
-def test_level_2_continues_mid_rollout_and_level_1_recomputes_both_bitwise_equal(child: Path, tmp_path: Path, rng: random.Random) -> None:
+def test_level_2_continues_mid_rollout_and_level_1_recomputes_both_bitwise_equal(
+    child: Path, tmp_path: Path, rng: random.Random
+) -> None:
     a = run_a(tmp_path / "a.zarr", "deterministic", "lorenz96")
     log = tmp_path / "log.jsonl"
     k = rng.randint(3, len(LEADS) - 1)  # the k-th write is done but not committed
     for level in (2, 1):
-        job = _job(f"B1-L{level}", "deterministic", "lorenz96", tmp_path / f"b{level}.zarr", log, tmp_path / f"ckpt{level}", level=level)
+        job = _job(
+            f"B1-L{level}",
+            "deterministic",
+            "lorenz96",
+            tmp_path / f"b{level}.zarr",
+            log,
+            tmp_path / f"ckpt{level}",
+            level=level,
+        )
         killed = _run(child, [dict(job, kill_at=k, kill_when="after")])
         assert killed.returncode == -signal.SIGKILL, str(killed)
     resumed = _run_ok(
         child,
         [
-            _job(f"B2-L{level}", "deterministic", "lorenz96", tmp_path / f"b{level}.zarr", log, tmp_path / f"ckpt{level}", level=level)
+            _job(
+                f"B2-L{level}",
+                "deterministic",
+                "lorenz96",
+                tmp_path / f"b{level}.zarr",
+                log,
+                tmp_path / f"ckpt{level}",
+                level=level,
+            )
             for level in (2, 1)
         ],
     )
@@ -638,7 +701,18 @@ def test_stop_signal_commits_pending_writes_and_the_resume_does_not_redo_them(
     assert signal_at % flush_interval != 0  # there are uncommitted writes when the signal comes
     a = run_a(tmp_path / "a.zarr", workflow, "lorenz96", nensemble, batch_size)
     b, ckpt, log = tmp_path / "b.zarr", tmp_path / "ckpt", tmp_path / "log.jsonl"
-    job = _job("B1", workflow, "lorenz96", b, log, ckpt, level=level, flush_interval=flush_interval, nensemble=nensemble, batch_size=batch_size)
+    job = _job(
+        "B1",
+        workflow,
+        "lorenz96",
+        b,
+        log,
+        ckpt,
+        level=level,
+        flush_interval=flush_interval,
+        nensemble=nensemble,
+        batch_size=batch_size,
+    )
 
     proc = _spawn(child, [dict(job, signal_at=signal_at, verbose=True)])
     for line in proc.stdout:
@@ -662,7 +736,9 @@ def test_stop_signal_commits_pending_writes_and_the_resume_does_not_redo_them(
     assert latest.lead_time == np.timedelta64(last_lead, "h")
     if workflow == "ensemble":
         # The members of the batches before; with its final lead time, the last batch's too.
-        assert latest.metadata["completed_ensembles"] == list(range(last_members[-1] + 1 if last_lead == LEADS[-1] else last_members[0]))
+        assert latest.metadata["completed_ensembles"] == list(
+            range(last_members[-1] + 1 if last_lead == LEADS[-1] else last_members[0])
+        )
 
     resumed = _run_ok(child, [dict(job, phase="B2")])
     assert resumed.start("B2")["lead"] == last_lead
@@ -675,7 +751,9 @@ def test_stop_signal_commits_pending_writes_and_the_resume_does_not_redo_them(
 # --------------------------------------------------------------------------- late binding and schema changes
 
 
-def test_components_bound_before_the_session_opens_are_restored_with_a_warning(child: Path, tmp_path: Path, rng: random.Random) -> None:
+def test_components_bound_before_the_session_opens_are_restored_with_a_warning(
+    child: Path, tmp_path: Path, rng: random.Random
+) -> None:
     # Three batches: the third one draws its noise after the resume.
     a = run_a(tmp_path / "a.zarr", "ensemble", "lorenz96", 6, 2)
     b, ckpt, log = tmp_path / "b.zarr", tmp_path / "ckpt", tmp_path / "log.jsonl"
@@ -737,7 +815,9 @@ class CustomLorenz96(Lorenz96):
 '''
 
 
-def test_resume_with_a_changed_component_dataclass_raises_schema_error(child: Path, tmp_path: Path, rng: random.Random) -> None:
+def test_resume_with_a_changed_component_dataclass_raises_schema_error(
+    child: Path, tmp_path: Path, rng: random.Random
+) -> None:
     modules = tmp_path / "modules"
     modules.mkdir()
     source = modules / f"{SCHEMA_MODULE}.py"
@@ -817,7 +897,15 @@ def test_a_forecast_resumed_with_more_steps_continues_bitwise(tmp_path: Path) ->
             model = Lorenz96(lat=data.lat, lon=data.lon)
             assert model.checkpoint.checkpoint_state_loaded
             longer = MemoryIO()
-            longer.add_array(OrderedDict(time=reference.coords["u10m"]["time"], lead_time=reference.coords["u10m"]["lead_time"], lat=data.lat, lon=data.lon), ["u10m", "v10m"])
+            longer.add_array(
+                OrderedDict(
+                    time=reference.coords["u10m"]["time"],
+                    lead_time=reference.coords["u10m"]["lead_time"],
+                    lat=data.lat,
+                    lon=data.lon,
+                ),
+                ["u10m", "v10m"],
+            )
             for name in ("u10m", "v10m"):
                 longer[name][:, :4] = io[name]
             original = longer.write
@@ -845,11 +933,21 @@ def test_resuming_a_different_run_raises_value_error_saying_what_differs(tmp_pat
         data = SyntheticData(NLAT, NLON, seed=0)
         det = tmp_path / "det"
         with Checkpoint("wf", path=det) as session:
-            _call("deterministic", Persistence(["u10m"], data.lat, data.lon), data, MemoryIO(), session=session, nsteps=3)
+            _call(
+                "deterministic", Persistence(["u10m"], data.lat, data.lon), data, MemoryIO(), session=session, nsteps=3
+            )
         refused = [
-            (dict(time=["2024-01-02T00:00"]), Persistence(["u10m"], data.lat, data.lon), r"time was \['2024-01-01T00:00:00.000000000'\], now \['2024-01-02"),
+            (
+                dict(time=["2024-01-02T00:00"]),
+                Persistence(["u10m"], data.lat, data.lon),
+                r"time was \['2024-01-01T00:00:00.000000000'\], now \['2024-01-02",
+            ),
             ({}, Persistence(["v10m"], data.lat, data.lon), "model's coordinates have the same sizes"),
-            ({}, Persistence(["u10m", "v10m"], data.lat, data.lon), "model's coordinates were .*'variable': 1.*now .*'variable': 2"),
+            (
+                {},
+                Persistence(["u10m", "v10m"], data.lat, data.lon),
+                "model's coordinates were .*'variable': 1.*now .*'variable': 2",
+            ),
         ]
         for kwargs, model, message in refused:
             io = MemoryIO()
@@ -862,8 +960,21 @@ def test_resuming_a_different_run_raises_value_error_saying_what_differs(tmp_pat
         ens = tmp_path / "ens"
         with Checkpoint("wf", path=ens) as session:
             pert = GaussianPerturbation(STD, PSEED)
-            _call("ensemble", Persistence(["u10m"], data.lat, data.lon), data, MemoryIO(), pert, session, nsteps=2, nensemble=3, batch_size=2)
-        for changed, message in ((dict(batch_size=1), "batch_size was 2, now 1"), (dict(nsteps=3), "completed with nsteps=2")):
+            _call(
+                "ensemble",
+                Persistence(["u10m"], data.lat, data.lon),
+                data,
+                MemoryIO(),
+                pert,
+                session,
+                nsteps=2,
+                nensemble=3,
+                batch_size=2,
+            )
+        for changed, message in (
+            (dict(batch_size=1), "batch_size was 2, now 1"),
+            (dict(nsteps=3), "completed with nsteps=2"),
+        ):
             shape = dict(nsteps=2, nensemble=3, batch_size=2) | changed
             io = MemoryIO()
             with Checkpoint("wf", path=ens) as session:
@@ -875,7 +986,17 @@ def test_resuming_a_different_run_raises_value_error_saying_what_differs(tmp_pat
         io = MemoryIO()
         with Checkpoint("wf", path=ens) as session:
             pert = GaussianPerturbation(STD, PSEED)
-            _call("ensemble", Persistence(["u10m"], data.lat, data.lon), data, io, pert, session, nsteps=2, nensemble=3, batch_size=2)
+            _call(
+                "ensemble",
+                Persistence(["u10m"], data.lat, data.lon),
+                data,
+                io,
+                pert,
+                session,
+                nsteps=2,
+                nensemble=3,
+                batch_size=2,
+            )
         assert np.isnan(io["u10m"]).all()
 
     _in_fresh_context(scenario)
@@ -888,15 +1009,41 @@ def test_an_ensemble_resumed_with_more_members_runs_only_the_new_ones(tmp_path: 
     def scenario() -> None:
         data = SyntheticData(NLAT, NLON, seed=0)
         reference = MemoryIO()
-        _call("ensemble", Lorenz96(lat=data.lat, lon=data.lon), data, reference, GaussianPerturbation(STD, PSEED), nsteps=2, nensemble=6)
+        _call(
+            "ensemble",
+            Lorenz96(lat=data.lat, lon=data.lon),
+            data,
+            reference,
+            GaussianPerturbation(STD, PSEED),
+            nsteps=2,
+            nensemble=6,
+        )
         ckpt = tmp_path / "ens"
         first = MemoryIO()
         with Checkpoint("wf", path=ckpt, level=2) as session:
-            _call("ensemble", Lorenz96(lat=data.lat, lon=data.lon), data, first, GaussianPerturbation(STD, PSEED), session, nsteps=2, nensemble=4)
+            _call(
+                "ensemble",
+                Lorenz96(lat=data.lat, lon=data.lon),
+                data,
+                first,
+                GaussianPerturbation(STD, PSEED),
+                session,
+                nsteps=2,
+                nensemble=4,
+            )
         assert Checkpoint("wf", path=ckpt).select(-1).metadata_value("completed_ensembles") == [0, 1, 2, 3]
         more = MemoryIO()
         with Checkpoint("wf", path=ckpt, level=2) as session:
-            _call("ensemble", Lorenz96(lat=data.lat, lon=data.lon), data, more, GaussianPerturbation(STD, PSEED), session, nsteps=2, nensemble=6)
+            _call(
+                "ensemble",
+                Lorenz96(lat=data.lat, lon=data.lon),
+                data,
+                more,
+                GaussianPerturbation(STD, PSEED),
+                session,
+                nsteps=2,
+                nensemble=6,
+            )
         assert Checkpoint("wf", path=ckpt).select(-1).metadata_value("completed_ensembles") == [0, 1, 2, 3, 4, 5]
         for name in ("u10m", "v10m"):
             assert np.isnan(more[name][:4]).all()  # the completed members were not run again
@@ -953,9 +1100,13 @@ def test_zarr_io_add_array_on_an_existing_array_keeps_its_data(tmp_path: Path) -
         assert np.isnan(t2m[0, [0, 2]]).all() and np.isnan(z500[0, [0, 2]]).all()
     coords = reopened.coords("t2m")
     assert list(coords) == ["time", "lead_time", "lat"]
-    assert coords["lead_time"].dtype == np.dtype("timedelta64[ns]") and np.array_equal(coords["lead_time"], _coords()["lead_time"])
+    assert coords["lead_time"].dtype == np.dtype("timedelta64[ns]") and np.array_equal(
+        coords["lead_time"], _coords()["lead_time"]
+    )
     _write_lead(reopened, 2, -1.0)
-    assert np.array_equal(ZarrIO(path)["t2m"][0], np.array([[np.nan, np.nan], [3.5, 3.5], [-1.0, -1.0]], np.float32), equal_nan=True)
+    assert np.array_equal(
+        ZarrIO(path)["t2m"][0], np.array([[np.nan, np.nan], [3.5, 3.5], [-1.0, -1.0]], np.float32), equal_nan=True
+    )
     with pytest.raises(ValueError):
         reopened.add_array(_coords(4), "t2m")  # other lead times: refused, not clobbered
     assert ZarrIO(path)["t2m"][0, 1].tolist() == [3.5, 3.5]
@@ -979,7 +1130,9 @@ class _StopAt(MemoryIO):
             signal.raise_signal(signal.SIGTERM)
 
 
-def test_memory_io_resumes_in_the_same_process_after_a_stop_signal(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_memory_io_resumes_in_the_same_process_after_a_stop_signal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     def scenario() -> None:
         data = SyntheticData(NLAT, NLON, seed=0)
         reference = MemoryIO()

@@ -73,7 +73,9 @@ def test_distributed_store_refuses_a_serial_restart(store: Path) -> None:
 def test_fewer_ranks_than_folders_is_refused(store: Path) -> None:
     for rank in range(4):
         _commit(store, rank=rank, world_size=4)
-    with pytest.raises(CheckpointWorldSizeError, match=r"world_size at least 4 \(folder rank_000003\), but this run has world_size 2"):
+    with pytest.raises(
+        CheckpointWorldSizeError, match=r"world_size at least 4 \(folder rank_000003\), but this run has world_size 2"
+    ):
         with Checkpoint("ws", path=store, rank=0, world_size=2):
             pass
 

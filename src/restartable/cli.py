@@ -129,15 +129,29 @@ def cmd_ls(args: argparse.Namespace) -> int:
             table = [["row", "sequence", "step", "metadata", "bytes", "saved_at"]]
             for r in rows:
                 table.append(
-                    [str(r["row"]), str(r["sequence"]), str(r["step"]), _short_metadata(r["metadata"]),
-                     str(r["bytes"]), r["saved_at"][:19]]
+                    [
+                        str(r["row"]),
+                        str(r["sequence"]),
+                        str(r["step"]),
+                        _short_metadata(r["metadata"]),
+                        str(r["bytes"]),
+                        r["saved_at"][:19],
+                    ]
                 )
         else:
             table = [["row", "sequence", "lead_time", "write_count", "level", "states", "bytes", "saved_at"]]
             for r in rows:
                 table.append(
-                    [str(r["row"]), str(r["sequence"]), str(r["lead_time"] if r["lead_time"] is not None else "-"),
-                     str(r["write_count"]), str(r["level"]), str(len(r["states"])), str(r["bytes"]), r["saved_at"][:19]]
+                    [
+                        str(r["row"]),
+                        str(r["sequence"]),
+                        str(r["lead_time"] if r["lead_time"] is not None else "-"),
+                        str(r["write_count"]),
+                        str(r["level"]),
+                        str(len(r["states"])),
+                        str(r["bytes"]),
+                        r["saved_at"][:19],
+                    ]
                 )
         text = f"{rank_path}: {len(rows)} row(s)"
         if rows:
@@ -307,7 +321,9 @@ def cmd_import_earth2studio(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     lines = [f"imported {row}" for row in report.imported]
     lines += [f"DAMAGED  {row}: {reason}" for row, reason in report.damaged]
-    lines.append(f"{len(report.imported)} row(s) imported into {args.destination}, {len(report.damaged)} damaged and skipped")
+    lines.append(
+        f"{len(report.imported)} row(s) imported into {args.destination}, {len(report.damaged)} damaged and skipped"
+    )
     _emit(args, report.as_dict(), "\n".join(lines))
     return EXIT_DAMAGED if report.damaged else EXIT_OK
 
@@ -334,13 +350,24 @@ def build_parser() -> argparse.ArgumentParser:
     def options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--json", action="store_true", help="print machine-readable JSON")
         p.add_argument(
-            "-o", "--storage-option", dest="storage_option", action="append", type=_storage_option, default=[],
-            metavar="KEY=VALUE", help="fsspec option for URLs, repeatable (VALUE parsed as JSON when it can be)",
+            "-o",
+            "--storage-option",
+            dest="storage_option",
+            action="append",
+            type=_storage_option,
+            default=[],
+            metavar="KEY=VALUE",
+            help="fsspec option for URLs, repeatable (VALUE parsed as JSON when it can be)",
         )
 
     def add(name: str, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("path", type=location, metavar="PATH", help="checkpoint directory (the one holding commits/ or rank_* folders)")
+        p.add_argument(
+            "path",
+            type=location,
+            metavar="PATH",
+            help="checkpoint directory (the one holding commits/ or rank_* folders)",
+        )
         options(p)
         return p
 
@@ -356,20 +383,30 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("-n", "--dry-run", action="store_true", help="list what would be removed, remove nothing")
     gc.set_defaults(func=cmd_gc)
     for direction, source, destination, what in (
-        ("push", ("LOCAL", "local checkpoint directory"), ("URL", "object-store prefix, e.g. s3://bucket/run"),
-         "Upload the committed rows of a local checkpoint that the URL lacks"),
-        ("pull", ("URL", "object-store prefix, e.g. s3://bucket/run"), ("LOCAL", "local checkpoint directory (created if needed)"),
-         "Download the committed rows under a URL that the local checkpoint lacks"),
+        (
+            "push",
+            ("LOCAL", "local checkpoint directory"),
+            ("URL", "object-store prefix, e.g. s3://bucket/run"),
+            "Upload the committed rows of a local checkpoint that the URL lacks",
+        ),
+        (
+            "pull",
+            ("URL", "object-store prefix, e.g. s3://bucket/run"),
+            ("LOCAL", "local checkpoint directory (created if needed)"),
+            "Download the committed rows under a URL that the local checkpoint lacks",
+        ),
     ):
         sync = sub.add_parser(
-            direction, help=what.split(" that ")[0] + ".",
+            direction,
+            help=what.split(" that ")[0] + ".",
             description=f"{what}, verifying every checksum; damaged rows are reported and skipped.",
         )
         sync.add_argument("source", metavar=source[0], help=source[1])
         sync.add_argument("destination", metavar=destination[0], help=destination[1])
         if direction == "pull":
             sync.add_argument(
-                "--verify", action="store_true",
+                "--verify",
+                action="store_true",
                 help="also check every checksum of the rows LOCAL already has (reads them all); "
                 "damaged local rows are replaced by the remote copy either way",
             )

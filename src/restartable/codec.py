@@ -333,7 +333,9 @@ class _Encoder:
         allowed = (str, int) if self.int_keys else (str,)
         for k, v in value.items():
             if type(k) not in allowed:
-                raise self.fail(f"{path}{_fmt_key(k)}", k, f"dictionary keys must be {' or '.join(t.__name__ for t in allowed)}")
+                raise self.fail(
+                    f"{path}{_fmt_key(k)}", k, f"dictionary keys must be {' or '.join(t.__name__ for t in allowed)}"
+                )
             items.append([self.encode(k, path), self.encode(v, f"{path}{_fmt_key(k)}")])
         return {TAG: "dict", "items": items}
 
@@ -388,7 +390,8 @@ class _Encoder:
             # Refused here, at the commit, rather than written and then
             # refused as implausible by the reader.
             raise self.fail(
-                path, value,
+                path,
+                value,
                 f"its dtype's description is {len(descr)} characters; at most {MAX_DTYPE_DESCR_CHARS} can be stored "
                 "(split a structured dtype with this many fields into several arrays)",
             )
@@ -666,7 +669,9 @@ def _import_torch(path: str) -> Any:
     return torch
 
 
-def restore_dataclass(cls: type, field_docs: Mapping[str, Any], decoder: _Decoder, path: str, current: Any = None) -> Any:
+def restore_dataclass(
+    cls: type, field_docs: Mapping[str, Any], decoder: _Decoder, path: str, current: Any = None
+) -> Any:
     """Fill a dataclass instance from its saved fields, without calling ``__init__``.
 
     When ``current`` is an instance of ``cls`` it is updated in place, so that
@@ -679,7 +684,9 @@ def restore_dataclass(cls: type, field_docs: Mapping[str, Any], decoder: _Decode
         )
     target = current if type(current) is cls else cls.__new__(cls)
     values = {
-        name: decoder.decode(field_docs[name], f"{path}.{name}", getattr(current, name, None) if target is current else None)
+        name: decoder.decode(
+            field_docs[name], f"{path}.{name}", getattr(current, name, None) if target is current else None
+        )
         for name in names
     }
     for name, value in values.items():

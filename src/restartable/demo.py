@@ -105,8 +105,18 @@ class DemoConfig:
 
     def argv(self) -> list[str]:
         return [
-            "--members", str(self.members), "--steps", str(self.steps), "--nlat", str(self.nlat),
-            "--nlon", str(self.nlon), "--batch-size", str(self.batch_size), "--seed", str(self.seed),
+            "--members",
+            str(self.members),
+            "--steps",
+            str(self.steps),
+            "--nlat",
+            str(self.nlat),
+            "--nlon",
+            str(self.nlon),
+            "--batch-size",
+            str(self.batch_size),
+            "--seed",
+            str(self.seed),
         ]
 
 
@@ -165,8 +175,17 @@ def _child(role: str, config: DemoConfig, workdir: Path, pause_after: int | None
         model = Lorenz96(VARIABLES, lat=data.lat, lon=data.lon)
         perturbation = GaussianPerturbation(std=NOISE_STD, seed=config.seed)
         ensemble(
-            [START_TIME], config.steps, config.members, model, data, io, perturbation,
-            batch_size=config.batch_size, device="cpu", verbose=verbose, checkpoint=session,
+            [START_TIME],
+            config.steps,
+            config.members,
+            model,
+            data,
+            io,
+            perturbation,
+            batch_size=config.batch_size,
+            device="cpu",
+            verbose=verbose,
+            checkpoint=session,
         )
 
     if role == "reference":
@@ -251,8 +270,14 @@ def compare_stores(a: str | Path, b: str | Path) -> dict[str, Any]:
         record["equal"] = values_equal and record["bytes_equal"] and attrs_equal and count == 0
         if count:
             where = tuple(int(i) for i in np.argwhere(mask)[0])
-            record["first_difference"] = {"index": list(where), "a": repr(va[where].item()), "b": repr(vb[where].item())}
-            differences.append(f"{name}: {count} element(s) differ, first at {list(where)}: {va[where]!r} vs {vb[where]!r}")
+            record["first_difference"] = {
+                "index": list(where),
+                "a": repr(va[where].item()),
+                "b": repr(vb[where].item()),
+            }
+            differences.append(
+                f"{name}: {count} element(s) differ, first at {list(where)}: {va[where]!r} vs {vb[where]!r}"
+            )
         elif not record["equal"]:
             differences.append(f"{name}: attributes differ" if not attrs_equal else f"{name}: bytes differ")
         arrays.append(record)
@@ -358,7 +383,9 @@ def _child_env() -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def _launch(role: str, config: DemoConfig, workdir: Path, pause_after: int | None, verbose: bool) -> Iterator[tuple[subprocess.Popen[str], IO[str]]]:
+def _launch(
+    role: str, config: DemoConfig, workdir: Path, pause_after: int | None, verbose: bool
+) -> Iterator[tuple[subprocess.Popen[str], IO[str]]]:
     """A child process running one forecast; killed (by id) if still alive on exit."""
     command = [sys.executable, "-m", "restartable.demo", "--child", role, "--workdir", str(workdir), *config.argv()]
     if pause_after is not None:
@@ -391,7 +418,7 @@ def _events(process: subprocess.Popen[str]) -> Iterator[dict[str, Any]]:
     assert process.stdout is not None
     for line in process.stdout:
         if line.startswith(_EVENT):
-            yield json.loads(line[len(_EVENT):])
+            yield json.loads(line[len(_EVENT) :])
 
 
 def _run_phase(role: str, config: DemoConfig, workdir: Path, verbose: bool, kill_after: int | None = None) -> _Phase:
@@ -510,7 +537,9 @@ def run_demo(
     if kill_after is None:
         kill_after = max(1, min(total - 1, round(KILL_FRACTION * total)))
     if isinstance(kill_after, bool) or not isinstance(kill_after, int) or not 1 <= kill_after < total:
-        raise DemoUsageError(f"kill-after must be between 1 and {total - 1} (the forecast makes {total} step writes), got {kill_after!r}")
+        raise DemoUsageError(
+            f"kill-after must be between 1 and {total - 1} (the forecast makes {total} step writes), got {kill_after!r}"
+        )
     progress = verbose and not json_output
     say = _Reporter(stream, progress)
     path, temporary = _prepare_workdir(workdir)
@@ -532,8 +561,12 @@ def _demo(config: DemoConfig, workdir: Path, kill_after: int, progress: bool, sa
     total = config.total_writes
     batch = min(config.batch_size, config.members)
     say("restartable demo: an ensemble forecast killed with SIGKILL, resumed, and compared bit for bit")
-    say(f"  model       Lorenz-96 by leapfrog (it carries the previous step: level-2 state), {len(VARIABLES)} variables on a {config.nlat} x {config.nlon} grid")
-    say(f"  ensemble    {config.members} members in batches of {batch}, {config.steps} steps of {STEP_HOURS} h, GaussianPerturbation(std={NOISE_STD}, seed={config.seed})")
+    say(
+        f"  model       Lorenz-96 by leapfrog (it carries the previous step: level-2 state), {len(VARIABLES)} variables on a {config.nlat} x {config.nlon} grid"
+    )
+    say(
+        f"  ensemble    {config.members} members in batches of {batch}, {config.steps} steps of {STEP_HOURS} h, GaussianPerturbation(std={NOISE_STD}, seed={config.seed})"
+    )
     say(f"  writes      Zarr v3 store; Checkpoint(level=2, flush_interval={FLUSH_INTERVAL}, mode='overwrite')")
     say(f"  workdir     {workdir}")
     say()
@@ -542,10 +575,14 @@ def _demo(config: DemoConfig, workdir: Path, kill_after: int, progress: bool, sa
     killed = _run_phase("killed", config, workdir, progress, kill_after=kill_after)
     catalog_text, resumed_from = _catalog_facts(workdir)
     lines, written = _progress_map(workdir, config, resumed_from)
-    say(f"  killed: exit status {killed.returncode} (SIGKILL) after {killed.writes} step writes, {killed.seconds:.2f} s")
+    say(
+        f"  killed: exit status {killed.returncode} (SIGKILL) after {killed.writes} step writes, {killed.seconds:.2f} s"
+    )
     say("  Zarr store after the kill (# written and committed, + written after the last commit, . not written):")
     say(_indent("\n".join(lines), "    "))
-    say(f"  checkpoint after the kill: {resumed_from['rows']} row(s), {_human(resumed_from['bytes'])} in {resumed_from['files']} files")
+    say(
+        f"  checkpoint after the kill: {resumed_from['rows']} row(s), {_human(resumed_from['bytes'])} in {resumed_from['files']} files"
+    )
     say(_indent(catalog_text, "    "))
     say()
 
@@ -580,10 +617,16 @@ def _demo(config: DemoConfig, workdir: Path, kill_after: int, progress: bool, sa
     say("Killed + resumed vs uninterrupted, array by array")
     rows = [["array", "shape", "dtype", "killed + resumed (sha256)", "uninterrupted (sha256)", "bitwise equal"]]
     for record in comparison["arrays"]:
-        rows.append([
-            record["name"], "x".join(str(n) for n in record.get("shape", [])) or "()", record.get("dtype", "-"),
-            record.get("sha256_a", "-")[:16], record.get("sha256_b", "-")[:16], "yes" if record["equal"] else "NO",
-        ])
+        rows.append(
+            [
+                record["name"],
+                "x".join(str(n) for n in record.get("shape", [])) or "()",
+                record.get("dtype", "-"),
+                record.get("sha256_a", "-")[:16],
+                record.get("sha256_b", "-")[:16],
+                "yes" if record["equal"] else "NO",
+            ]
+        )
     say(_indent(_table(rows)))
     if sample:
         say(f"  {sample['label']}:")
@@ -597,7 +640,10 @@ def _demo(config: DemoConfig, workdir: Path, kill_after: int, progress: bool, sa
     say()
 
     timings = {
-        "killed": killed.seconds, "resume": resumed.seconds, "reference": reference.seconds, "compare": compare_seconds,
+        "killed": killed.seconds,
+        "resume": resumed.seconds,
+        "reference": reference.seconds,
+        "compare": compare_seconds,
     }
     say("Timings (wall clock; each run is a fresh Python process: startup = interpreter + imports)")
     rows = [["phase", "total", "startup", "forecast"]]
@@ -688,18 +734,35 @@ def _finish(summary: dict[str, Any], stream: IO[str], verbose: bool, json_output
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The demo's options (shared by ``restartable demo`` and ``python -m restartable.demo``)."""
     defaults = DemoConfig()
-    parser.add_argument("--members", type=int, default=defaults.members, help=f"ensemble members (default {defaults.members})")
-    parser.add_argument("--steps", type=int, default=defaults.steps, help=f"6-hour forecast steps (default {defaults.steps})")
+    parser.add_argument(
+        "--members", type=int, default=defaults.members, help=f"ensemble members (default {defaults.members})"
+    )
+    parser.add_argument(
+        "--steps", type=int, default=defaults.steps, help=f"6-hour forecast steps (default {defaults.steps})"
+    )
     parser.add_argument("--nlat", type=int, default=defaults.nlat, help=f"grid latitudes (default {defaults.nlat})")
     parser.add_argument("--nlon", type=int, default=defaults.nlon, help=f"grid longitudes (default {defaults.nlon})")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help=f"members per batch (default {defaults.batch_size})")
-    parser.add_argument("--seed", type=int, default=defaults.seed, help=f"seed of the data and the perturbation (default {defaults.seed})")
     parser.add_argument(
-        "--kill-after", type=int, default=None, metavar="N",
+        "--batch-size", type=int, default=defaults.batch_size, help=f"members per batch (default {defaults.batch_size})"
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=defaults.seed,
+        help=f"seed of the data and the perturbation (default {defaults.seed})",
+    )
+    parser.add_argument(
+        "--kill-after",
+        type=int,
+        default=None,
+        metavar="N",
         help="kill run 1 after N step writes (default: about 40%% of them)",
     )
     parser.add_argument(
-        "--workdir", type=Path, default=None, metavar="DIR",
+        "--workdir",
+        type=Path,
+        default=None,
+        metavar="DIR",
         help="where to write the checkpoint and the Zarr stores, kept at the end (default: a temporary directory, removed at the end)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary working directory and print its path")
@@ -720,9 +783,17 @@ def run_from_args(args: argparse.Namespace) -> int:
     """Run the demo from parsed options; the exit status."""
     try:
         summary = run_demo(
-            members=args.members, steps=args.steps, nlat=args.nlat, nlon=args.nlon, batch_size=args.batch_size,
-            workdir=args.workdir, kill_after=args.kill_after, keep=args.keep, verbose=not args.quiet,
-            json_output=args.json, seed=args.seed,
+            members=args.members,
+            steps=args.steps,
+            nlat=args.nlat,
+            nlon=args.nlon,
+            batch_size=args.batch_size,
+            workdir=args.workdir,
+            kill_after=args.kill_after,
+            keep=args.keep,
+            verbose=not args.quiet,
+            json_output=args.json,
+            seed=args.seed,
         )
     except DemoUsageError as exc:
         print(f"restartable demo: error: {exc}", file=sys.stderr)
@@ -746,7 +817,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         child.add_argument("--child-progress", action="store_true")
         add_arguments(child)
         args = child.parse_args(argv)
-        config = DemoConfig(members=args.members, steps=args.steps, nlat=args.nlat, nlon=args.nlon, batch_size=args.batch_size, seed=args.seed)
+        config = DemoConfig(
+            members=args.members,
+            steps=args.steps,
+            nlat=args.nlat,
+            nlon=args.nlon,
+            batch_size=args.batch_size,
+            seed=args.seed,
+        )
         return _child(args.child, config, Path(args.workdir), args.pause_after, args.child_progress)
     parser = argparse.ArgumentParser(prog="python -m restartable.demo", description=DESCRIPTION, epilog=EPILOG)
     return run_from_args(add_arguments(parser).parse_args(argv))

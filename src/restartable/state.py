@@ -76,7 +76,13 @@ class CheckpointState(Generic[T]):
 
     __slots__ = ("_state", "_checkpoint", "_session", "_state_loaded")
 
-    def __init__(self, state: T, checkpoint: Checkpoint | None = None, session: CheckpointSession | None = None, state_loaded: bool = False) -> None:
+    def __init__(
+        self,
+        state: T,
+        checkpoint: Checkpoint | None = None,
+        session: CheckpointSession | None = None,
+        state_loaded: bool = False,
+    ) -> None:
         if not dataclasses.is_dataclass(state) or isinstance(state, type):
             raise TypeError(f"bind_checkpoint_state needs a dataclass instance, got {type(state).__qualname__}")
         object.__setattr__(self, "_state", state)
@@ -87,7 +93,9 @@ class CheckpointState(Generic[T]):
     # For CheckpointSession and bind_checkpoint_state. Underscored: attribute
     # names without one are the wrapped dataclass's fields.
 
-    def _bind(self, checkpoint: Checkpoint | None, session: CheckpointSession | None = None, state_loaded: bool = False) -> None:
+    def _bind(
+        self, checkpoint: Checkpoint | None, session: CheckpointSession | None = None, state_loaded: bool = False
+    ) -> None:
         """Bind to ``checkpoint`` and ``session`` (``None``: unbound), restored from its row or not."""
         object.__setattr__(self, "_checkpoint", checkpoint)
         object.__setattr__(self, "_session", session)

@@ -252,7 +252,11 @@ class RankAgreement:
         if lacking:
             warnings.warn(
                 f"{', '.join(lacking)} of {self.path} is damaged or missing; every rank falls back to "
-                + (f"row {newest_common}, the newest every rank has whole" if common else "a new session (no row is common to every rank)"),
+                + (
+                    f"row {newest_common}, the newest every rank has whole"
+                    if common
+                    else "a new session (no row is common to every rank)"
+                ),
                 CheckpointFallbackWarning,
                 # _common_sequences, open_common, the owner's _open_common, its __enter__ or select, the caller
                 stacklevel=5,

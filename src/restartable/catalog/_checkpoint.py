@@ -43,9 +43,13 @@ def _validate(name: str, mode: str, flush_interval: int | None, history_size: in
         raise ValueError(f"name must not contain path separators or be '.' or '..', got {name!r}")
     if mode not in ("overwrite", "append"):
         raise ValueError(f"mode must be 'overwrite' or 'append', got {mode!r}")
-    if flush_interval is not None and (isinstance(flush_interval, bool) or not isinstance(flush_interval, int) or flush_interval < 1):
+    if flush_interval is not None and (
+        isinstance(flush_interval, bool) or not isinstance(flush_interval, int) or flush_interval < 1
+    ):
         raise ValueError(f"flush_interval must be a positive integer or None, got {flush_interval!r}")
-    if history_size is not None and (isinstance(history_size, bool) or not isinstance(history_size, int) or history_size < 1):
+    if history_size is not None and (
+        isinstance(history_size, bool) or not isinstance(history_size, int) or history_size < 1
+    ):
         raise ValueError(f"history_size must be a positive integer or None, got {history_size!r}")
     if level not in (0, 1, 2) or isinstance(level, bool):
         raise ValueError(f"level must be 0, 1 or 2, got {level!r}")
@@ -170,7 +174,9 @@ class Checkpoint:
             raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank!r}")
         self.name = name
         self.storage_options = dict(storage_options or {})
-        self._root = open_store(path if path is not None else self._default_path(name), self.storage_options, durable=durable)
+        self._root = open_store(
+            path if path is not None else self._default_path(name), self.storage_options, durable=durable
+        )
         self.store: RowStore = self._root if world_size == 1 else self._root.child(rank_folder_name(rank))
         """This rank's rows (:class:`~restartable.store.RowStore`)."""
         self.path: Path | str = self._root.root_path
@@ -292,9 +298,7 @@ class Checkpoint:
                 return self._open_session(entry)
             except RowRetired:
                 self.refresh()  # a writer retired the row while we read it; positions moved
-        raise CheckpointCorruptError(
-            f"rows of {self.rank_path} kept being retired while reading row {row}; try again"
-        )
+        raise CheckpointCorruptError(f"rows of {self.rank_path} kept being retired while reading row {row}; try again")
 
     def _open_session(self, entry: CheckpointEntry) -> CheckpointSession:
         """The session of ``entry``'s row, read and verified."""
@@ -471,7 +475,9 @@ class Checkpoint:
             session._commit_lost()
 
         try:
-            background.submit(lambda: writer.persist(snapshot), lambda row: self._published(session, row), cleanup, failed)
+            background.submit(
+                lambda: writer.persist(snapshot), lambda row: self._published(session, row), cleanup, failed
+            )
         except BaseException:
             self._release_writer()  # the previous persist failed; this snapshot is not written
             raise

@@ -286,7 +286,9 @@ class CheckpointSession:
         self.checkpoint.refresh()
         entry = self.checkpoint._whole_row(commit_id)
         if entry is None:
-            raise KeyError(f"checkpoint {self.checkpoint.name!r} has no whole row {commit_id!r} in {self.checkpoint.rank_path}")
+            raise KeyError(
+                f"checkpoint {self.checkpoint.name!r} has no whole row {commit_id!r} in {self.checkpoint.rank_path}"
+            )
         source = CheckpointSession(self.checkpoint, entry)  # reads and verifies the row
         for sid, proxy in self.bound_states.items():
             loaded = source._restore(sid, proxy.checkpoint_dataclass)

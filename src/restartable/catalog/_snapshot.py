@@ -57,10 +57,14 @@ def encode_snapshot(
                 codec.encode(value, root=root, int_keys=int_keys)
             except CheckpointSerializationError as exc:
                 if index == 0:
-                    raise CheckpointSerializationError(f"Invalid checkpoint metadata {_metadata_key(exc.path)!r}: {exc}", path=exc.path) from None
+                    raise CheckpointSerializationError(
+                        f"Invalid checkpoint metadata {_metadata_key(exc.path)!r}: {exc}", path=exc.path
+                    ) from None
                 if index == 1:
                     raise CheckpointSerializationError(f"Invalid checkpoint label: {exc}", path=exc.path) from None
-                raise CheckpointSerializationError(f"{exc} of bound state {records[index - 2]['id']}", path=exc.path) from None
+                raise CheckpointSerializationError(
+                    f"{exc} of bound state {records[index - 2]['id']}", path=exc.path
+                ) from None
         raise
     metadata_doc, labels_doc, *state_docs = encoded.document
     _refuse_metadata_dataclasses(metadata_doc)

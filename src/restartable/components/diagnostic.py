@@ -30,7 +30,9 @@ class WindSpeed:
     def to(self, device: Any) -> WindSpeed:
         return self
 
-    def __call__(self, x: torch.Tensor, coords: OrderedDict[str, np.ndarray]) -> tuple[torch.Tensor, OrderedDict[str, np.ndarray]]:
+    def __call__(
+        self, x: torch.Tensor, coords: OrderedDict[str, np.ndarray]
+    ) -> tuple[torch.Tensor, OrderedDict[str, np.ndarray]]:
         axis = list(coords).index("variable")
         names = list(np.asarray(coords["variable"]))
         u = x.select(axis, names.index(self.u))

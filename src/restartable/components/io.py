@@ -25,7 +25,9 @@ def _host(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
-def _positions(full: OrderedDict[str, np.ndarray], coords: OrderedDict[str, np.ndarray], name: str) -> tuple[np.ndarray, ...]:
+def _positions(
+    full: OrderedDict[str, np.ndarray], coords: OrderedDict[str, np.ndarray], name: str
+) -> tuple[np.ndarray, ...]:
     """Index of each written coordinate value within the array's full coordinates."""
     if list(coords) != list(full):
         raise ValueError(f"array {name!r} has dims {list(full)}, the write has {list(coords)}")
@@ -56,7 +58,13 @@ class MemoryIO:
         self.arrays: dict[str, np.ndarray] = {}
         self.coords: dict[str, OrderedDict[str, np.ndarray]] = {}
 
-    def add_array(self, coords: OrderedDict[str, np.ndarray], array_name: str | Sequence[str], data: Any = None, dtype: Any = np.float32) -> None:
+    def add_array(
+        self,
+        coords: OrderedDict[str, np.ndarray],
+        array_name: str | Sequence[str],
+        data: Any = None,
+        dtype: Any = np.float32,
+    ) -> None:
         coords = OrderedDict((k, np.asarray(v)) for k, v in coords.items())
         shape = tuple(len(v) for v in coords.values())
         for index, name in enumerate(_names(array_name)):
@@ -136,11 +144,19 @@ class ZarrIO:
     def coords(self, name: str) -> OrderedDict[str, np.ndarray]:
         return OrderedDict((dim, self._coord_values(dim)) for dim in self.root[name].attrs["dims"])
 
-    def add_array(self, coords: OrderedDict[str, np.ndarray], array_name: str | Sequence[str], data: Any = None, dtype: Any = np.float32) -> None:
+    def add_array(
+        self,
+        coords: OrderedDict[str, np.ndarray],
+        array_name: str | Sequence[str],
+        data: Any = None,
+        dtype: Any = np.float32,
+    ) -> None:
         for dim, values in coords.items():
             self._write_coord(dim, np.asarray(values))
         shape = tuple(len(v) for v in coords.values())
-        chunks = tuple(self.chunks.get(dim, 1 if dim in ("ensemble", "time", "lead_time") else len(v)) for dim, v in coords.items())
+        chunks = tuple(
+            self.chunks.get(dim, 1 if dim in ("ensemble", "time", "lead_time") else len(v)) for dim, v in coords.items()
+        )
         for index, name in enumerate(_names(array_name)):
             if name in self.root:
                 if list(self.root[name].attrs["dims"]) != list(coords) or self.root[name].shape != shape:

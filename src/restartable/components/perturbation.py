@@ -38,7 +38,9 @@ class GaussianPerturbation:
     def to(self, device: Any) -> GaussianPerturbation:
         return self
 
-    def __call__(self, x: torch.Tensor, coords: OrderedDict[str, np.ndarray]) -> tuple[torch.Tensor, OrderedDict[str, np.ndarray]]:
+    def __call__(
+        self, x: torch.Tensor, coords: OrderedDict[str, np.ndarray]
+    ) -> tuple[torch.Tensor, OrderedDict[str, np.ndarray]]:
         state = self.checkpoint
         if state.rng_state is not None:
             self.generator.set_state(state.rng_state.cpu())  # restored tensors may live on the checkpoint device

@@ -36,7 +36,9 @@ def _advance(coords: OrderedDict[str, np.ndarray], step: np.timedelta64) -> Orde
 class _Grid:
     """What both reference models share: a variable list on a lat/lon grid, 6-hour steps."""
 
-    def __init__(self, variables: Sequence[str], lat: np.ndarray, lon: np.ndarray, step: np.timedelta64 = SIX_HOURS) -> None:
+    def __init__(
+        self, variables: Sequence[str], lat: np.ndarray, lon: np.ndarray, step: np.timedelta64 = SIX_HOURS
+    ) -> None:
         self.variables = list(variables)
         self.lat = np.asarray(lat)
         self.lon = np.asarray(lon)
@@ -69,7 +71,9 @@ class Persistence(_Grid):
     array([21600000000000], dtype='timedelta64[ns]')
     """
 
-    def create_iterator(self, x: torch.Tensor, coords: OrderedDict[str, np.ndarray]) -> Iterator[tuple[torch.Tensor, OrderedDict]]:
+    def create_iterator(
+        self, x: torch.Tensor, coords: OrderedDict[str, np.ndarray]
+    ) -> Iterator[tuple[torch.Tensor, OrderedDict]]:
         current = OrderedDict(coords)
         yield x, current
         while True:
@@ -115,7 +119,11 @@ class Lorenz96(_Grid):
         substeps: int = 5,
         asselin: float = 0.05,
     ) -> None:
-        super().__init__(variables, np.linspace(90, -90, 16) if lat is None else lat, np.linspace(0, 360, 32, endpoint=False) if lon is None else lon)
+        super().__init__(
+            variables,
+            np.linspace(90, -90, 16) if lat is None else lat,
+            np.linspace(0, 360, 32, endpoint=False) if lon is None else lon,
+        )
         self.forcing, self.dt, self.substeps, self.asselin = float(forcing), float(dt), int(substeps), float(asselin)
         self.checkpoint = bind_checkpoint_state(Lorenz96State())
 
@@ -161,7 +169,9 @@ class Lorenz96(_Grid):
             state.lead_time = np.asarray(coords["lead_time"]).reshape(-1)[-1]
             state.batch_coords = self._batch_coords(coords)
 
-    def create_iterator(self, x: torch.Tensor, coords: OrderedDict[str, np.ndarray]) -> Iterator[tuple[torch.Tensor, OrderedDict]]:
+    def create_iterator(
+        self, x: torch.Tensor, coords: OrderedDict[str, np.ndarray]
+    ) -> Iterator[tuple[torch.Tensor, OrderedDict]]:
         current = OrderedDict(coords)
         if self._restorable(coords):
             # Continue the interrupted rollout: the next step, not the saved one.

@@ -174,7 +174,9 @@ def _modules_to_rebind() -> list[ModuleType]:
 def _rebind(pairs: dict[int, tuple[Any, Any]], state: _Installation | None) -> None:
     """Replace, in earth2studio's modules, names bound to old objects, and NullCheckpoint defaults."""
     null_types = tuple(old for old, _ in pairs.values() if isinstance(old, type) and old.__name__ == "NullCheckpoint")
-    null_new = next((new for old, new in pairs.values() if isinstance(old, type) and old.__name__ == "NullCheckpoint"), None)
+    null_new = next(
+        (new for old, new in pairs.values() if isinstance(old, type) and old.__name__ == "NullCheckpoint"), None
+    )
 
     def assign(owner: Any, name: str, value: Any) -> None:
         if state is not None:
@@ -190,7 +192,11 @@ def _rebind(pairs: dict[int, tuple[Any, Any]], state: _Installation | None) -> N
             assign(function, "__defaults__", tuple(null_new() if isinstance(d, null_types) else d for d in defaults))
         kwdefaults = function.__kwdefaults__
         if kwdefaults and any(isinstance(d, null_types) for d in kwdefaults.values()):
-            assign(function, "__kwdefaults__", {k: null_new() if isinstance(d, null_types) else d for k, d in kwdefaults.items()})
+            assign(
+                function,
+                "__kwdefaults__",
+                {k: null_new() if isinstance(d, null_types) else d for k, d in kwdefaults.items()},
+            )
 
     for module in _modules_to_rebind():
         namespace = vars(module)

@@ -57,7 +57,9 @@ def _rank_folders(source: Path) -> list[tuple[str, Path]]:
         return [("", source)]
     ranks = sorted(p for p in source.iterdir() if p.is_dir() and _RANK.match(p.name)) if source.is_dir() else []
     if not ranks:
-        raise FileNotFoundError(f"{source} is not an earth2studio checkpoint store (no catalog.json, commits/ or rank_* folders)")
+        raise FileNotFoundError(
+            f"{source} is not an earth2studio checkpoint store (no catalog.json, commits/ or rank_* folders)"
+        )
     return [(p.name, p) for p in ranks]
 
 
@@ -101,7 +103,9 @@ class _Reader:
             if kind == "date":
                 return _dt.date.fromisoformat(payload["value"])
             if kind == "timedelta":
-                return _dt.timedelta(days=payload["days"], seconds=payload["seconds"], microseconds=payload["microseconds"])
+                return _dt.timedelta(
+                    days=payload["days"], seconds=payload["seconds"], microseconds=payload["microseconds"]
+                )
             if kind == "np_datetime64":
                 return np.datetime64(payload["value"], payload["unit"])
             if kind == "np_timedelta64":
@@ -125,7 +129,9 @@ class _Reader:
             if kind == "dict":
                 return {str(key): self.value(item, base) for key, item in payload["items"].items()}
             if kind == "dataclass":
-                return _Migrated(str(payload["state_id"]), {name: self.value(item, base) for name, item in payload["fields"].items()})
+                return _Migrated(
+                    str(payload["state_id"]), {name: self.value(item, base) for name, item in payload["fields"].items()}
+                )
         except (KeyError, TypeError, ValueError) as exc:
             raise _Damaged(f"a {kind!r} value record is malformed ({exc!r})") from exc
         raise _Damaged(f"unknown value kind {kind!r}")
@@ -142,7 +148,9 @@ class _Reader:
         except (OSError, ValueError) as exc:
             raise _Damaged(f"{path} cannot be read: {exc}") from exc
         if list(array.shape) != list(payload["shape"]) or str(array.dtype) != str(payload["dtype"]):
-            raise _Damaged(f"{path} holds {array.dtype}{list(array.shape)}, its record says {payload['dtype']}{payload['shape']}")
+            raise _Damaged(
+                f"{path} holds {array.dtype}{list(array.shape)}, its record says {payload['dtype']}{payload['shape']}"
+            )
         if kind == "tensor" and self.torch_ok:
             return self._torch().from_numpy(array)
         return array
@@ -209,10 +217,19 @@ def _read_row(commit: Path, reader: _Reader) -> tuple[dict[str, Any], dict[str, 
     manifest = _read_json(commit / "manifest.json")
     if not isinstance(manifest, dict) or "commit_id" not in manifest:
         raise _Damaged(f"{commit / 'manifest.json'} is not an earth2studio commit manifest")
-    metadata = {name: reader.value(payload, commit / "metadata") for name, payload in (manifest.get("metadata") or {}).items()}
-    metadata.update({name: reader.value(payload, commit / "artifacts") for name, payload in (manifest.get("artifacts") or {}).items()})
+    metadata = {
+        name: reader.value(payload, commit / "metadata") for name, payload in (manifest.get("metadata") or {}).items()
+    }
+    metadata.update(
+        {
+            name: reader.value(payload, commit / "artifacts")
+            for name, payload in (manifest.get("artifacts") or {}).items()
+        }
+    )
     if "lead_time" in manifest and "lead_time" not in metadata:
-        metadata["lead_time"] = reader.value({"kind": "none"} if manifest["lead_time"] is None else _json_payload(manifest["lead_time"]), commit)
+        metadata["lead_time"] = reader.value(
+            {"kind": "none"} if manifest["lead_time"] is None else _json_payload(manifest["lead_time"]), commit
+        )
     states = []
     for state_id, record in (manifest.get("states") or {}).items():
         relative = Path(str(record.get("path", "")))
@@ -220,7 +237,11 @@ def _read_row(commit: Path, reader: _Reader) -> tuple[dict[str, Any], dict[str, 
             raise _Damaged(f"state {state_id} points outside the commit ({relative})")
         state_dir = commit / relative
         saved = _read_json(state_dir / "metadata.json")
-        if not isinstance(saved, dict) or saved.get("state_id") != state_id or not isinstance(saved.get("fields"), dict):
+        if (
+            not isinstance(saved, dict)
+            or saved.get("state_id") != state_id
+            or not isinstance(saved.get("fields"), dict)
+        ):
             raise _Damaged(f"{state_dir / 'metadata.json'} does not describe state {state_id}")
         fields_ = {name: reader.value(payload, state_dir) for name, payload in saved["fields"].items()}
         states.append((state_id, _Migrated(state_id, fields_)))
@@ -291,7 +312,9 @@ def _torch_available() -> bool:
     return importlib.util.find_spec("torch") is not None
 
 
-def _snapshot(manifest: dict[str, Any], metadata: dict[str, Any], states: list[tuple[str, _Migrated]], cache: dict, name: str) -> Snapshot:
+def _snapshot(
+    manifest: dict[str, Any], metadata: dict[str, Any], states: list[tuple[str, _Migrated]], cache: dict, name: str
+) -> Snapshot:
     values = [metadata] + [_as_encodable(state, cache) for _, state in states]
     try:
         encoded = codec.encode(values, root="values")

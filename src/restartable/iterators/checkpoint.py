@@ -38,7 +38,9 @@ def _metadata(metadata: Any) -> dict[str, MetadataValue]:
     if metadata is None:
         return {}
     if not isinstance(metadata, Mapping):
-        raise ValueError(f"metadata must be a dict of str to int, str, float or bool, got {type(metadata).__qualname__}")
+        raise ValueError(
+            f"metadata must be a dict of str to int, str, float or bool, got {type(metadata).__qualname__}"
+        )
     out: dict[str, MetadataValue] = {}
     for key, value in metadata.items():
         if not isinstance(key, str):
@@ -242,7 +244,9 @@ class IteratorCheckpoint:
         """The metadata saved with ``step`` (``None``: the latest step); ``ValueError`` if it is not saved."""
         read = getattr(self.handler, "read_metadata", None)
         if read is None:
-            raise NotImplementedError(f"{type(self.handler).__qualname__} cannot read metadata (no read_metadata method)")
+            raise NotImplementedError(
+                f"{type(self.handler).__qualname__} cannot read metadata (no read_metadata method)"
+            )
         return read(self.base_dir, step=None if step is None else _step(step))
 
     # ------------------------------------------------------------------ lifetime
@@ -296,7 +300,9 @@ class PipelineCheckpoint(IteratorCheckpoint):
             and step % interval
             and (type(keep) is int and keep >= 1 or keep is None)
             and metadata is None
-            and (callable(getattr(data_stream, "get_state", None)) or callable(getattr(data_stream, "state_dict", None)))
+            and (
+                callable(getattr(data_stream, "get_state", None)) or callable(getattr(data_stream, "state_dict", None))
+            )
         ):
             return None  # the common case, checked cheaply: called at every step of a pipeline
         state_getter(data_stream)

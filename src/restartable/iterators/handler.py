@@ -321,7 +321,9 @@ class EngineHandler:
                         stacklevel=4,
                     )
             else:
-                raise CheckpointCorruptError(f"no whole iterator checkpoint is left in {directory}: every saved step is damaged")
+                raise CheckpointCorruptError(
+                    f"no whole iterator checkpoint is left in {directory}: every saved step is damaged"
+                )
         raise CheckpointCorruptError(f"the rows of {directory} kept being retired while reading them; try again")
 
     def read_metadata(self, directory: Any, step: int | None = None) -> dict[str, Any]:

@@ -31,6 +31,7 @@ __all__ = [
 
 T_co = TypeVar("T_co", covariant=True)
 
+
 @runtime_checkable
 class Checkpointable(Protocol):
     """An object whose state can be captured and put back."""

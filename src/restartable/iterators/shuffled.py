@@ -170,7 +170,11 @@ class ShuffledArrayIterator:
         self.batch_size = _positive_int("batch_size", batch_size, allow_none=True)
         self.num_shards = _positive_int("num_shards", num_shards)
         assert self.num_shards is not None
-        if isinstance(shard_index, bool) or not isinstance(shard_index, (int, np.integer)) or not 0 <= shard_index < self.num_shards:
+        if (
+            isinstance(shard_index, bool)
+            or not isinstance(shard_index, (int, np.integer))
+            or not 0 <= shard_index < self.num_shards
+        ):
             raise ValueError(f"shard_index must be in [0, num_shards={self.num_shards}), got {shard_index!r}")
         self.shard_index = int(shard_index)
         self.num_epochs = _positive_int("num_epochs", num_epochs, allow_none=True)

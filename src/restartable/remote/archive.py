@@ -76,7 +76,9 @@ class _BlockGzipWriter:
         self._out = out
         self._buffer = bytearray()
         self._written = 0
-        self._pool = ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="restartable-gzip")
+        self._pool = ThreadPoolExecutor(
+            max_workers=max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="restartable-gzip"
+        )
         self._pending: deque[Future[bytes]] = deque()
 
     def tell(self) -> int:
@@ -174,7 +176,9 @@ def write_archive(source: Path, destination: Path | Any, hasher: Any = None) -> 
     source = Path(source)
     unpacked = _check_source(source)
     with contextlib.ExitStack() as stack:
-        raw = stack.enter_context(open(destination, "wb")) if isinstance(destination, (str, os.PathLike)) else destination
+        raw = (
+            stack.enter_context(open(destination, "wb")) if isinstance(destination, (str, os.PathLike)) else destination
+        )
         counted = _HashingWriter(raw, hasher if hasher is not None else _NoHash())
         gz = _BlockGzipWriter(counted)
         try:
@@ -213,7 +217,9 @@ def _normalized(name: str) -> str | None:
 class MemberChecker:
     """Checks members one by one, in archive order (see the module docstring)."""
 
-    def __init__(self, target: Path, *, max_member_bytes: int | None = None, max_total_bytes: int | None = None) -> None:
+    def __init__(
+        self, target: Path, *, max_member_bytes: int | None = None, max_total_bytes: int | None = None
+    ) -> None:
         self.target = Path(target)
         self.free = shutil.disk_usage(self.target).free
         self.limit_total = self.free if max_total_bytes is None else min(self.free, max_total_bytes)
@@ -250,7 +256,9 @@ class MemberChecker:
             steps = resolved.split("/")
             for depth in range(1, len(steps) + 1):
                 if "/".join(steps[:depth]) in self.links:
-                    self._refuse(member, f"is a symbolic link to {member.linkname!r}, through another link of the archive")
+                    self._refuse(
+                        member, f"is a symbolic link to {member.linkname!r}, through another link of the archive"
+                    )
             if name in self.directories:
                 self._refuse(member, "turns a directory of the archive into a symbolic link")
             self.links.add(name)
@@ -265,7 +273,9 @@ class MemberChecker:
             self.total += member.size
             if self.total > self.limit_total:
                 why = "free space of the target filesystem" if self.limit_total == self.free else "limit"
-                self._refuse(member, f"brings the archive to {self.total} bytes, over the {why} ({self.limit_total} bytes)")
+                self._refuse(
+                    member, f"brings the archive to {self.total} bytes, over the {why} ({self.limit_total} bytes)"
+                )
             self.regular.add(name)
         elif member.isdir():
             self.directories.add(name)

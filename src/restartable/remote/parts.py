@@ -104,7 +104,9 @@ class PartUploader:
             pass
 
 
-def download_parts(store: ObjectStore, record_url: str, parts: list[dict[str, Any]], size: int, checksum: str, destination: Path) -> None:
+def download_parts(
+    store: ObjectStore, record_url: str, parts: list[dict[str, Any]], size: int, checksum: str, destination: Path
+) -> None:
     """Fetch every part into ``destination`` and verify each part and the whole.
 
     Raises :class:`CheckpointCorruptError` naming the part at fault;
@@ -115,7 +117,9 @@ def download_parts(store: ObjectStore, record_url: str, parts: list[dict[str, An
         offsets.append(offset)
         offset += int(part["size"])
     if offset != size:
-        raise CheckpointCorruptError(f"save record {record_url} lists parts of {offset} bytes in all, not {size}", row=record_url)
+        raise CheckpointCorruptError(
+            f"save record {record_url} lists parts of {offset} bytes in all, not {size}", row=record_url
+        )
     fd = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.ftruncate(fd, size)
@@ -126,7 +130,9 @@ def download_parts(store: ObjectStore, record_url: str, parts: list[dict[str, An
             url = store.url_of(part["key"])
             if len(data) != int(part["size"]):
                 raise CheckpointCorruptError(
-                    f"{url} is {len(data)} bytes, its save record says {part['size']} (truncated or altered)", row=record_url, file=url
+                    f"{url} is {len(data)} bytes, its save record says {part['size']} (truncated or altered)",
+                    row=record_url,
+                    file=url,
                 )
             if checksum_bytes(data) != part["checksum"]:
                 raise CheckpointCorruptError(
@@ -160,11 +166,15 @@ class PartReader(io.RawIOBase):
     ``WORKERS`` parts are in flight or buffered at a time.
     """
 
-    def __init__(self, store: ObjectStore, record_url: str, parts: list[dict[str, Any]], size: int, checksum: str) -> None:
+    def __init__(
+        self, store: ObjectStore, record_url: str, parts: list[dict[str, Any]], size: int, checksum: str
+    ) -> None:
         super().__init__()
         total = sum(int(part["size"]) for part in parts)
         if total != size:
-            raise CheckpointCorruptError(f"save record {record_url} lists parts of {total} bytes in all, not {size}", row=record_url)
+            raise CheckpointCorruptError(
+                f"save record {record_url} lists parts of {total} bytes in all, not {size}", row=record_url
+            )
         self.store, self.record_url, self.parts, self.size, self.checksum = store, record_url, parts, size, checksum
         self._pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="restartable-download")
         self._ahead: deque[Future[bytes]] = deque()
@@ -180,12 +190,16 @@ class PartReader(io.RawIOBase):
         url = self.store.url_of(part["key"])
         if len(data) != int(part["size"]):
             raise CheckpointCorruptError(
-                f"{url} is {len(data)} bytes, its save record says {part['size']} (truncated or altered)", row=self.record_url, file=url
+                f"{url} is {len(data)} bytes, its save record says {part['size']} (truncated or altered)",
+                row=self.record_url,
+                file=url,
             )
         digest = checksum_bytes(data)
         if digest != part["checksum"]:
             raise CheckpointCorruptError(
-                f"{url} has checksum {digest}, its save record says {part['checksum']} (altered)", row=self.record_url, file=url
+                f"{url} has checksum {digest}, its save record says {part['checksum']} (altered)",
+                row=self.record_url,
+                file=url,
             )
         return data
 

@@ -179,8 +179,11 @@ def copy_rows(
                         # Never overwrite a committed (if damaged) row in place:
                         # its manifest stays, and our payloads would only mix with its own.
                         report.damaged.append(
-                            (label, f"the destination holds a damaged copy of this row ({damage}); "
-                             "delete it there to copy it again")
+                            (
+                                label,
+                                f"the destination holds a damaged copy of this row ({damage}); "
+                                "delete it there to copy it again",
+                            )
                         )
                         continue
                     replace = True

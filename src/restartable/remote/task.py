@@ -364,7 +364,11 @@ class RemoteCheckpoint:
         paths = getattr(ctx, "checkpoint_paths", None)
         dest = str(getattr(paths, "checkpoint_path", None) or "").strip()
         if not dest:
-            missing = "flyte.ctx().checkpoint_paths is None" if paths is None else "flyte.ctx().checkpoint_paths.checkpoint_path is empty"
+            missing = (
+                "flyte.ctx().checkpoint_paths is None"
+                if paths is None
+                else "flyte.ctx().checkpoint_paths.checkpoint_path is empty"
+            )
             raise RuntimeError(
                 f"the running flyte task was given no checkpoint destination ({missing}); "
                 "give the paths yourself: RemoteCheckpoint(checkpoint_dest, checkpoint_src)"
@@ -374,7 +378,15 @@ class RemoteCheckpoint:
             url is not None and url.startswith(("s3://", "s3a://")) for url in (dest, source)
         ):
             storage_options = _flyte_s3_options()
-        arguments = (dest, source, None if path is None else os.fspath(path), keep, repr(storage_options), retry, max_extract_bytes)
+        arguments = (
+            dest,
+            source,
+            None if path is None else os.fspath(path),
+            keep,
+            repr(storage_options),
+            retry,
+            max_extract_bytes,
+        )
         cache = ctx.data.setdefault(_FLYTE_CACHE_KEY, {}) if isinstance(getattr(ctx, "data", None), dict) else {}
         checkpoint = cache.get(arguments)
         if checkpoint is None:
@@ -569,8 +581,12 @@ class RemoteCheckpoint:
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointCorruptError(f"save record {url} lacks {exc}", row=url, file=url) from exc
         valid_key = re.compile(rf"{PAYLOADS}/[0-9a-f]{{32}}\.(bin|tar\.gz)(\.\d{{6}})?")
-        if record.kind not in ("bytes", "file", "directory") or not all(valid_key.fullmatch(key) for key in [record.payload, *record.keys]):
-            raise CheckpointCorruptError(f"save record {url} names an invalid payload {record.payload!r}", row=url, file=url)
+        if record.kind not in ("bytes", "file", "directory") or not all(
+            valid_key.fullmatch(key) for key in [record.payload, *record.keys]
+        ):
+            raise CheckpointCorruptError(
+                f"save record {url} names an invalid payload {record.payload!r}", row=url, file=url
+            )
         return record
 
     # ------------------------------------------------------------------ loading
@@ -718,7 +734,9 @@ class RemoteCheckpoint:
         if path is None:
             return None
         if self._restored is not None and self._restored.kind == "directory":
-            raise ValueError(f"the checkpoint restored from {self._restored.url} is a directory; read files under {path}")
+            raise ValueError(
+                f"the checkpoint restored from {self._restored.url} is a directory; read files under {path}"
+            )
         return path.read_bytes()
 
     def _restore(self, store: ObjectStore, record: SaveRecord) -> Path:
@@ -740,7 +758,9 @@ class RemoteCheckpoint:
                     except (OSError, EOFError, tarfile.TarError) as exc:
                         if isinstance(exc, CheckpointRemoteError):
                             raise
-                        raise CheckpointCorruptError(f"the archive of {record.url} is unreadable: {exc}", row=record.url) from exc
+                        raise CheckpointCorruptError(
+                            f"the archive of {record.url} is unreadable: {exc}", row=record.url
+                        ) from exc
                 return target
             download = target / f".download-{uuid.uuid4().hex}"
             try:
@@ -774,7 +794,9 @@ class RemoteCheckpoint:
                 try:
                     extract_archive(download, target, max_total_bytes=self.max_extract_bytes, compression=compression)
                 except (OSError, EOFError, tarfile.TarError) as exc:
-                    raise CheckpointCorruptError(f"the tarball {store.url} is unreadable: {exc}", row=store.url, file=store.url) from exc
+                    raise CheckpointCorruptError(
+                        f"the tarball {store.url} is unreadable: {exc}", row=store.url, file=store.url
+                    ) from exc
                 final = target
         finally:
             if download.exists():

@@ -180,7 +180,9 @@ class FaultyRowStore(RowStore):
         return self.inner.file_location(name, file)
 
     def child(self, name: str) -> RowStore:
-        return FaultyRowStore(self.inner.child(name), self._faults.fail_at, crash=self._faults.crash, operations=self._faults.operations)
+        return FaultyRowStore(
+            self.inner.child(name), self._faults.fail_at, crash=self._faults.crash, operations=self._faults.operations
+        )
 
     def rank_folders(self) -> list[str]:
         self._enter("rank_folders")

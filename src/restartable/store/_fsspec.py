@@ -369,7 +369,10 @@ class FsspecRowStore(RowStore):
         # Uploads of interrupted commits: no manifest, so never rows.
         grouped = self._grouped()
         keys = [
-            f"{COMMITS_DIR}/{name}/{file}" for name, files in grouped.items() if MANIFEST_NAME not in files for file in files
+            f"{COMMITS_DIR}/{name}/{file}"
+            for name, files in grouped.items()
+            if MANIFEST_NAME not in files
+            for file in files
         ]
         if not dry_run:
             self.objects.delete(keys)

@@ -157,7 +157,9 @@ class SnapshotBuffers:
             # Small arrays share pages with other allocations; a mapping of
             # their own each would only cost memory and mappings.
             large = array.nbytes >= ALIGN_MIN_BYTES
-            buffer = aligned_empty(array.shape, array.dtype, order) if large else np.empty(array.shape, array.dtype, order)
+            buffer = (
+                aligned_empty(array.shape, array.dtype, order) if large else np.empty(array.shape, array.dtype, order)
+            )
         parallel_copy(buffer, array)
         self.taken.append((key, buffer))
         return buffer

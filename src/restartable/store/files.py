@@ -42,7 +42,12 @@ def direct_io_enabled() -> bool:
     turns it off, for file systems where direct writes are slow (some
     network file systems serve them synchronously, one request at a time).
     """
-    return bool(_O_DIRECT) and os.environ.get("RESTARTABLE_DIRECT_IO", "1").strip().lower() not in ("0", "false", "no", "off")
+    return bool(_O_DIRECT) and os.environ.get("RESTARTABLE_DIRECT_IO", "1").strip().lower() not in (
+        "0",
+        "false",
+        "no",
+        "off",
+    )
 
 
 def new_hasher() -> Any:
@@ -182,7 +187,9 @@ def _read_header_v3(fh: Any) -> tuple[tuple[int, ...], bool, np.dtype]:
     if not isinstance(header, dict) or set(header) != {"descr", "fortran_order", "shape"}:
         raise PayloadError("header lacks descr, fortran_order or shape")
     shape, fortran = header["shape"], header["fortran_order"]
-    if not (isinstance(shape, tuple) and all(isinstance(n, int) and n >= 0 for n in shape) and isinstance(fortran, bool)):
+    if not (
+        isinstance(shape, tuple) and all(isinstance(n, int) and n >= 0 for n in shape) and isinstance(fortran, bool)
+    ):
         raise PayloadError(f"invalid shape {shape!r} or fortran_order {fortran!r}")
     return shape, fortran, np.lib.format.descr_to_dtype(header["descr"])
 
@@ -204,10 +211,7 @@ class PreparedArray:
         self.header = npy_header(fields, PAGE_BYTES if large else None)
         self.size = len(self.header) + self.body.nbytes
         self.direct = (
-            large
-            and len(self.header) == PAGE_BYTES
-            and _address(self.body) % PAGE_BYTES == 0
-            and direct_io_enabled()
+            large and len(self.header) == PAGE_BYTES and _address(self.body) % PAGE_BYTES == 0 and direct_io_enabled()
         )
         self._digest: str | None = None
 

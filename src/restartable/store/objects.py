@@ -158,15 +158,15 @@ class ObjectStore:
     Keys are paths relative to the prefix, with ``/`` separators.
     """
 
-    def __init__(self, url: str, storage_options: dict[str, Any] | None = None, retry: RetryPolicy | None = None) -> None:
+    def __init__(
+        self, url: str, storage_options: dict[str, Any] | None = None, retry: RetryPolicy | None = None
+    ) -> None:
         if not is_url(url):
             raise ValueError(f"not a URL: {url!r} (expected protocol://...)")
         try:
             import fsspec  # noqa: F401 - only whether it is installed
         except ImportError as exc:  # pragma: no cover - fsspec is a dependency of the remote extra
-            raise ImportError(
-                f"{url} needs fsspec (and s3fs for s3://): pip install 'restartable[remote]'"
-            ) from exc
+            raise ImportError(f"{url} needs fsspec (and s3fs for s3://): pip install 'restartable[remote]'") from exc
         self.url = url.rstrip("/")
         self.protocol = url_protocol(url)
         self.retry = retry or RetryPolicy()
@@ -288,6 +288,7 @@ class ObjectStore:
     def put_file(self, local: Path, key: str) -> None:
         """Upload a local file to ``key``."""
         if self.local:
+
             def copy(fh: Any) -> None:
                 with open(local, "rb") as src:
                     while chunk := src.read(STREAM_BYTES):

@@ -87,9 +87,13 @@ class Row:
             ) from exc
         where = self.store.file_location(self.name, entry["name"])
         try:
-            return self.store.read_payload(self.name, entry["name"], int(entry["size"]), entry["checksum"] if verify else None)
+            return self.store.read_payload(
+                self.name, entry["name"], int(entry["size"]), entry["checksum"] if verify else None
+            )
         except FileNotFoundError as exc:
-            raise CheckpointCorruptError(f"{where} is missing (row {self.commit_id})", row=str(self.path), file=where) from exc
+            raise CheckpointCorruptError(
+                f"{where} is missing (row {self.commit_id})", row=str(self.path), file=where
+            ) from exc
         except (PayloadError, OSError) as exc:
             raise CheckpointCorruptError(
                 f"{where} is damaged: {exc} (row {self.commit_id})", row=str(self.path), file=where
@@ -244,7 +248,9 @@ def verify_row(target: RowStore | str | os.PathLike[str], name: str | None = Non
         if size != entry["size"]:
             problems.append(Problem(where, file, f"is {size} bytes, the manifest says {entry['size']}"))
         elif digest != entry["checksum"]:
-            problems.append(Problem(where, file, f"checksum {digest} does not match the manifest's {entry['checksum']}"))
+            problems.append(
+                Problem(where, file, f"checksum {digest} does not match the manifest's {entry['checksum']}")
+            )
     present = store.row_files(name)
     if not present:
         return []  # retired by its writer while we checked it: nothing to report

@@ -93,7 +93,9 @@ class Snapshot:
     pin: bool = False
 
 
-def clean_leftovers(target: RowStore | str | os.PathLike[str], warn: bool = True, *, dry_run: bool = False) -> list[str]:
+def clean_leftovers(
+    target: RowStore | str | os.PathLike[str], warn: bool = True, *, dry_run: bool = False
+) -> list[str]:
     """Remove what interrupted writers left in a store (staging folders, manifest-less uploads).
 
     Only call this while holding the store's exclusion. Returns what was
@@ -334,7 +336,9 @@ class RowWriter:
             except (OSError, CheckpointRemoteError) as exc:
                 # The row stays listed and is retried after the next commit.
                 warnings.warn(
-                    f"could not retire old row {self.store.row_path(name)}: {exc}", CheckpointCleanupWarning, stacklevel=3
+                    f"could not retire old row {self.store.row_path(name)}: {exc}",
+                    CheckpointCleanupWarning,
+                    stacklevel=3,
                 )
                 break
             self._rows.remove((sequence, name))

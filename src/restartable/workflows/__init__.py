@@ -72,7 +72,9 @@ from .coords import fetch_data, lead_times, map_coords, to_time_array
 __all__ = ["PREEMPTED_EXIT_CODE", "WorkflowPreempted", "deterministic", "diagnostic", "ensemble"]
 
 
-def _prepare(time: Any, prognostic: Any, data: Any, device: Any) -> tuple[Any, Any, OrderedDict, OrderedDict, np.ndarray]:
+def _prepare(
+    time: Any, prognostic: Any, data: Any, device: Any
+) -> tuple[Any, Any, OrderedDict, OrderedDict, np.ndarray]:
     device = default_device(device)
     prognostic = to_device(prognostic, device)
     time = to_time_array(time)
@@ -106,7 +108,22 @@ def deterministic(
     with open_session(checkpoint) as session, graceful_stop() as stop:
         prognostic, x, coords, input_coords, time = _prepare(time, prognostic, data, device)
         out = prognostic.output_coords(input_coords)
-        _single_rollout("deterministic", time, nsteps, session, stop, prognostic, x, coords, io, out, io_writer(io, output_coords), output_coords, verbose, rewrite)
+        _single_rollout(
+            "deterministic",
+            time,
+            nsteps,
+            session,
+            stop,
+            prognostic,
+            x,
+            coords,
+            io,
+            out,
+            io_writer(io, output_coords),
+            output_coords,
+            verbose,
+            rewrite,
+        )
     return io
 
 
@@ -137,7 +154,17 @@ def _single_rollout(
     start = 0 if done is None else int(np.searchsorted(leads, done, side="right"))
     with progress(len(leads), name, verbose, initial=start) as bar:
         if start < len(leads):
-            rollout(prognostic.create_iterator(x, coords), leads[-1], done, write, session, stop, bar, {"workflow": identity}, rewrite)
+            rollout(
+                prognostic.create_iterator(x, coords),
+                leads[-1],
+                done,
+                write,
+                session,
+                stop,
+                bar,
+                {"workflow": identity},
+                rewrite,
+            )
     session.flush()
 
 
@@ -180,7 +207,22 @@ def diagnostic(
             # prognostic's values.
             if key in diagnostic_out and np.asarray(diagnostic_out[key]).size:
                 layout[key] = diagnostic_out[key]
-        _single_rollout("diagnostic", time, nsteps, session, stop, prognostic, x, coords, io, layout, write_diagnostic, output_coords, verbose, rewrite)
+        _single_rollout(
+            "diagnostic",
+            time,
+            nsteps,
+            session,
+            stop,
+            prognostic,
+            x,
+            coords,
+            io,
+            layout,
+            write_diagnostic,
+            output_coords,
+            verbose,
+            rewrite,
+        )
     return io
 
 
@@ -249,7 +291,15 @@ def ensemble(
         prognostic, x0, coords0, input_coords, time = _prepare(time, prognostic, data, device)
         perturbation = to_device(perturbation, x0.device)
         out = prognostic.output_coords(input_coords)
-        identity = run_identity("ensemble", time, out, batch_size=batch_size, world_size=world_size, nsteps=int(nsteps), nensemble=int(nensemble))
+        identity = run_identity(
+            "ensemble",
+            time,
+            out,
+            batch_size=batch_size,
+            world_size=world_size,
+            nsteps=int(nsteps),
+            nensemble=int(nensemble),
+        )
         check_identity(session, identity)
         resumed = getattr(session, "exists", False)
         metadata = session.metadata if resumed else {}
@@ -292,7 +342,9 @@ def ensemble(
                     continue
                 mid_batch = first == resume_at and done is not None and done < leads[-1]
                 if mid_batch:
-                    iterator = _resume_batch(session, prognostic, perturbation, x, coords, done, batch_row, first >= drawn)
+                    iterator = _resume_batch(
+                        session, prognostic, perturbation, x, coords, done, batch_row, first >= drawn
+                    )
                 else:
                     entry = session.pin(completed_ensembles=sorted(completed), lead_time=None, workflow=identity)
                     batch_row = None if entry is None else entry.commit_id
@@ -303,7 +355,18 @@ def ensemble(
                 finished = sorted(completed.union(int(m) for m in members))
                 step_metadata = {"completed_ensembles": sorted(completed), "batch_row": batch_row, "workflow": identity}
                 with progress(len(leads), f"members {members[0]}-{members[-1]}", verbose, leave=False) as bar:
-                    rollout(iterator, leads[-1], done, write, session, stop, bar, step_metadata, rewrite, {"completed_ensembles": finished})
+                    rollout(
+                        iterator,
+                        leads[-1],
+                        done,
+                        write,
+                        session,
+                        stop,
+                        bar,
+                        step_metadata,
+                        rewrite,
+                        {"completed_ensembles": finished},
+                    )
                 completed.update(finished)
                 done = None
                 batches.update(1)
@@ -311,7 +374,9 @@ def ensemble(
     return io
 
 
-def _drawn_before(restored: bool, done: Any, final_lead: Any, completed: set[int], resume_at: int, batch_size: int) -> int:
+def _drawn_before(
+    restored: bool, done: Any, final_lead: Any, completed: set[int], resume_at: int, batch_size: int
+) -> int:
     """The first member whose noise the restored random state does not include yet.
 
     A row holds the perturbation's state as the batch that wrote it left
@@ -339,7 +404,16 @@ def _check_extension(session: Any, metadata: dict[str, Any], completed: set[int]
         )
 
 
-def _resume_batch(session: Any, prognostic: Any, perturbation: Any, x: Any, coords: OrderedDict, done: Any, batch_row: str | None, replay: bool) -> Any:
+def _resume_batch(
+    session: Any,
+    prognostic: Any,
+    perturbation: Any,
+    x: Any,
+    coords: OrderedDict,
+    done: Any,
+    batch_row: str | None,
+    replay: bool,
+) -> Any:
     """The iterator that finishes an interrupted member batch.
 
     ``replay``: the random state does not include this batch's draw yet.

@@ -131,7 +131,12 @@ def to_device(component: Any, device: Any) -> Any:
     return move(device) if callable(move) else component
 
 
-def io_coords(model_output: OrderedDict[str, np.ndarray], leading: OrderedDict[str, np.ndarray], lead: np.ndarray, output_coords: dict[str, np.ndarray]) -> tuple[OrderedDict[str, np.ndarray], np.ndarray]:
+def io_coords(
+    model_output: OrderedDict[str, np.ndarray],
+    leading: OrderedDict[str, np.ndarray],
+    lead: np.ndarray,
+    output_coords: dict[str, np.ndarray],
+) -> tuple[OrderedDict[str, np.ndarray], np.ndarray]:
     """Coordinates of the IO arrays: leading dims, lead_time, then the model's spatial dims."""
     total: OrderedDict[str, np.ndarray] = OrderedDict(leading)
     total["lead_time"] = lead

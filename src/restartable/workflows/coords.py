@@ -49,13 +49,17 @@ def fetch_data(
             spatial = OrderedDict((dim, np.asarray(array.coords[dim].values)) for dim in array.dims[2:])
         blocks.append(np.asarray(array.values))
     data = np.stack(blocks, axis=1)
-    coords: OrderedDict[str, np.ndarray] = OrderedDict(time=np.asarray(time), lead_time=np.asarray(lead_time), variable=np.asarray(variable))
+    coords: OrderedDict[str, np.ndarray] = OrderedDict(
+        time=np.asarray(time), lead_time=np.asarray(lead_time), variable=np.asarray(variable)
+    )
     coords.update(spatial or {})
     # float32, as earth2studio's fetch_data gives models (torch.Tensor(values)).
     return torch.as_tensor(data, dtype=torch.float32, device=device), coords
 
 
-def map_coords(x: Any, coords: OrderedDict[str, np.ndarray], output_coords: dict[str, np.ndarray]) -> tuple[Any, OrderedDict[str, np.ndarray]]:
+def map_coords(
+    x: Any, coords: OrderedDict[str, np.ndarray], output_coords: dict[str, np.ndarray]
+) -> tuple[Any, OrderedDict[str, np.ndarray]]:
     """Select the values ``output_coords`` asks for along each named dimension.
 
     Dimensions not named in ``output_coords`` (or named with an empty array)
@@ -87,7 +91,9 @@ def _index_tensor(x: Any, index: Sequence[int]) -> Any:
     return torch.as_tensor(index, dtype=torch.long, device=x.device)
 
 
-def split_coords(x: Any, coords: OrderedDict[str, np.ndarray], dim: str = "variable") -> tuple[list[Any], OrderedDict[str, np.ndarray], list[str]]:
+def split_coords(
+    x: Any, coords: OrderedDict[str, np.ndarray], dim: str = "variable"
+) -> tuple[list[Any], OrderedDict[str, np.ndarray], list[str]]:
     """Split ``x`` along ``dim``: one tensor per value, the remaining coords, the names."""
     axis = list(coords).index(dim)
     names = [str(v) for v in coords[dim]]
