@@ -43,7 +43,10 @@ def filesystem_of(path: Path) -> str:
 
 
 def run_meta(root: Path, **versions: Any) -> dict[str, Any]:
-    """The head of a benchmark's ``meta``: versions (``versions`` after numpy's), scratch directory, its filesystem, CPUs."""
+    """The head of a benchmark's ``meta``.
+
+    Versions (``versions`` after numpy's), scratch directory, its filesystem, CPUs.
+    """
     return {
         "restartable": restartable.__version__,
         "numpy": np.__version__,

@@ -39,9 +39,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from restartable import Checkpoint
-
 from _common import log, log_run_head, log_table_header, log_to_stderr, quantile, run_meta
+
+from restartable import Checkpoint
 
 TARGET = 1.2  # commit cost at the largest size / at the smallest, at most
 NAME = "bench-catalog"
@@ -140,16 +140,22 @@ def main(argv: list[str] | None = None) -> int:
     ratio = results[largest]["commit_median_s"] / results[smallest]["commit_median_s"]
     log_run_head(meta)
     log(
-        f"mode='append', history_size=None, durable=True, flush_interval=1; {args.commits} timed commits per size (median)"
+        f"mode='append', history_size=None, durable=True, flush_interval=1; "
+        f"{args.commits} timed commits per size (median)"
     )
     log()
-    header = f"{'existing rows':>13} {'commit median':>14} {'p10':>9} {'p90':>9} {'commits/s':>10} {'open catalog':>13} {'enter session':>14}"
+    header = (
+        f"{'existing rows':>13} {'commit median':>14} {'p10':>9} {'p90':>9} {'commits/s':>10} "
+        f"{'open catalog':>13} {'enter session':>14}"
+    )
     log_table_header(header)
     for size in sizes:
         r = results[size]
         log(
-            f"{size:>13,} {r['commit_median_s'] * 1e3:>11.2f} ms {r['commit_p10_s'] * 1e3:>6.2f} ms {r['commit_p90_s'] * 1e3:>6.2f} ms "
-            f"{1 / r['commit_median_s']:>10.0f} {r['open_catalog_median_s'] * 1e3:>10.1f} ms {r['enter_session_s'] * 1e3:>11.1f} ms"
+            f"{size:>13,} {r['commit_median_s'] * 1e3:>11.2f} ms {r['commit_p10_s'] * 1e3:>6.2f} ms "
+            f"{r['commit_p90_s'] * 1e3:>6.2f} ms "
+            f"{1 / r['commit_median_s']:>10.0f} {r['open_catalog_median_s'] * 1e3:>10.1f} ms "
+            f"{r['enter_session_s'] * 1e3:>11.1f} ms"
         )
     log()
     log(

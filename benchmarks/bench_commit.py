@@ -44,19 +44,20 @@ from __future__ import annotations
 import argparse
 import contextvars
 import cProfile
-import io
-import pstats
 import dataclasses
 import gc
+import io
 import json
 import os
+import pstats
 import shutil
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -65,9 +66,9 @@ try:
 except ImportError:  # the torch variant is skipped
     torch = None
 
-from restartable import Checkpoint, bind_checkpoint_state
-
 from _common import log, log_run_head, log_table_header, log_to_stderr, run_meta
+
+from restartable import Checkpoint, bind_checkpoint_state
 
 N_ARRAYS = 4
 COMMIT_TARGET = 0.9  # restartable bandwidth / raw bandwidth, at least
@@ -147,7 +148,7 @@ def raw_files(raw_dir: Path) -> list[Path]:
 
 def raw_save(arrays: list[np.ndarray], raw_dir: Path) -> None:
     """The baseline commit: np.save each array, fsync each file, fsync the directory."""
-    for array, path in zip(arrays, raw_files(raw_dir)):
+    for array, path in zip(arrays, raw_files(raw_dir), strict=True):
         with open(path, "wb") as fh:
             np.save(fh, array)
             fh.flush()
@@ -229,7 +230,8 @@ def bench_variant(
     name = f"bench-commit-{variant}"
     # mode="overwrite", durable=True; link_unchanged=True for the dedup figure
     checkpoint = Checkpoint(name, path=ckpt_path, rank=0, world_size=1, link_unchanged=True)
-    raw_commit, rs_commit, rs_unchanged, raw_for_unchanged = [], [], [], []
+    # The unchanged-state commits are compared with the same raw baseline (raw_commit).
+    raw_commit, rs_commit, rs_unchanged = [], [], []
     tick = 0
     with checkpoint as session:
         bind_checkpoint_state(state)
@@ -241,22 +243,24 @@ def bench_variant(
                 mutate(state, 1.0)  # different bytes for every commit
                 os.sync()
                 if who == "raw":
-                    t, _ = timed(lambda: raw_save(numpy_views(state), raw_dir))
+                    t, _ = timed(lambda s=state: raw_save(numpy_views(s), raw_dir))
                     if rnd:
                         raw_commit.append(t)
                 else:
                     if rnd:
                         t, _ = timed(
-                            lambda: profiler.run("commit, changed state", lambda: session.write(lead_time=tick))
+                            lambda tick=tick: profiler.run(
+                                "commit, changed state", lambda: session.write(lead_time=tick)
+                            )
                         )
                         rs_commit.append(t)
                     else:
                         session.write(lead_time=tick)
         # Unchanged state: every array equals the previous row's, so it is hashed and linked.
-        for rnd in range(repeats):
+        for _ in range(repeats):
             os.sync()
             tick += 1
-            t, _ = timed(lambda: session.write(lead_time=tick))
+            t, _ = timed(lambda tick=tick: session.write(lead_time=tick))
             rs_unchanged.append(t)
     # Both sides now hold the same bytes on disk.
     raw_save(numpy_views(state), raw_dir)
@@ -295,7 +299,7 @@ def bench_variant(
                     if variant == "torch":
                         ok = ok and all(isinstance(a, torch.Tensor) for a in loaded)
                         loaded = [a.numpy() for a in loaded]
-                    ok = ok and all(np.array_equal(a, e) for a, e in zip(loaded, expected))
+                    ok = ok and all(np.array_equal(a, e) for a, e in zip(loaded, expected, strict=True))
                 del loaded
         return raw_t, rs_t, ok
 
@@ -356,12 +360,14 @@ def print_report(results: list[dict[str, Any]], meta: dict[str, Any]) -> None:
         v = r["variant"]
         c = r["commit"]
         log(
-            f"{v:<8} {'commit, changed state':<26} {c['raw_mib_per_s']:>9.0f} MiB/s   {c['restartable_mib_per_s']:>9.0f} MiB/s "
+            f"{v:<8} {'commit, changed state':<26} {c['raw_mib_per_s']:>9.0f} MiB/s   "
+            f"{c['restartable_mib_per_s']:>9.0f} MiB/s "
             f"{c['ratio_bandwidth']:>7.2f}  >= {COMMIT_TARGET} ({verdict(c['ratio_bandwidth'] >= COMMIT_TARGET)})"
         )
         u = r["commit_unchanged"]
         log(
-            f"{v:<8} {'commit, unchanged (dedup)':<26} {u['raw_mib_per_s']:>9.0f} MiB/s   {u['restartable_mib_per_s']:>9.0f} MiB/s "
+            f"{v:<8} {'commit, unchanged (dedup)':<26} {u['raw_mib_per_s']:>9.0f} MiB/s   "
+            f"{u['restartable_mib_per_s']:>9.0f} MiB/s "
             f"{u['ratio_bandwidth']:>7.2f}  (informational)"
         )
         for key, label in (("restore_cold", "restore, cold cache"), ("restore_warm", "restore, warm cache")):
@@ -373,17 +379,20 @@ def print_report(results: list[dict[str, Any]], meta: dict[str, Any]) -> None:
                 f"<= {RESTORE_TARGET} ({verdict(s['ratio_time'] <= RESTORE_TARGET)})" if primary else "(informational)"
             )
             log(
-                f"{v:<8} {label:<26} {s['raw_median_s'] * 1e3:>11.1f} ms     {s['restartable_median_s'] * 1e3:>11.1f} ms    "
+                f"{v:<8} {label:<26} {s['raw_median_s'] * 1e3:>11.1f} ms     "
+                f"{s['restartable_median_s'] * 1e3:>11.1f} ms    "
                 f"{s['ratio_time']:>7.2f}  {target}"
             )
     log()
     log(
-        "commit ratio = restartable MiB/s / raw MiB/s (higher is better); restore ratio = restartable time / raw time (lower is better)"
+        "commit ratio = restartable MiB/s / raw MiB/s (higher is better); "
+        "restore ratio = restartable time / raw time (lower is better)"
     )
     for r in results:
         c, u = r["commit"], r["commit_unchanged"]
         log(
-            f"{r['variant']}: commit median {c['raw_median_s'] * 1e3:.1f} ms raw vs {c['restartable_median_s'] * 1e3:.1f} ms restartable; "
+            f"{r['variant']}: commit median {c['raw_median_s'] * 1e3:.1f} ms raw vs "
+            f"{c['restartable_median_s'] * 1e3:.1f} ms restartable; "
             f"unchanged commit {u['restartable_median_s'] * 1e3:.1f} ms; restored data equal: "
             + ", ".join(f"{k[8:]}={r[k]['restored_equal']}" for k in ("restore_cold", "restore_warm") if k in r)
         )
@@ -435,7 +444,8 @@ def main(argv: list[str] | None = None) -> int:
         "cache_note": cache_note,
     }
     log(
-        f"bench_commit: {args.size_mb:g} MiB state ({N_ARRAYS} float32 arrays), variants {', '.join(variants)}, in {root}"
+        f"bench_commit: {args.size_mb:g} MiB state ({N_ARRAYS} float32 arrays), "
+        f"variants {', '.join(variants)}, in {root}"
     )
     results = []
     started = time.perf_counter()

@@ -61,10 +61,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import log, log_to_stderr, run_meta
 
 from restartable.iterators import IteratorCheckpoint, PipelineCheckpoint, ShuffledArrayIterator
-
-from _common import log, log_to_stderr, run_meta
 
 MODES = ("none", "sync", "async")
 INTERVAL = 1000
@@ -205,13 +204,17 @@ def main(argv: list[str] | None = None) -> int:
             "end_to_end_slowdown": end_to_end,
         }
         report["modes"][mode] = entry
-        log(f"{mode:<6} {entry['run_s']:8.3f} {entry['step_us_in_this_mode']:10.1f} {save * 1e3:10.2f} {cost * 1e3:15.2f} "
-            f"{entry['save_over_step']:10.1f} {entry['cost_per_1000_steps']:19.2%} {end_to_end:10.1%}")  # fmt: skip
+        log(
+            f"{mode:<6} {entry['run_s']:8.3f} {entry['step_us_in_this_mode']:10.1f} {save * 1e3:10.2f} "
+            f"{cost * 1e3:15.2f} "
+            f"{entry['save_over_step']:10.1f} {entry['cost_per_1000_steps']:19.2%} {end_to_end:10.1%}"
+        )
     log()
     for mode in ("sync", "async"):
         entry = report["modes"][mode]
         log(
-            f"{mode}: one save costs the caller {entry['save_ms']:.2f} ms = {entry['save_over_step']:.0f} iteration steps; "
+            f"{mode}: one save costs the caller {entry['save_ms']:.2f} ms = "
+            f"{entry['save_over_step']:.0f} iteration steps; "
             f"saving every {INTERVAL} steps costs {entry['cost_per_1000_steps']:.2%} of the iteration time "
             f"(end to end, noisier: {entry['end_to_end_slowdown']:+.1%})"
         )

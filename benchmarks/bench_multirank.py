@@ -70,10 +70,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import log, log_run_head, log_table_header, log_to_stderr, quantile, run_meta
 
 from restartable import Checkpoint, CheckpointWarning
-
-from _common import log, log_run_head, log_table_header, log_to_stderr, quantile, run_meta
 
 NAME = "bench-multirank"
 BARRIER_TIMEOUT = 600  # a hang guard (a rank that died), not a timing assertion
@@ -218,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         "state_kib": args.state_kib,
     }
     log(
-        f"bench_multirank: {args.state_kib} KiB commits at {', '.join(map(str, sizes))} ranks, consistent vs independent, in {root}"
+        f"bench_multirank: {args.state_kib} KiB commits at {', '.join(map(str, sizes))} ranks, "
+        f"consistent vs independent, in {root}"
     )
     started = time.perf_counter()
     warned: dict[int, list[str]] = {w: [] for w in sizes}  # restartable's warnings, by world size
@@ -277,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     log()
     header = (
-        f"{'ranks':>5} {'commit cons.':>13} {'p90':>9} {'commit indep.':>14} {'p90':>9} {'cons/indep':>10} {f'cons/{single} rank':>12}"
+        f"{'ranks':>5} {'commit cons.':>13} {'p90':>9} {'commit indep.':>14} {'p90':>9} {'cons/indep':>10}"
+        f" {f'cons/{single} rank':>12}"
         f" {'open cons.':>11} {'slowest':>9} {'open indep.':>12} {'slowest':>9} {'cons/indep':>10}"
     )
     log_table_header(header)
@@ -286,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         log(
             f"{row['ranks']:>5} {c['commit_median_s'] * 1e3:>10.2f} ms {c['commit_p90_s'] * 1e3:>6.2f} ms"
             f" {i['commit_median_s'] * 1e3:>11.2f} ms {i['commit_p90_s'] * 1e3:>6.2f} ms"
-            f" {row['commit_ratio_consistent_over_independent']:>10.2f} {row[f'commit_ratio_consistent_over_{single}_rank']:>12.2f}"
+            f" {row['commit_ratio_consistent_over_independent']:>10.2f}"
+            f" {row[f'commit_ratio_consistent_over_{single}_rank']:>12.2f}"
             f" {c['open_median_s'] * 1e3:>8.1f} ms {c['open_slowest_median_s'] * 1e3:>6.1f} ms"
             f" {i['open_median_s'] * 1e3:>9.1f} ms {i['open_slowest_median_s'] * 1e3:>6.1f} ms"
             f" {row['open_ratio_consistent_over_independent']:>10.2f}"
@@ -295,13 +297,15 @@ def main(argv: list[str] | None = None) -> int:
     log("cons/indep: consistent over independent at the same number of ranks (the cost of consistency);")
     log(f"cons/{single} rank: consistent commit over the single-rank commit of the same state;")
     log(
-        "open: entering the checkpoint with every rank's row present (the agreement, when consistent); slowest: the slowest rank"
+        "open: entering the checkpoint with every rank's row present (the agreement, when consistent); "
+        "slowest: the slowest rank"
     )
     for row in results:
         if row["warnings"]:
             kinds = sorted({text.split(":")[0] for text in row["warnings"]})
             log(
-                f"{row['ranks']} ranks: {len(row['warnings'])} warning(s) from restartable ({', '.join(kinds)}), e.g. {row['warnings'][0]}"
+                f"{row['ranks']} ranks: {len(row['warnings'])} warning(s) from restartable ({', '.join(kinds)}), "
+                f"e.g. {row['warnings'][0]}"
             )
     log(f"elapsed {meta['elapsed_s']:.1f} s")
     if args.json:

@@ -28,6 +28,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -40,7 +41,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from _common import log, log_run_head, log_table_header, log_to_stderr, run_meta
 
 
@@ -130,10 +130,8 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(restored)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-        try:
+        with contextlib.suppress(Exception):
             fs.rm(bucket, recursive=True)
-        except Exception:
-            pass
         if server is not None:
             server.stop()
 

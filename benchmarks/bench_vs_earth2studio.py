@@ -96,19 +96,19 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
+from _common import log, log_table_header, log_to_stderr, quantile, run_meta, timed_commits
 
 import restartable
 from restartable import Checkpoint
 from restartable.components import Lorenz96, MemoryIO, SyntheticData
 from restartable.components.prognostic import Lorenz96State
 from restartable.workflows import deterministic
-
-from _common import log, log_table_header, log_to_stderr, quantile, run_meta, timed_commits
 
 MB = 1_000_000
 MiB = 1 << 20
@@ -139,7 +139,7 @@ def load_earth2studio() -> tuple[Any, str | None, str]:
         from earth2studio.utils import checkpoint as module
 
         return module, version, "import earth2studio.utils.checkpoint"
-    except Exception as exc:  # noqa: BLE001 - earth2studio.utils/__init__ may need heavy optional deps
+    except Exception as exc:  # earth2studio.utils/__init__ may need heavy optional deps
         reason = f"{type(exc).__name__}: {exc}"
     # Fall back to the module file alone: it needs numpy and torch only.
     spec = importlib.util.find_spec("earth2studio")
@@ -152,7 +152,7 @@ def load_earth2studio() -> tuple[Any, str | None, str]:
     sys.modules[name] = module  # dataclasses look their module up in sys.modules
     try:
         file_spec.loader.exec_module(module)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         sys.modules.pop(name, None)
         return None, version, f"import failed ({reason}); loading {path} failed too ({type(exc).__name__}: {exc})"
     return module, version, f"loaded {path} by path (package import failed: {reason})"
@@ -227,9 +227,9 @@ class Profiler:
             out = _io.StringIO()
             pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(top)
             lines = [
-                l
-                for l in out.getvalue().strip().splitlines()
-                if l.strip() and not l.lstrip().startswith(("Ordered by", "List reduced"))
+                line
+                for line in out.getvalue().strip().splitlines()
+                if line.strip() and not line.lstrip().startswith(("Ordered by", "List reduced"))
             ]
             log(f"\n--- profile: {label} (totals over {calls} calls, sorted by own time; caller's thread only) ---")
             for line in lines:
@@ -395,7 +395,7 @@ def bench_commit(
     for side in sides:
         if side == "raw":
             arrays = [np.load(raw_dir / f"t{k}.npy") for k in range(ntensors)]
-            restored_equal[side] = all(np.array_equal(a, e) for a, e in zip(arrays, expected))
+            restored_equal[side] = all(np.array_equal(a, e) for a, e in zip(arrays, expected, strict=True))
             continue
         fresh = State(*([None] * ntensors))
 
@@ -463,8 +463,12 @@ def bench_commit(
 
 def report_commit(r: dict[str, Any], e2s_note: str) -> None:
     log()
-    log(f"COMMIT: {r['mb']:.0f} MB state ({r['tensors']} float32 torch tensors on {r['device']} in one bound dataclass), "
-        f"{r['commits']} commits per side after 1 warm-up, state changed before every commit; os.sync() before each")  # fmt: skip
+    log(
+        f"COMMIT: {r['mb']:.0f} MB state "
+        f"({r['tensors']} float32 torch tensors on {r['device']} in one bound dataclass), "
+        f"{r['commits']} commits per side after 1 warm-up, state changed before every commit; "
+        f"os.sync() before each"
+    )
     header = f"{'side':<22} {'median':>10} {'min':>10} {'max':>10} {'MB/s':>8}  note"
     log_table_header(header)
     notes = {
@@ -477,17 +481,27 @@ def report_commit(r: dict[str, Any], e2s_note: str) -> None:
     for side in r["sides"]:
         v = r["times_s"][side]
         log(
-            f"{side:<22} {r['median_s'][side] * 1e3:>7.1f} ms {min(v) * 1e3:>7.1f} ms {max(v) * 1e3:>7.1f} ms {r['mb_per_s'][side]:>8.0f}  {notes[side]}"
+            f"{side:<22} {r['median_s'][side] * 1e3:>7.1f} ms {min(v) * 1e3:>7.1f} ms {max(v) * 1e3:>7.1f} ms "
+            f"{r['mb_per_s'][side]:>8.0f}  {notes[side]}"
         )
     b = r["async_blocking_s"]
-    log(f"{'restartable async':<22} {r['async_blocking_median_s'] * 1e3:>7.1f} ms {min(b) * 1e3:>7.1f} ms {max(b) * 1e3:>7.1f} ms "
-        f"{r['mb'] / r['async_blocking_median_s']:>8.0f}  blocking: time inside write() (the snapshot)")  # fmt: skip
+    log(
+        f"{'restartable async':<22} {r['async_blocking_median_s'] * 1e3:>7.1f} ms {min(b) * 1e3:>7.1f} ms "
+        f"{max(b) * 1e3:>7.1f} ms "
+        f"{r['mb'] / r['async_blocking_median_s']:>8.0f}  blocking: time inside write() (the snapshot)"
+    )
     log()
-    log(f"sequence of {r['commits']} commits back to back (state changed before each; async: + final flush(wait=True)), "
-        f"median of {r['sequences']}:")  # fmt: skip
+    log(
+        f"sequence of {r['commits']} commits back to back "
+        f"(state changed before each; async: + final flush(wait=True)), "
+        f"median of {r['sequences']}:"
+    )
     log("  " + "; ".join(f"{side} {r['sequence_median_s'][side]:.2f} s" for side in r["sides"]))
-    log(f"  restartable async write() inside the sequence (waits for the persist in flight): median "
-        f"{r['sequence_async_blocking_median_s'] * 1e3:.1f} ms, p90 {r['sequence_async_blocking_p90_s'] * 1e3:.1f} ms")  # fmt: skip
+    log(
+        f"  restartable async write() inside the sequence (waits for the persist in flight): median "
+        f"{r['sequence_async_blocking_median_s'] * 1e3:.1f} ms, "
+        f"p90 {r['sequence_async_blocking_p90_s'] * 1e3:.1f} ms"
+    )
     log("row size on disk: " + ", ".join(f"{side} {size / MB:.1f} MB" for side, size in r["row_bytes"].items()))
     log(
         "final state read back equal: "
@@ -513,7 +527,10 @@ def e2s_build_api(e2s: Any, path: Path, rows: int) -> None:
 
 
 def e2s_build_replicate(e2s: Any, path: Path, rows: int) -> None:
-    """``rows`` rows in earth2studio's format: one committed through its API, copied, catalog written by its own code."""
+    """``rows`` rows in earth2studio's format.
+
+    One committed through its API, copied, catalog written by its own code.
+    """
     ck = e2s_catalog(e2s, path)
     with ck as session:
         session.write(lead_time=0)
@@ -612,34 +629,49 @@ def bench_catalog(root: Path, e2s: Any, rows: int, commits: int, warmup: int, e2
         result["ratio_e2s_large_over_small"] = med[f"earth2studio {rows}"] / med["earth2studio 1"]
         result["ratio_e2s_over_restartable_at_large"] = med[f"earth2studio {rows}"] / med[f"restartable {rows}"]
         result["ratio_e2s_over_restartable_at_1"] = med["earth2studio 1"] / med["restartable 1"]
-        # Building ``rows`` rows commit by commit through earth2studio's API, if the cost grows linearly between the two sizes:
+        # Building ``rows`` rows commit by commit through earth2studio's API,
+        # if the cost grows linearly between the two sizes:
         result["e2s_api_build_estimate_s"] = rows * (med["earth2studio 1"] + med[f"earth2studio {rows}"]) / 2
     return result
 
 
 def report_catalog(r: dict[str, Any]) -> None:
     log()
-    log(f"CATALOG: metadata-only commits, mode='append', history_size=None, {r['commits']} timed commits per catalog after "
-        f"{r['warmup']} untimed (all four in a random order each round, os.sync() before each); restartable durable=True")  # fmt: skip
-    header = f"{'library':<14} {'existing rows':>13} {'commit median':>14} {'p90':>10} {'commits/s':>10} {'enter session':>14}"
+    log(
+        f"CATALOG: metadata-only commits, mode='append', history_size=None, "
+        f"{r['commits']} timed commits per catalog after "
+        f"{r['warmup']} untimed (all four in a random order each round, os.sync() before each); "
+        f"restartable durable=True"
+    )
+    header = (
+        f"{'library':<14} {'existing rows':>13} {'commit median':>14} {'p90':>10} {'commits/s':>10} "
+        f"{'enter session':>14}"
+    )
     log_table_header(header)
     for lib in r["libraries"]:
         for size in r["sizes"]:
             key = f"{lib} {size}"
             m = r["commit_median_s"][key]
             log(
-                f"{lib:<14} {size:>13,} {m * 1e3:>11.2f} ms {r['commit_p90_s'][key] * 1e3:>7.2f} ms {1 / m:>10.0f} {r['enter_session_s'][key] * 1e3:>11.1f} ms"
+                f"{lib:<14} {size:>13,} {m * 1e3:>11.2f} ms {r['commit_p90_s'][key] * 1e3:>7.2f} ms {1 / m:>10.0f} "
+                f"{r['enter_session_s'][key] * 1e3:>11.1f} ms"
             )
     n = r["rows"]
     log(f"restartable: cost at {n:,} rows / at 1 row = {r['ratio_restartable_large_over_small']:.2f}")
     if "ratio_e2s_large_over_small" in r:
-        log(f"earth2studio: cost at {n:,} rows / at 1 row = {r['ratio_e2s_large_over_small']:.2f} (it rewrites its whole catalog.json "
-            f"and lists commits/ at every commit)")  # fmt: skip
+        log(
+            f"earth2studio: cost at {n:,} rows / at 1 row = {r['ratio_e2s_large_over_small']:.2f} "
+            f"(it rewrites its whole catalog.json "
+            f"and lists commits/ at every commit)"
+        )
         log(f"earth2studio / restartable per commit: {r['ratio_e2s_over_restartable_at_1']:.2f} at 1 row, "
             f"{r['ratio_e2s_over_restartable_at_large']:.2f} at {n:,} rows")  # fmt: skip
         if r["e2s_build"] == "replicate":
-            log(f"building {n:,} rows commit by commit through earth2studio's API would take about "
-                f"{r['e2s_api_build_estimate_s']:.0f} s (from the two measured costs, linear growth); built by replication instead")  # fmt: skip
+            log(
+                f"building {n:,} rows commit by commit through earth2studio's API would take about "
+                f"{r['e2s_api_build_estimate_s']:.0f} s (from the two measured costs, linear growth); "
+                f"built by replication instead"
+            )
     log("catalogs grow by the measured commits: " + ", ".join(f"{k} -> {v:,}" for k, v in r["rows_after"].items()))
 
 
@@ -678,8 +710,15 @@ def workflow_run(
             checkpoint = e2s.Checkpoint("vs-workflow", path=path, flush_interval=1, level=2, rank=0, world_size=1)
             model_class = e2s_lorenz96_class(e2s)
         else:
-            checkpoint = Checkpoint("vs-workflow", path=path, flush_interval=None if side == STAGING else 1, level=2, rank=0,
-                                    world_size=1, async_commit=side == "restartable async")  # fmt: skip
+            checkpoint = Checkpoint(
+                "vs-workflow",
+                path=path,
+                flush_interval=None if side == STAGING else 1,
+                level=2,
+                rank=0,
+                world_size=1,
+                async_commit=side == "restartable async",
+            )
             model_class = Lorenz96
         with checkpoint as session:
             commits = timed_commits(session)
@@ -780,7 +819,9 @@ def bench_workflow(
         side: min(times[side]) / min(times["without"]) for side in sides if side != "without"
     }
     result["ratio_paired_median"] = {
-        side: median([w / o for w, o in zip(times[side], times["without"])]) for side in sides if side != "without"
+        side: median([w / o for w, o in zip(times[side], times["without"], strict=True)])
+        for side in sides
+        if side != "without"
     }
     result["overhead_per_step_s"] = {side: (med[side] - med["without"]) / steps for side in sides if side != "without"}
     cpu_med = result["cpu_median_s"]
@@ -790,39 +831,57 @@ def bench_workflow(
 
 def report_workflow(r: dict[str, Any]) -> None:
     log()
-    log(f"WORKFLOW: deterministic, Lorenz96 {len(r['variables'])} variables x {r['nlat']} x {r['nlon']}, {r['steps']} steps, MemoryIO; "
-        f"level-2 state {r['state_bytes'] / MiB:g} MiB; flush_interval=1, overwrite; torch {r['torch_threads']} threads; "
-        f"median of {r['repeats']}")  # fmt: skip
-    header = (f"{'side':<18} {'median':>9} {'min':>9} {'max':>9} {'ratio':>7} {'min/min':>8} {'paired':>7} {'ms/step':>8} "
-              f"{'in write':>9} {'CPU':>8} {'CPU ratio':>9} {'row MB':>7}")  # fmt: skip
+    log(
+        f"WORKFLOW: deterministic, Lorenz96 {len(r['variables'])} variables x {r['nlat']} x {r['nlon']}, "
+        f"{r['steps']} steps, MemoryIO; "
+        f"level-2 state {r['state_bytes'] / MiB:g} MiB; flush_interval=1, overwrite; "
+        f"torch {r['torch_threads']} threads; "
+        f"median of {r['repeats']}"
+    )
+    header = (
+        f"{'side':<18} {'median':>9} {'min':>9} {'max':>9} {'ratio':>7} {'min/min':>8} {'paired':>7} {'ms/step':>8} "
+        f"{'in write':>9} {'CPU':>8} {'CPU ratio':>9} {'row MB':>7}"
+    )
     log_table_header(header)
     for side in r["sides"]:
         v = r["times_s"][side]
         cpu = r["cpu_median_s"][side]
         if side == "without":
-            log(f"{side:<18} {r['median_s'][side]:>8.2f}s {min(v):>8.2f}s {max(v):>8.2f}s {'1':>7} {'1':>8} {'1':>7} {'-':>8} {'-':>9} "
-                f"{cpu:>7.2f}s {'1':>9} {'-':>7}")  # fmt: skip
+            log(
+                f"{side:<18} {r['median_s'][side]:>8.2f}s {min(v):>8.2f}s {max(v):>8.2f}s "
+                f"{'1':>7} {'1':>8} {'1':>7} {'-':>8} {'-':>9} "
+                f"{cpu:>7.2f}s {'1':>9} {'-':>7}"
+            )
             continue
         per_commit = (
             r["commit_per_step_s"][side] * (r["steps"] + 1) if side == STAGING else r["commit_per_step_s"][side]
         )
-        log(f"{side:<18} {r['median_s'][side]:>8.2f}s {min(v):>8.2f}s {max(v):>8.2f}s {r['ratio_over_without'][side]:>7.3f} "
-            f"{r['ratio_min_over_min'][side]:>8.3f} {r['ratio_paired_median'][side]:>7.3f} {r['overhead_per_step_s'][side] * 1e3:>8.1f} "
-            f"{per_commit * 1e3:>6.1f} ms {cpu:>7.2f}s {r['cpu_ratio_over_without'][side]:>9.3f} {r['row_bytes'][side] / MB:>7.1f}")  # fmt: skip
+        log(
+            f"{side:<18} {r['median_s'][side]:>8.2f}s {min(v):>8.2f}s {max(v):>8.2f}s "
+            f"{r['ratio_over_without'][side]:>7.3f} "
+            f"{r['ratio_min_over_min'][side]:>8.3f} {r['ratio_paired_median'][side]:>7.3f} "
+            f"{r['overhead_per_step_s'][side] * 1e3:>8.1f} "
+            f"{per_commit * 1e3:>6.1f} ms {cpu:>7.2f}s {r['cpu_ratio_over_without'][side]:>9.3f} "
+            f"{r['row_bytes'][side] / MB:>7.1f}"
+        )
     log("ratio = median with / median without; min/min = fastest runs; paired = median of per-round ratios; "
         "ms/step = (median with - without) / steps; in write = time inside session.write/flush per commit; "
         "CPU = process user+system time, all threads (steadier than wall time on a shared machine)")  # fmt: skip
     if STAGING in r["sides"]:
         log(
-            f"'{STAGING}': restartable with flush_interval=None: the model stages its level-2 state every step, one commit at the end"
+            f"'{STAGING}': restartable with flush_interval=None: the model stages its level-2 state every step, "
+            f"one commit at the end"
         )
     log(
         "outputs bitwise equal to the run without checkpoint: "
         + ", ".join(f"{k}={v}" for k, v in r["outputs_equal_to_without"].items())
     )
     if any(value < 1 for value in r["ratio_over_without"].values()):
-        log("WARNING: a side with a checkpoint has a lower median than the side without: other work on the machine dominated "
-            "these wall times; the fastest runs (min/min) and the CPU ratio are the figures to trust")  # fmt: skip
+        log(
+            "WARNING: a side with a checkpoint has a lower median than the side without: "
+            "other work on the machine dominated "
+            "these wall times; the fastest runs (min/min) and the CPU ratio are the figures to trust"
+        )
 
 
 # --------------------------------------------------------------------------- summary
@@ -916,9 +975,8 @@ def targets(results: dict[str, Any], e2s: bool) -> list[dict[str, Any]]:
 
 def machine() -> dict[str, Any]:
     mem = None
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        with open("/proc/meminfo") as fh:
-            mem = int(fh.readline().split()[1]) * 1024
+    with contextlib.suppress(OSError, ValueError, IndexError), open("/proc/meminfo") as fh:
+        mem = int(fh.readline().split()[1]) * 1024
     return {
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
@@ -1011,11 +1069,13 @@ def main(argv: list[str] | None = None) -> int:
         meta["earth2studio_arrays_fsynced"] = e2s_fsyncs_arrays(e2s)
         if e2s_version != E2S_VERSION:
             log(
-                f"note: earth2studio {e2s_version} is installed; this benchmark was written for {E2S_VERSION} ({INSTALL})"
+                f"note: earth2studio {e2s_version} is installed; "
+                f"this benchmark was written for {E2S_VERSION} ({INSTALL})"
             )
     log(f"restartable {restartable.__version__}  earth2studio {e2s_version if e2s else '-'} ({how})")
     log(
-        f"numpy {np.__version__}  torch {torch.__version__} ({torch.get_num_threads()} threads)  python {platform.python_version()}"
+        f"numpy {np.__version__}  torch {torch.__version__} ({torch.get_num_threads()} threads)  "
+        f"python {platform.python_version()}"
     )
     mem = meta["memory_bytes"]
     log(f"{meta['cpus']} CPUs, {mem / 2**30:.1f} GiB memory; scratch {root} ({meta['filesystem']}); {meta['date']}")
@@ -1024,7 +1084,8 @@ def main(argv: list[str] | None = None) -> int:
         fs = meta["earth2studio_arrays_fsynced"]
         e2s_note = "arrays fsynced" if fs else "NOT durable: arrays np.save'd, never fsynced (page cache)"
         log(
-            f"earth2studio array files fsynced (its _CheckpointCodec.dump_array source): {fs}; its JSON files are fsynced"
+            f"earth2studio array files fsynced (its _CheckpointCodec.dump_array source): {fs}; "
+            f"its JSON files are fsynced"
         )
 
     results: dict[str, Any] = {}
@@ -1032,7 +1093,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if "commit" in parts:
             log(
-                f"\n  running commit: {args.size_mb:g} MB in {args.tensors} tensors, {args.commits} commits per side ..."
+                f"\n  running commit: {args.size_mb:g} MB in {args.tensors} tensors, "
+                f"{args.commits} commits per side ..."
             )
             t = time.perf_counter()
             results["commit"] = in_fresh_context(

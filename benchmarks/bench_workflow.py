@@ -58,12 +58,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import log, log_to_stderr, run_meta, timed_commits
 
 from restartable import Checkpoint
 from restartable.components import Lorenz96, MemoryIO, SyntheticData
 from restartable.workflows import deterministic
-
-from _common import log, log_to_stderr, run_meta, timed_commits
 
 VARIABLES = ("u10m", "v10m")
 START = ["2024-01-01T00:00"]
@@ -132,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     log(f"deterministic workflow, Lorenz96 {len(VARIABLES)} variables x {args.nlat} x {args.nlon}, {args.steps} steps, "
         f"MemoryIO; checkpoint flush_interval=1 level=2 (overwrite, durable)")  # fmt: skip
     log(
-        f"level-2 state: x_prev + x_curr = 2 x {len(VARIABLES) * field_bytes / MiB:g} MiB = {state_bytes / MiB:g} MiB float32"
+        f"level-2 state: x_prev + x_curr = 2 x {len(VARIABLES) * field_bytes / MiB:g} MiB = "
+        f"{state_bytes / MiB:g} MiB float32"
     )
     log(f"scratch: {root} ({meta['filesystem']}); torch {torch.__version__}, {torch.get_num_threads()} threads; "
         f"{args.repeats} timed rounds after 1 warm-up")  # fmt: skip
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     with_ = statistics.median(times["with"])
     per_step = (with_ - without) / args.steps
     ratio = with_ / without
-    paired = statistics.median(w / o for w, o in zip(times["with"], times["without"]))
+    paired = statistics.median(w / o for w, o in zip(times["with"], times["without"], strict=True))
     ratio_min = min(times["with"]) / min(times["without"])
     commit_per_step = statistics.median(commit_times) / (args.steps + 1)
     bandwidth = row_bytes / commit_per_step / MiB

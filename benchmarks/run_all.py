@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Run bench_commit.py, bench_catalog.py, bench_workflow.py, bench_vs_earth2studio.py and bench_remote.py, then one summary.
+"""Run bench_commit.py, bench_catalog.py, bench_workflow.py, bench_vs_earth2studio.py and bench_remote.py,
+then one summary.
 
 Each benchmark runs in its own process with ``--json``: its full table is
 shown as it runs (on stderr), its JSON is collected, and the summary lists
@@ -98,9 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     heads: list[str] = []
     commit = results.get("commit")
     if commit is not None:
-        heads.append(
-            f"{commit['meta']['size_mb']:g} MiB state; restore {commit['results'][0]['restore_cache'] if commit['results'] else '-'}"
-        )
+        restore_cache = commit["results"][0]["restore_cache"] if commit["results"] else "-"
+        heads.append(f"{commit['meta']['size_mb']:g} MiB state; restore {restore_cache}")
         for r in commit["results"]:
             v = r["variant"]
             c = r["commit"]
@@ -172,19 +172,26 @@ def main(argv: list[str] | None = None) -> int:
         for r in commit["results"]:
             c = r["commit"]
             print(
-                f"{r['variant']}: commit {c['raw_mib_per_s']:.0f} MiB/s raw, {c['restartable_mib_per_s']:.0f} MiB/s restartable",
+                f"{r['variant']}: commit {c['raw_mib_per_s']:.0f} MiB/s raw, "
+                f"{c['restartable_mib_per_s']:.0f} MiB/s restartable",
                 file=out,
             )
     if catalog is not None:
         for r in catalog["results"]:
             print(
-                f"catalog {r['rows']:>6,} rows: commit {r['commit_median_s'] * 1e3:.2f} ms, open {r['open_catalog_median_s'] * 1e3:.1f} ms",
+                f"catalog {r['rows']:>6,} rows: commit {r['commit_median_s'] * 1e3:.2f} ms, "
+                f"open {r['open_catalog_median_s'] * 1e3:.1f} ms",
                 file=out,
             )
     if workflow is not None:
-        print(f"workflow: {workflow['without_median_s']:.2f} s without, {workflow['with_median_s']:.2f} s with checkpoint; "
-              f"overhead {workflow['overhead_per_step_s'] * 1e3:.1f} ms/step; {workflow['commit_per_step_s'] * 1e3:.1f} ms per commit "
-              f"({workflow['commit_mib_per_s']:.0f} MiB/s)", file=out)  # fmt: skip
+        print(
+            f"workflow: {workflow['without_median_s']:.2f} s without, "
+            f"{workflow['with_median_s']:.2f} s with checkpoint; "
+            f"overhead {workflow['overhead_per_step_s'] * 1e3:.1f} ms/step; "
+            f"{workflow['commit_per_step_s'] * 1e3:.1f} ms per commit "
+            f"({workflow['commit_mib_per_s']:.0f} MiB/s)",
+            file=out,
+        )
     if vs is not None and vs["meta"].get("earth2studio") is None:
         print(f"vs earth2studio: earth2studio columns skipped ({vs['meta'].get('earth2studio_loaded')}); "
               "install with: pip install --no-deps earth2studio==0.19.0", file=out)  # fmt: skip

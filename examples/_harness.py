@@ -25,8 +25,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -63,7 +63,7 @@ class KillingZarrIO(ZarrIO):
         self.kill_after = kill_after
         self.writes = 0
 
-    def write(self, x, coords, array_name) -> None:  # noqa: ANN001 - ZarrIO's signature
+    def write(self, x, coords, array_name) -> None:  # ZarrIO's signature
         super().write(x, coords, array_name)
         self.writes += 1
         if self.kill_after is not None and self.writes == self.kill_after:
@@ -85,7 +85,7 @@ def compare(reference: Path, restarted: Path) -> bool:
         equal = y is not None and x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes()
         unwritten = int(np.isnan(x).sum()) if x.dtype.kind == "f" else 0
         note = f", {unwritten} unwritten (NaN) values" if unwritten else ""
-        print(f"  {name:<10} {str(x.shape):<22} {'identical' if equal else 'DIFFERENT'}{note}")
+        print(f"  {name:<10} {x.shape!s:<22} {'identical' if equal else 'DIFFERENT'}{note}")
         same = same and equal and not unwritten
     return same
 
@@ -182,7 +182,8 @@ def main(
     status = child("crash")
     killed = status == -signal.SIGKILL
     print(
-        f"   child ended {'by SIGKILL' if killed else f'with status {status}'} after {time.perf_counter() - started:.2f} s"
+        f"   child ended {'by SIGKILL' if killed else f'with status {status}'} "
+        f"after {time.perf_counter() - started:.2f} s"
     )
     print("   catalog after the crash:")
     catalog = str(Checkpoint(name, path=root / "checkpoint", mode=args.mode, level=args.level))

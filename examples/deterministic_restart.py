@@ -33,12 +33,12 @@ import argparse
 import sys
 from pathlib import Path
 
+import _harness  # the kill-and-resume harness shared by the examples, next to this script
+from _harness import START, KillingZarrIO, hours, say
+
 from restartable import Checkpoint
 from restartable.components import Lorenz96, SyntheticData
 from restartable.workflows import deterministic
-
-import _harness  # the kill-and-resume harness shared by the examples, next to this script
-from _harness import START, KillingZarrIO, hours, say
 
 NAME = "deterministic-example"
 

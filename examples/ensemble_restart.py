@@ -41,12 +41,12 @@ import argparse
 import sys
 from pathlib import Path
 
+import _harness  # the kill-and-resume harness shared by the examples, next to this script
+from _harness import START, KillingZarrIO, hours, say, span
+
 from restartable import Checkpoint
 from restartable.components import GaussianPerturbation, Lorenz96, SyntheticData
 from restartable.workflows import ensemble
-
-import _harness  # the kill-and-resume harness shared by the examples, next to this script
-from _harness import START, KillingZarrIO, hours, say, span
 
 NAME = "ensemble-example"
 
@@ -87,9 +87,15 @@ def forecast(
             if session.lead_time is None:
                 where = "the next batch starts from its pinned row"
             elif state.x_curr is not None and "ensemble" in state.batch_coords:
-                where = f"model state of {span(state.batch_coords['ensemble'])} restored at lead time {hours(state.lead_time)}: continues"
+                where = (
+                    f"model state of {span(state.batch_coords['ensemble'])} "
+                    f"restored at lead time {hours(state.lead_time)}: continues"
+                )
             elif args.level == 0:
-                where = "level 0, no component state: the batch is rerun, the noise of the batches before it drawn again from the seed"
+                where = (
+                    "level 0, no component state: the batch is rerun, "
+                    "the noise of the batches before it drawn again from the seed"
+                )
             else:
                 where = "no model state at this level: the batch is rerun from its pinned start row"
             if session.lead_time is not None:

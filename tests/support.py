@@ -58,7 +58,7 @@ def assert_same(actual: Any, expected: Any, path: str = "value") -> None:
             assert _float_bits(actual) == _float_bits(expected), f"{path}: {actual!r} != {expected!r}"
     elif isinstance(expected, (list, tuple)):
         assert len(actual) == len(expected), f"{path}: length {len(actual)} != {len(expected)}"
-        for i, (a, e) in enumerate(zip(actual, expected)):
+        for i, (a, e) in enumerate(zip(actual, expected, strict=True)):
             assert_same(a, e, f"{path}[{i}]")
     elif isinstance(expected, dict):
         assert [(type(k), k) for k in actual] == [(type(k), k) for k in expected], f"{path}: keys differ"

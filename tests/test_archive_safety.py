@@ -305,7 +305,7 @@ def test_check_members_accepts_sizes_at_the_limits(tmp_path: Path) -> None:
 def test_extract_archive_refuses_archive_larger_than_free_space(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    archive = _write_tarball(tmp_path / "bad.tar.gz", BENIGN_PREFIX + [_reg("big.bin", b"z" * 4096)])
+    archive = _write_tarball(tmp_path / "bad.tar.gz", [*BENIGN_PREFIX, _reg("big.bin", b"z" * 4096)])
     target = tmp_path / "box" / "target"
     target.mkdir(parents=True)
     real = shutil.disk_usage
@@ -622,7 +622,7 @@ def test_remote_load_refuses_malicious_directory_save(
 
 def test_remote_load_refuses_archive_larger_than_its_record_says(tmp_path: Path, attempt_urls: tuple[str, str]) -> None:
     """The record's unpacked size bounds the extraction (the payload was rewritten behind it)."""
-    payload = _tarball_bytes(BENIGN_PREFIX + [_reg("bulk.bin", b"b" * 5000)])
+    payload = _tarball_bytes([*BENIGN_PREFIX, _reg("bulk.bin", b"b" * 5000)])
     error, _ = _load_refused(tmp_path, attempt_urls, payload, unpacked=BENIGN_PREFIX_BYTES + 4999)
     _assert_names_member(error, "bulk.bin")
 

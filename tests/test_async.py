@@ -918,7 +918,7 @@ def test_steady_state_commits_reuse_host_buffers(store: Path, monkeypatch: pytes
         held = checkpoint._buffers._free  # internal: the pool's free lists
         assert all(len(buffers) <= 2 for buffers in held.values()), {key: len(v) for key, v in held.items()}
     assert len(seen) == 12
-    by_payload = list(zip(*[[array.ctypes.data for array in payloads] for payloads in seen]))
+    by_payload = list(zip(*[[array.ctypes.data for array in payloads] for payloads in seen], strict=True))
     assert len(by_payload) == 5  # a, t, bf, view and the metadata grid
     for index, addresses in enumerate(by_payload):
         assert len(set(addresses)) <= 2, f"payload {index} got {len(set(addresses))} distinct buffers in 12 commits"
@@ -1128,7 +1128,10 @@ class Polled:
 
 
 def poll_while_committing(tmp_path: Path, store: Path, history_size: int | None) -> dict[str, Any]:
-    """A reader process polls catalog, verify_row and select(-1) while this process commits 15 rows of ~24 MB in async mode."""
+    """A reader process polls catalog, verify_row and select(-1).
+
+    Meanwhile this process commits 15 rows of ~24 MB in async mode.
+    """
     script = tmp_path / "reader.py"
     script.write_text(READER)
     ready, stop = tmp_path / "ready", tmp_path / "stop"
@@ -1271,7 +1274,7 @@ def test_async_and_sync_commit_identical_rows(tmp_path: Path, device: str) -> No
 
     assert len(sync_rows) == len(async_rows) >= 4
     assert any(row.body["pinned"] for row in sync_rows)
-    for sync_row, async_row in zip(sync_rows, async_rows):
+    for sync_row, async_row in zip(sync_rows, async_rows, strict=True):
         assert sync_row.sequence == async_row.sequence
         assert comparable(sync_row) == comparable(async_row)  # metadata, states, files with checksums
         assert verify_row(async_row.path) == []
@@ -1309,6 +1312,6 @@ def test_cuda_snapshot_uses_reused_pinned_host_buffers(store: Path, monkeypatch:
     for payloads in seen:
         for payload in payloads:
             assert torch.from_numpy(payload).is_pinned(), "the snapshot of a CUDA tensor is not in pinned host memory"
-    by_payload = list(zip(*[[array.ctypes.data for array in payloads] for payloads in seen]))
+    by_payload = list(zip(*[[array.ctypes.data for array in payloads] for payloads in seen], strict=True))
     for addresses in by_payload:
         assert len(set(addresses)) <= 2, "the snapshot of a CUDA tensor did not reuse its host buffer"

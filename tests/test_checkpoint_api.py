@@ -661,7 +661,7 @@ def test_str_reflects_rows_written_after_construction(store: Path) -> None:
     with Checkpoint("show-late", path=store, mode="append") as session:
         session.write(lead_time=5)
         session.write(lead_time=7)
-    header, body = _table_lines(str(checkpoint))
+    _header, body = _table_lines(str(checkpoint))
     assert len(body) == 2
     assert "catalog: empty" not in str(checkpoint)
 

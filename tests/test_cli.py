@@ -73,7 +73,7 @@ def test_ls_lists_rows(store: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert len(header) == 1
     body = [line for line in lines[header[0] + 1 :] if line.strip()]
     assert len(body) == 3
-    for index, (line, entry) in enumerate(zip(body, checkpoint.catalog)):
+    for index, (line, entry) in enumerate(zip(body, checkpoint.catalog, strict=True)):
         cells = line.split()
         assert cells[0] == str(index)
         assert cells[1] == str(entry.sequence)
@@ -179,7 +179,7 @@ def test_show_json(store: Path, capsys: pytest.CaptureFixture[str]) -> None:
 @pytest.mark.parametrize("selector", ["3", "-4", "not-a-row"])
 def test_show_unknown_row_is_a_usage_error(store: Path, capsys: pytest.CaptureFixture[str], selector: str) -> None:
     make_store(store, rows=3)
-    code, out, err = run_cli(capsys, "show", str(store), selector)
+    code, _out, err = run_cli(capsys, "show", str(store), selector)
     assert code == 2
     assert selector in err
 

@@ -21,12 +21,13 @@ import warnings
 import zlib
 import zoneinfo
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import run_python
 from restartable import (
     CheckpointCorruptError,
     CheckpointError,
@@ -34,8 +35,6 @@ from restartable import (
     CheckpointStateSchemaError,
 )
 from restartable.codec import decode, encode, schema_hash
-
-from conftest import run_python
 from support import NUMPY_INTEGER_EXTREMES, assert_same, tensor_bytes
 
 # --------------------------------------------------------------------------- helpers
@@ -106,7 +105,7 @@ class Nested:
     slotted: SlottedPoint
     both: FrozenSlotted
     points: list[Point]
-    optional: Optional[Point] = None
+    optional: Point | None = None
     by_id: dict[int, Point] = dataclasses.field(default_factory=dict)
 
 

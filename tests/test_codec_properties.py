@@ -19,7 +19,6 @@ from hypothesis.extra import numpy as hnp
 
 from restartable import Checkpoint, CheckpointSerializationError, bind_checkpoint_state
 from restartable.codec import decode, encode
-
 from support import assert_same
 
 # --------------------------------------------------------------------------- exact equality
@@ -140,9 +139,8 @@ def tensors(draw: st.DrawFn) -> torch.Tensor:
             tensor = tensor[::2]
         elif layout == "offset":
             tensor = tensor[1:]
-    if tensor.is_floating_point() or tensor.is_complex():
-        if draw(st.booleans()):
-            tensor = tensor.detach().requires_grad_(True)
+    if (tensor.is_floating_point() or tensor.is_complex()) and draw(st.booleans()):
+        tensor = tensor.detach().requires_grad_(True)
     return tensor
 
 

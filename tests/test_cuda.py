@@ -39,7 +39,6 @@ from restartable.codec import decode, encode
 from restartable.store import scan_rows, verify_row
 from restartable.store.background import HostBufferPool, _pinned_empty
 from restartable.store.files import ALIGN_MIN_BYTES, PAGE_BYTES, PreparedArray, direct_io_enabled
-
 from support import tensor_bytes
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -125,7 +124,7 @@ def test_cuda_tensors_of_every_dtype_and_layout_round_trip(dtype: torch.dtype, s
     cpu_encoded = encode({name: tensor.cpu() for name, tensor in values.items()})
     # The bytes on disk do not depend on where the tensor lived.
     assert len(encoded.payloads) == len(cpu_encoded.payloads)
-    for got, want in zip(encoded.payloads, cpu_encoded.payloads):
+    for got, want in zip(encoded.payloads, cpu_encoded.payloads, strict=True):
         assert got.dtype == want.dtype and got.shape == want.shape and got.tobytes() == want.tobytes()
     for device in ("cuda", "cpu"):
         restored = decode(document, encoded.payloads.__getitem__, device=torch.device(device))
@@ -255,7 +254,7 @@ def test_cuda_and_cpu_states_commit_identical_rows(tmp_path: Path, async_commit:
 
     on_gpu, on_cpu = commit(tmp_path / "gpu", "cuda"), commit(tmp_path / "cpu", "cpu")
     assert len(on_gpu) == len(on_cpu) == 3
-    for gpu_row, cpu_row in zip(on_gpu, on_cpu):
+    for gpu_row, cpu_row in zip(on_gpu, on_cpu, strict=True):
         assert comparable(gpu_row) == comparable(cpu_row)
         assert verify_row(gpu_row.path) == []
 
@@ -443,16 +442,16 @@ def test_workflows_on_the_gpu_resume_bitwise_equal_with_async_commits(tmp_path: 
         )
 
     for workflow, stop_at in (("deterministic", 4), ("ensemble", 9)):
-        reference = _fresh(lambda: run(workflow, MemoryIO()))
+        reference = _fresh(lambda workflow=workflow: run(workflow, MemoryIO()))
         path = tmp_path / workflow
         io = StopAt(stop_at)
 
-        def first() -> None:
+        def first(workflow: str = workflow, path: Path = path, io: StopAt = io) -> None:
             with Checkpoint("wf", path=path, level=2, async_commit=True, device="cuda") as session:
                 with pytest.raises(WorkflowPreempted):
                     run(workflow, io, session)
 
-        def second() -> None:
+        def second(workflow: str = workflow, path: Path = path, io: StopAt = io) -> None:
             io.stop_at = None
             with Checkpoint("wf", path=path, level=2, async_commit=True, device="cuda") as session:
                 assert session.entry is not None, "the stopped run committed nothing"

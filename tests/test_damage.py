@@ -223,7 +223,7 @@ def test_damage_in_an_older_row_does_not_hide_newer_rows(store: Path, capsys: py
         assert_state_is(bind_checkpoint_state(DamageState()).checkpoint_dataclass, ROWS)
     with pytest.raises(CheckpointCorruptError, match=re.escape(str(target))):
         Checkpoint(NAME, path=store, mode="append").select(1)
-    code, text, _, report = verify_report(store, capsys)
+    code, _text, _, report = verify_report(store, capsys)
     assert code == 1 and report["damaged"] == 1
     assert [r["row"] for r in report["rows"] if not r["ok"]] == [str(entries[1].path)]
 
@@ -302,7 +302,7 @@ def test_pickled_object_payload_is_refused_and_never_unpickled(
             assert_state_is(bind_checkpoint_state(DamageState()).checkpoint_dataclass, ROWS - 1)
     assert not marker.exists()
 
-    code, text, _, report = verify_report(store, capsys)
+    code, _text, _, report = verify_report(store, capsys)
     assert code == 1
     assert report["damaged"] == 1
     (bad,) = [r for r in report["rows"] if not r["ok"]]
@@ -364,7 +364,7 @@ def test_incomplete_row_without_manifest(store: Path, capsys: pytest.CaptureFixt
     assert session.commit_id == entries[-1].commit_id
     assert_state_is(session.bind(DamageState()).checkpoint_dataclass, ROWS)
 
-    code, text, _, report = verify_report(store, capsys)
+    code, _text, _, report = verify_report(store, capsys)
     assert code == 1
     (bad,) = [r for r in report["rows"] if not r["ok"]]
     assert bad["row"] == str(incomplete)

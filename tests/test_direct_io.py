@@ -271,7 +271,8 @@ def test_async_persist_leaves_the_page_cache_alone(store: Path, tmp_path: Path) 
 def test_direct_write_refused_falls_back_to_the_page_cache(
     store: Path, monkeypatch: pytest.MonkeyPatch, fail_after: int, err: int
 ) -> None:
-    """A device that refuses a direct request (EINVAL), or memory it cannot reach directly (EFAULT), gets the rest through the page cache."""
+    """A device that refuses a direct request (EINVAL), or memory it cannot reach directly (EFAULT),
+    gets the rest through the page cache."""
 
     @dataclass
     class Long:

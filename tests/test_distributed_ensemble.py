@@ -204,7 +204,10 @@ class RankProcess:
         self.proc.wait(timeout=CHILD_TIMEOUT)
 
     def __str__(self) -> str:
-        return f"rc={self.proc.returncode}\nstdout:\n{self.out.read_text()[-3000:]}\nstderr:\n{self.err.read_text()[-3000:]}"
+        return (
+            f"rc={self.proc.returncode}\nstdout:\n{self.out.read_text()[-3000:]}"
+            f"\nstderr:\n{self.err.read_text()[-3000:]}"
+        )
 
 
 def _start_ranks(script: Path, jobs: list[list[dict[str, Any]]], tmp: Path, tag: str) -> list[RankProcess]:
@@ -714,7 +717,10 @@ def test_an_open_session_of_a_consistent_multirank_checkpoint_is_refused(tmp_pat
 def test_ranks_given_open_independent_sessions_resume_to_the_single_process_ensemble(
     model: str, tmp_path: Path, reference: Any
 ) -> None:
-    """``with Checkpoint(..., rank=r, world_size=2, consistent=False) as session: ensemble(..., checkpoint=session)``."""
+    """Independent sessions, one per rank, resume to the single-process ensemble.
+
+    ``with Checkpoint(..., rank=r, world_size=2, consistent=False) as session: ensemble(..., checkpoint=session)``.
+    """
     n, b, w = 6, 1, 2
     ckpt = tmp_path / "ckpt"
     stores = [tmp_path / f"rank{rank}.zarr" for rank in range(w)]
@@ -757,7 +763,7 @@ def test_ranks_given_open_independent_sessions_resume_from_their_own_newest_row(
     assert resumed.written == everything[2 * L - 2 :], resumed.written[:3]
 
 
-# --------------------------------------------------------------------------- found while running benchmarks/bench_multirank.py
+# ------------------------------------------------------------ found while running benchmarks/bench_multirank.py
 
 
 def test_a_rank_committing_while_another_enters_is_not_reported_damaged(

@@ -230,7 +230,8 @@ def test_rows_with_earth2studios_completed_list_are_resumed(facts: dict[str, Any
 
 
 def _physicsnemo(monkeypatch: pytest.MonkeyPatch, initialized: bool, rank: int = 3, world_size: int = 4) -> type:
-    """A ``physicsnemo`` package in ``sys.modules`` without a ``__spec__``, as a test stand-in or a lazy importer leaves it."""
+    """A ``physicsnemo`` package in ``sys.modules`` without a ``__spec__``,
+    as a test stand-in or a lazy importer leaves it."""
     package = ModuleType("physicsnemo")
     package.__path__ = []  # type: ignore[attr-defined]
     distributed = ModuleType("physicsnemo.distributed")

@@ -509,7 +509,8 @@ def env(tmp_path: Path) -> dict[str, str]:
 
 # =========================================================== 1. install / uninstall
 
-_INSTALL_BEFORE_IMPORT = r"""
+_INSTALL_BEFORE_IMPORT = (
+    r"""
 import inspect, sys
 from collections import OrderedDict
 from pathlib import Path
@@ -571,7 +572,8 @@ class Ones:
     def __call__(self, time, variable):
         time = np.atleast_1d(np.asarray(time, dtype="datetime64[ns]"))
         variable = [str(v) for v in np.atleast_1d(variable)]
-        return xr.DataArray(np.ones((len(time), len(variable), 4, 8), dtype="float32"), dims=["time", "variable", "lat", "lon"],
+        return xr.DataArray(np.ones((len(time), len(variable), 4, 8), dtype="float32"), """
+    r"""dims=["time", "variable", "lat", "lon"],
                             coords=dict(time=time, variable=variable, lat=LAT, lon=LON))
 store = Path(sys.argv[1])
 ckpt = original.Checkpoint("after-uninstall", path=store)
@@ -581,6 +583,7 @@ assert (store / "catalog.json").is_file(), list(store.iterdir())
 assert [e.write_count for e in original.Checkpoint("after-uninstall", path=store).catalog] == [3]
 print("CHILD-OK")
 """
+)
 
 _INSTALL_AFTER_IMPORT = r"""
 import inspect, sys
@@ -727,7 +730,8 @@ def test_install_and_uninstall_before_and_after_importing_earth2studio(
 def test_main_help_script_errors_and_module_form(tmp_path: Path, env: dict[str, str]) -> None:
     failing = tmp_path / "failing.py"
     failing.write_text(
-        "import restartable.earth2studio as b\nassert b.installed()\ndef inner():\n    raise RuntimeError('boom from the script')\ninner()\n"
+        "import restartable.earth2studio as b\nassert b.installed()\n"
+        "def inner():\n    raise RuntimeError('boom from the script')\ninner()\n"
     )
     exiting = tmp_path / "exiting.py"
     exiting.write_text("import sys\nsys.exit(7)\n")
@@ -738,7 +742,8 @@ def test_main_help_script_errors_and_module_form(tmp_path: Path, env: dict[str, 
             import restartable.earth2studio as bridge
             from restartable.earth2studio import checkpoint as bridged
             from earth2studio.utils.checkpoint import Checkpoint
-            print("PROBE", json.dumps({"name": __name__, "installed": bridge.installed(), "bridged": Checkpoint is bridged.Checkpoint,
+            print("PROBE", json.dumps({"name": __name__, "installed": bridge.installed(), "bridged": """
+            """Checkpoint is bridged.Checkpoint,
                                        "argv": sys.argv[1:]}))
             """
         )
@@ -910,14 +915,14 @@ print("RESULT", json.dumps({
 )
 
 _RESTARTABLE_READER = (
-    _STATE_DEFINITIONS
-    + r"""
+    _STATE_DEFINITIONS + r"""
 from restartable import Checkpoint, bind_checkpoint_state
 
 result = {}
 for path in sys.argv[1:]:
     checkpoint = Checkpoint("mig", path=path, mode="append")
-    rows = [{"lead": str(e.lead_time), "write_count": e.write_count, "note": e.metadata["note"]} for e in checkpoint.catalog]
+    rows = [{"lead": str(e.lead_time), "write_count": e.write_count, "note": e.metadata["note"]} """
+    r"""for e in checkpoint.catalog]
     with checkpoint as session:
         state = bind_checkpoint_state(State())
         restored = state.checkpoint_state_loaded
@@ -987,7 +992,7 @@ def test_import_earth2studio_store_then_resume_with_restartable(tmp_path: Path, 
     dests = [tmp_path / f"dest-{name}" for name in ("whole", "missing-npy", "bad-manifest")]
     read = _result(_python(_RESTARTABLE_READER, *map(str, dests), env=env, cwd=tmp_path))
     expected_rows = [{k: r[k] for k in ("lead", "write_count", "note")} for r in rows]
-    for dest, kept in zip(dests, (range(5), (0, 1, 3, 4), (0, 2, 3, 4))):
+    for dest, kept in zip(dests, (range(5), (0, 1, 3, 4), (0, 2, 3, 4)), strict=True):
         got = read[str(dest)]
         assert got["rows"] == [expected_rows[i] for i in kept], (dest.name, got["rows"])
         # Resumed from the last row: the dataclass holds what earth2studio last committed.
@@ -1001,7 +1006,7 @@ def test_import_earth2studio_store_then_resume_with_restartable(tmp_path: Path, 
         ]
 
 
-# =========================================================== 2. earth2studio workflows killed and resumed under the bridge
+# ======================================================== 2. earth2studio workflows killed and resumed under the bridge
 
 
 def test_deterministic_and_ensemble_killed_and_resumed_under_bridge_match_earth2studio(runs: _Runs) -> None:

@@ -102,16 +102,23 @@ class NestedState:
     count: int = 0
 
 
+# Immutable defaults of ToyState, shared by every instance as plain class-level defaults.
+_TIMESTAMP = np.datetime64("2026-06-08T00", "h")
+_NO_DELTA = np.timedelta64(0, "h")
+_CPU = torch.device("cpu")
+_NP_FLOAT32 = np.dtype("float32")
+
+
 @dataclass
 class ToyState:
     calls: int = 0
     rng: torch.Tensor | None = None
     weights: np.ndarray = field(default_factory=lambda: np.asarray([1.0, 2.0], dtype=np.float32))
-    timestamp: np.datetime64 = np.datetime64("2026-06-08T00", "h")
-    delta: np.timedelta64 = np.timedelta64(0, "h")
-    tensor_device: torch.device = torch.device("cpu")
+    timestamp: np.datetime64 = _TIMESTAMP
+    delta: np.timedelta64 = _NO_DELTA
+    tensor_device: torch.device = _CPU
     dtype: torch.dtype = torch.float32
-    np_dtype: np.dtype = np.dtype("float32")
+    np_dtype: np.dtype = _NP_FLOAT32
     created: datetime = datetime(2024, 1, 1, tzinfo=timezone.utc)
     day: date = date(2024, 1, 2)
     window: timedelta = timedelta(hours=2)

@@ -267,7 +267,7 @@ def test_fault_syncing_commits_dir_after_publish(store: Path, monkeypatch: pytes
         assert hits
         assert info.value.errno == errno.EIO and str(store) in str(info.value)
         entries = Checkpoint(NAME, path=store).catalog
-        assert [e.lead_time for e in entries][0] == 1  # the previous row was not retired
+        assert entries[0].lead_time == 1  # the previous row was not retired
         for entry in entries:
             assert verify_row(entry.path) == []
         set_state(state, 3)
@@ -353,7 +353,9 @@ def test_every_os_call_of_a_commit_failing_in_turn(tmp_path: Path, monkeypatch: 
             before = tree(store)
             counter = {"n": -1}
 
-            def nth(name: str, path: str, args: tuple, n: int = n) -> int | None:
+            def nth(
+                name: str, path: str, args: tuple, n: int = n, err: int = err, counter: dict[str, int] = counter
+            ) -> int | None:
                 counter["n"] += 1
                 return err if counter["n"] == n else None
 

@@ -20,12 +20,10 @@ through the code under test.
 
 from __future__ import annotations
 
-import bz2
 import gc
 import importlib
 import io
 import json
-import lzma
 import os
 import socket
 import subprocess
@@ -439,16 +437,18 @@ class _FlyteLikeS3(AbstractFileSystem):
     protocol = ("s3", "s3a")
     cachable = False
     built = 0
-    _OWN = {
-        "config",
-        "client_options",
-        "retry_config",
-        "credential_provider",
-        "asynchronous",
-        "loop",
-        "batch_size",
-        "max_cache_size",
-    }
+    _OWN = frozenset(
+        {
+            "config",
+            "client_options",
+            "retry_config",
+            "credential_provider",
+            "asynchronous",
+            "loop",
+            "batch_size",
+            "max_cache_size",
+        }
+    )
 
     def __init__(self, *args, **kwargs) -> None:
         type(self).built += 1

@@ -21,6 +21,7 @@ cross dozens of epoch boundaries, before and after the save.
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import signal
@@ -182,7 +183,7 @@ def make_data(root: Path, cfg: dict[str, Any]) -> str:
     shards = root / "shards"
     shards.mkdir()
     cuts = [0, 97, 350, 351, 700, cfg["n"]]  # uneven, one shard of a single element
-    for k, (lo, hi) in enumerate(zip(cuts[:-1], cuts[1:])):
+    for k, (lo, hi) in enumerate(itertools.pairwise(cuts)):
         np.save(shards / f"part-{k:03d}.npy", data[lo:hi])
     return str(shards)
 
@@ -258,7 +259,7 @@ def test_sigkilled_iterator_resumes_element_for_element(tmp_path: Path, name: st
         reported = []
         wanted = 1 if cfg["mode"] == "at" else saves_before_kill
         while len(reported) < wanted:
-            word, step = read_line(proc, deadline).split()
+            _word, step = read_line(proc, deadline).split()
             reported.append(int(step))
         if cfg["mode"] == "interval":
             time.sleep(rnd.uniform(0, 0.02))  # anywhere: iterating, encoding, fsyncing, retiring

@@ -26,8 +26,8 @@ from restartable import (
     CheckpointFallbackWarning,
     CheckpointSerializationError,
     CheckpointWriteError,
+    codec,
 )
-from restartable import codec
 from restartable.cli import main as cli_main
 from restartable.iterators import (
     Checkpointable,
@@ -137,7 +137,7 @@ def take(it: Any, count: int) -> list[Any]:
 
 def same_batches(a: list[Any], b: list[Any]) -> bool:
     return len(a) == len(b) and all(
-        np.array_equal(x, y) and np.asarray(x).dtype == np.asarray(y).dtype for x, y in zip(a, b)
+        np.array_equal(x, y) and np.asarray(x).dtype == np.asarray(y).dtype for x, y in zip(a, b, strict=True)
     )
 
 
@@ -210,7 +210,7 @@ def test_npy_shard_directory_equals_the_concatenated_array(tmp_path: Path) -> No
     data = data_2d(100)
     shards = tmp_path / "shards"
     shards.mkdir()
-    for name, (lo, hi) in zip(["a", "b", "c", "d"], [(0, 13), (13, 50), (50, 51), (51, 100)]):
+    for name, (lo, hi) in zip(["a", "b", "c", "d"], [(0, 13), (13, 50), (50, 51), (51, 100)], strict=True):
         np.save(shards / f"{name}.npy", data[lo:hi])
     (shards / "notes.txt").write_text("not a shard")
     from_dir = ShuffledArrayIterator(shards, batch_size=9, seed=4, num_shards=3, shard_index=2)
@@ -226,13 +226,13 @@ def test_npy_shard_directory_equals_the_concatenated_array(tmp_path: Path) -> No
 def test_bad_shard_directories_are_refused(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(ValueError, match="no .npy"):
+    with pytest.raises(ValueError, match=r"no \.npy"):
         ShuffledArrayIterator(empty)
     mixed = tmp_path / "mixed"
     mixed.mkdir()
     np.save(mixed / "a.npy", np.zeros((3, 2)))
     np.save(mixed / "b.npy", np.zeros((3, 4)))
-    with pytest.raises(ValueError, match="b.npy"):
+    with pytest.raises(ValueError, match=r"b\.npy"):
         ShuffledArrayIterator(mixed)
     objects = tmp_path / "objects"
     objects.mkdir()
@@ -673,7 +673,7 @@ def test_damaged_newest_step_falls_back_to_the_previous_with_a_warning(store: Pa
     with pytest.warns(CheckpointFallbackWarning, match="falling back to step 1"):
         IteratorCheckpoint(store).restore_latest(latest)
     assert latest.i == 2
-    with pytest.raises(CheckpointCorruptError, match="p000000.npy") as info:
+    with pytest.raises(CheckpointCorruptError, match=r"p000000\.npy") as info:
         IteratorCheckpoint(store).restore(Counter(), step=2)
     assert isinstance(info.value, ValueError)
     # The reader that found the damage no longer offers the step; others find it on restore.
@@ -863,7 +863,7 @@ def test_state_dict_objects_work_without_wrappers(tmp_path: Path) -> None:
         scheduler.step()
         train_step(model2, optimizer2, x)
         scheduler2.step()
-    for p, q in zip(model.parameters(), model2.parameters()):
+    for p, q in zip(model.parameters(), model2.parameters(), strict=True):
         assert torch.equal(p, q)
 
 

@@ -15,11 +15,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from conftest import run_python
 from restartable import Checkpoint, CheckpointFallbackWarning
 from restartable.cli import main as cli_main
 from restartable.iterators import IteratorCheckpoint, ShuffledArrayIterator
-
-from conftest import run_python
 
 fsspec = pytest.importorskip("fsspec")
 

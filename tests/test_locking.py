@@ -215,7 +215,7 @@ def test_readers_never_see_errors_or_partial_rows(tmp_path: Path, monkeypatch: p
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    out, err = proc.communicate()
+    _out, err = proc.communicate()
     assert proc.returncode == 0, err
     # The writer really committed while the reads went on.
     assert len(seen) >= 2, seen

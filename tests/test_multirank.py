@@ -27,6 +27,7 @@ since every row is one write, sequence number == lead_time == step.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -300,10 +301,8 @@ def run_ranks(
                 proc.kill()
             proc.wait()
             for stream in (proc.stdin, proc.stdout, proc.stderr):
-                try:
+                with contextlib.suppress(OSError, ValueError):
                     stream.close()
-                except (OSError, ValueError):
-                    pass
         for thread in threads:
             thread.join(timeout=5)
     return runs

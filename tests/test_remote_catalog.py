@@ -540,7 +540,7 @@ def test_rows_committed_after_a_reader_saw_the_commit_in_progress_are_seen(
 ) -> None:
     monkeypatch.setenv("RESTARTABLE_LEASE_SECONDS", LONG_LEASE)
     url = f"{s3_bucket}/stale"
-    proc, lines = _start_until(HANG_CHILD, [url, "manifest", "2", "2"], lambda lines: any("hang" in r for r in lines))
+    proc, _lines = _start_until(HANG_CHILD, [url, "manifest", "2", "2"], lambda lines: any("hang" in r for r in lines))
     try:
         # Row 1 is whole; row 2's payloads are uploaded, its manifest is not: a reader sees row 1.
         assert [e.lead_time for e in Checkpoint("hang", path=url, mode="append").catalog] == [1]
@@ -772,7 +772,7 @@ def test_readers_never_see_a_partial_row_while_a_writer_commits(
             assert session.metadata["values"].tobytes() == np.full(2000, float(step)).tobytes()
             assert session.metadata["counts"].tobytes() == (np.arange(64) * step).tobytes()
             seen.append(step)
-        out, err = proc.communicate(timeout=CHILD_TIMEOUT)
+        _out, err = proc.communicate(timeout=CHILD_TIMEOUT)
     finally:
         watchdog.cancel()
         if proc.poll() is None:
@@ -854,7 +854,7 @@ def test_async_commit_to_s3(s3_bucket: str) -> None:
             assert session.write(lead_time=step) is None  # persisted in the background
     catalog = Checkpoint("async", path=url, mode="append").catalog
     assert [e.lead_time for e in catalog] == [1, 2, 3, 4, 5]
-    for index, entry in enumerate(catalog):
+    for index, _entry in enumerate(catalog):
         restored = RemoteState()
         Checkpoint("async", path=url).select(index).bind(restored)
         expected = state_at(index + 1)
@@ -1071,7 +1071,7 @@ def test_push_over_a_damaged_remote_copy_of_a_row(
     local, url = tmp_path / "local", f"{s3_bucket}/repush"
     checkpoint = _write_rows(str(local), range(1, 3))
     assert cli(capsys, "push", str(local), url)[0] == 0
-    first, second = checkpoint.catalog
+    _first, second = checkpoint.catalog
     payload = f"{url}/commits/{second.commit_id}/p000000.npy"
     write_object(payload, read_object(payload)[:-8])  # truncated remotely: a damaged row there
     with Checkpoint("rows", path=str(local), mode="append") as session:
@@ -1158,3 +1158,32 @@ def test_deterministic_workflow_with_an_s3_checkpoint_resumes_bit_for_bit(
     assert int(np.asarray(final[-1].lead_time).reshape(-1)[-1] / hour) == harness.LEADS[-1]
     assert_whole_rows_only(ckpt, [e.commit_id for e in final])
     assert LOCK_NAME not in objects_under(ckpt)
+
+
+# --------------------------------------------------------------------------- 10. every command on a URL
+
+
+def test_show_and_gc_work_on_a_url(s3_bucket: str, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"{s3_bucket}/commands"
+    catalog = _write_rows(url, range(1, 3)).catalog
+    code, out, err = cli(capsys, "show", url, "-1", "--json")
+    assert code == 0, err
+    shown = json.loads(out)
+    assert shown["commit_id"] == catalog[-1].commit_id and shown["lead_time"] == 2
+    assert shown["path"] == f"{url}/commits/{catalog[-1].commit_id}"
+
+    # Leftovers: an interrupted commit's upload, and a file no manifest lists.
+    leftover = f"{url}/commits/000000000009-{'a' * 32}/p000000.npy"
+    stray = f"{url}/commits/{catalog[0].commit_id}/stray.bin"
+    write_object(leftover, b"partial")
+    write_object(stray, b"unlisted")
+    code, out, err = cli(capsys, "gc", url, "--dry-run", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["dry_run"] and set(report["removed"]) == {leftover.rsplit("/", 1)[0], stray}
+    keys = {leftover[len(url) + 1 :], stray[len(url) + 1 :]}
+    assert keys <= set(objects_under(url))  # a dry run removes nothing
+    code, out, err = cli(capsys, "gc", url)
+    assert code == 0, err
+    assert not keys & set(objects_under(url))
+    assert [e.commit_id for e in Checkpoint("rows", path=url, mode="append").catalog] == [e.commit_id for e in catalog]

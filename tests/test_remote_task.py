@@ -840,7 +840,7 @@ def _in_child_as_nobody(action) -> dict:
             try:
                 action()
                 result = {"raised": None}
-            except BaseException as exc:  # noqa: BLE001 - reported to the parent
+            except BaseException as exc:  # reported to the parent
                 result = {"raised": type(exc).__name__, "message": str(exc), "url": getattr(exc, "url", None)}
             os.write(write_end, json.dumps(result).encode())
         finally:
@@ -883,7 +883,7 @@ def test_read_only_local_destination(tmp_path: Path) -> None:
         try:
             try:
                 RemoteCheckpoint(dest).save_sync(b"payload")
-            except BaseException as exc:  # noqa: BLE001
+            except BaseException as exc:
                 result = {"raised": type(exc).__name__, "message": str(exc), "url": getattr(exc, "url", None)}
             else:
                 result = {"raised": None}

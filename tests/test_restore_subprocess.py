@@ -18,13 +18,12 @@ from typing import Any
 
 import pytest
 
+from conftest import run_python
 from restartable import (
     Checkpoint,
     CheckpointStateCollision,
     bind_checkpoint_state,
 )
-
-from conftest import run_python
 from support import TESTS_DIR
 
 # --------------------------------------------------------------------------- shared module
@@ -133,7 +132,8 @@ TYPES_SOURCE = textwrap.dedent(
             by_name={"b": 1, "a": {"nested": (1, b"\\x00")}},
             by_int={3: "c", 2**70: "big", -1: None},
             mixed_keys={1: "one", "1": "string one"},
-            inner=Inner("in", torch.arange(6, dtype=torch.float32).reshape(2, 3), dt.datetime(2021, 11, 7, 1, 30, fold=1, tzinfo=ny)),
+            inner=Inner("in", torch.arange(6, dtype=torch.float32).reshape(2, 3), '''
+    '''dt.datetime(2021, 11, 7, 1, 30, fold=1, tzinfo=ny)),
             frozen=FrozenPart(5, (1, 2.5)),
             inners=[Inner("a", np.arange(3, dtype=">i2")), Inner("b", None, None)],
             by_id={7: Inner("seven", {"w": torch.ones(2, dtype=torch.bfloat16)})},
@@ -225,7 +225,8 @@ TYPES_SOURCE = textwrap.dedent(
         if dataclasses.is_dataclass(value):
             return [_name(value), [[f.name, describe(getattr(value, f.name))] for f in dataclasses.fields(value)]]
         if t is dt.datetime:
-            return [_name(value), value.isoformat(), value.fold, repr(value.tzinfo), value.tzname(), str(value.utcoffset())]
+            return [_name(value), value.isoformat(), value.fold, repr(value.tzinfo), '''
+    """value.tzname(), str(value.utcoffset())]
         if t in (dt.date, dt.time, dt.timedelta):
             return [_name(value), repr(value), getattr(value, "fold", None)]
         if isinstance(value, (np.ndarray, np.generic)):
@@ -238,13 +239,14 @@ TYPES_SOURCE = textwrap.dedent(
         if isinstance(value, np.dtype):
             return [_name(value), value.str, repr(value), value.itemsize]
         if isinstance(value, torch.Tensor):
-            return [_name(value), str(value.dtype), list(value.shape), value.requires_grad, str(value.device), tensor_bytes(value).hex()]
+            return [_name(value), str(value.dtype), list(value.shape), value.requires_grad, """
+    """str(value.device), tensor_bytes(value).hex()]
         if t in (torch.device, torch.dtype):
             return [_name(value), str(value)]
         if t is torch.Size:
             return [_name(value), list(value)]
         raise TypeError(f"describe: unexpected {t!r}")
-    '''
+    """
 )
 
 WRITER = textwrap.dedent(
@@ -350,7 +352,8 @@ def test_description_is_discriminating(shared_module: Path) -> None:
         variants.append(dataclasses.replace(v, when_zone=v.when_zone.replace(fold=0)))
         variants.append(dataclasses.replace(v, neg_zero=0.0))
         variants.append(dataclasses.replace(v, by_int={**v.by_int, 3: b"c"}))
-        variants.append(dataclasses.replace(v, tensors=dict(v.tensors, requires_grad=v.tensors["requires_grad"].detach())))
+        variants.append(dataclasses.replace(v, tensors=dict(v.tensors, """
+        """requires_grad=v.tensors["requires_grad"].detach())))
         variants.append(dataclasses.replace(v, frozen=T.FrozenPart(5, (1, 2.0))))
         variants.append(dataclasses.replace(v, np_scalars=dict(v.np_scalars, int64=np.int32(-1))))
         print(json.dumps([T.describe(x) != base for x in variants]))
@@ -429,7 +432,8 @@ SMALL_READER = textwrap.dedent(
                     "warnings": [w.category.__name__ for w in caught],
                 }))
     except CheckpointStateSchemaError as exc:
-        print(json.dumps({"outcome": "schema-error", "message": str(exc), "is_value_error": isinstance(exc, ValueError)}))
+        print(json.dumps({"outcome": "schema-error", "message": str(exc), "is_value_error": """
+    """isinstance(exc, ValueError)}))
     """
 )
 

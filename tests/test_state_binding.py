@@ -568,7 +568,7 @@ def test_tensor_state_of_various_dtypes(store: Path) -> None:
         session.write()
     with Checkpoint("dtypes", path=store).select(-1):
         restored = bind_checkpoint_state(UnsupportedState()).history
-    for got, want in zip(restored, values.values()):
+    for got, want in zip(restored, values.values(), strict=True):
         assert got.dtype == want.dtype
         assert got.shape == want.shape
         assert torch.equal(got, want)
@@ -649,7 +649,8 @@ def test_seed_noise_perturbation_resumes_identical_noise_across_processes(store:
 
     def run(phase: str, out: str, check: bool = True) -> Any:
         return run_python(
-            f"import runpy, sys; sys.argv = ['noise_run.py', *sys.argv[1:]]; runpy.run_path({str(script)!r}, run_name='__main__')",
+            "import runpy, sys; sys.argv = ['noise_run.py', *sys.argv[1:]]; "
+            f"runpy.run_path({str(script)!r}, run_name='__main__')",
             str(tmp_path),
             str(store),
             str(tmp_path / out),

@@ -8,6 +8,7 @@ retention policy keeps (the newest ``keep``, and the newest pinned row).
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 import uuid
@@ -16,7 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-from hypothesis import settings, strategies as st
+from hypothesis import settings
+from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from restartable.errors import CheckpointCleanupWarning
@@ -105,10 +107,8 @@ class StoreModel(RuleBasedStateMachine):
                 assert sequence is None or published[0].sequence >= sequence
                 self.rows = [*self.rows, _Row(published[0].sequence, self.step, pin)]
                 self.uncertain = True
-            try:
+            with contextlib.suppress(SimulatedCrash):
                 self.writer.close()
-            except SimulatedCrash:
-                pass
             self._open_writer()  # the restarted job
         else:
             self.faulty.disarm()
@@ -147,10 +147,8 @@ class StoreModel(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         if self.writer is not None:
-            try:
+            with contextlib.suppress(SimulatedCrash):
                 self.writer.close()
-            except SimulatedCrash:
-                pass
         if self.backend == "memory" and hasattr(self, "name"):
             MemoryRowStore.forget(self.name)
         elif hasattr(self, "directory"):

@@ -58,7 +58,8 @@ CHILD_TIMEOUT = 180  # a hang guard, not a timing assertion
 
 # --------------------------------------------------------------------------- the child process
 
-CHILD_SOURCE = r'''
+CHILD_SOURCE = (
+    r'''
 """Runs workflow jobs given as JSON in argv[1]; each job in a fresh context."""
 import contextvars, importlib, json, os, signal, sys, time, warnings
 
@@ -184,12 +185,14 @@ def run(job, log, report):
         elif job["workflow"] == "diagnostic":
             workflows.diagnostic(job["time"], job["nsteps"], model, WindSpeed(), data, io, **common)
         else:
-            workflows.ensemble(job["time"], job["nsteps"], job["nensemble"], model, data, io, pert, batch_size=job["batch_size"], **common)
+            workflows.ensemble(job["time"], job["nsteps"], job["nensemble"], model, data, io, pert, '''
+    r"""batch_size=job["batch_size"], **common)
 
     if job.get("ckpt") is None:
         call(*components(), None)
         return
-    ckpt = Checkpoint("wf", path=job["ckpt"], mode=job["mode"], flush_interval=job["flush_interval"], level=job["level"])
+    ckpt = Checkpoint("wf", path=job["ckpt"], mode=job["mode"], """
+    r"""flush_interval=job["flush_interval"], level=job["level"])
     if job.get("bind") == "late":
         model, pert = components()
     with ckpt as session:
@@ -216,7 +219,8 @@ def run_job(job):
         try:
             run(job, log, report)
         except Exception as exc:  # SystemExit (WorkflowPreempted) goes through
-            report["error"] = {"type": type(exc).__name__, "message": str(exc), "mro": [c.__name__ for c in type(exc).__mro__]}
+            report["error"] = {"type": type(exc).__name__, "message": str(exc), "mro": """
+    r"""[c.__name__ for c in type(exc).__mro__]}
         finally:
             report["warnings"] = [[w.category.__name__, str(w.message)] for w in caught]
     emit(report)
@@ -228,7 +232,8 @@ def run_job(job):
 if __name__ == "__main__":
     for job in json.loads(sys.argv[1]):
         contextvars.Context().run(run_job, job)
-'''
+"""
+)
 
 
 @pytest.fixture
@@ -722,7 +727,7 @@ def test_stop_signal_commits_pending_writes_and_the_resume_does_not_redo_them(
         proc.wait(timeout=CHILD_TIMEOUT)
         raise AssertionError(f"child never got ready: rc={proc.returncode} {proc.stderr.read()}")
     os.kill(proc.pid, sig)
-    out, err = proc.communicate(timeout=CHILD_TIMEOUT)
+    _out, err = proc.communicate(timeout=CHILD_TIMEOUT)
     assert proc.returncode == PREEMPTED_EXIT_CODE == 75, err
     assert f"{signal.Signals(sig).name} received" in err
     assert "Run the same command again to resume" in err

@@ -84,7 +84,7 @@ def test_more_ranks_than_before_is_refused_by_the_row_records(store: Path) -> No
     for rank in range(2):
         _commit(store, rank=rank, world_size=2)
     with pytest.raises(CheckpointWorldSizeError, match=r"world_size 2, but this run has world_size 4"):
-        Checkpoint("ws", path=store, rank=0, world_size=4).catalog
+        _ = Checkpoint("ws", path=store, rank=0, world_size=4).catalog
 
 
 def test_same_world_size_resumes(store: Path) -> None:

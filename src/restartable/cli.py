@@ -4,8 +4,9 @@ Exit codes: 0 success; 1 damage found (``verify``, or rows ``push``/``pull``
 skipped as damaged) or outputs that differ (``demo``); 2 usage error or a
 path that is not a checkpoint; 3 the checkpoint is locked by a running
 writer (``gc``, ``push``, ``pull``); 4 an object store failed (network,
-permissions). Every command takes ``--json`` for scripts. ``ls`` and
-``verify`` also take a URL (``s3://bucket/prefix``).
+permissions). Every command takes ``--json`` for scripts. ``ls``, ``show``,
+``verify`` and ``gc`` also take a URL (``s3://bucket/prefix``): every
+command works on a :class:`~restartable.store.RowStore`, whatever its backend.
 """
 
 from __future__ import annotations
@@ -113,7 +114,8 @@ def _rank_summary(scans: list[tuple[str, Any]]) -> tuple[list[dict[str, Any]], s
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    report, blocks = [], []
+    report: list[dict[str, Any]] = []
+    blocks: list[str] = []
     scans = _scans(args)
     summary, summary_text = _rank_summary(scans)
     if summary_text:
@@ -342,7 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="restartable",
         description="Inspect, verify and clean restartable checkpoints.",
-        epilog="Exit codes: 0 ok, 1 damage found, 2 usage error, 3 checkpoint locked by a writer, 4 object store failed.",
+        epilog=(
+            "Exit codes: 0 ok, 1 damage found, 2 usage error, 3 checkpoint locked by a writer, 4 object store failed."
+        ),
     )
     parser.add_argument("--version", action="version", version=f"restartable {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -428,7 +432,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo_parser = sub.add_parser(
         "demo",
-        help="Kill an ensemble forecast with SIGKILL, resume it, and check it bit for bit against an uninterrupted run.",
+        help=(
+            "Kill an ensemble forecast with SIGKILL, resume it, and check it bit for bit against an uninterrupted run."
+        ),
         description=demo.DESCRIPTION,
         epilog=demo.EPILOG,
     )
@@ -444,7 +450,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     args.storage_options = dict(getattr(args, "storage_option", []) or [])
     try:
-        return args.func(args)
+        code: int = args.func(args)
+        return code
     except UsageError as exc:
         print(f"restartable {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

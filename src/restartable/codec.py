@@ -118,7 +118,7 @@ def _canonical_type(hint: Any) -> str:
 def _resolved_hints(cls: type) -> dict[str, Any]:
     try:
         return typing.get_type_hints(cls, include_extras=False)
-    except Exception:  # noqa: BLE001 - unresolvable forward references
+    except Exception:  # unresolvable forward references
         # A hint that cannot be resolved (a name imported only under
         # TYPE_CHECKING) keeps its text; the hash is then stable as long as
         # the text is.
@@ -323,7 +323,7 @@ class _Encoder:
                 return {TAG: "torch.Size", "v": list(value)}
         raise self.fail(path, value)
 
-    def encode_dict(self, value: dict, path: str) -> Any:
+    def encode_dict(self, value: dict[Any, Any], path: str) -> Any:
         keys = list(value)
         # The JSON-object form reads best, but manifests are written with
         # sorted keys, so it is used only where that keeps the order.
@@ -519,25 +519,25 @@ class _Decoder:
         except (KeyError, TypeError, ValueError, IndexError, OverflowError, RuntimeError) as exc:
             raise self.corrupt(path, f"malformed {tag!r} record ({exc})") from exc
 
-    def decode_int(self, doc: dict, path: str, current: Any) -> int:
+    def decode_int(self, doc: dict[str, Any], path: str, current: Any) -> int:
         return int(doc["v"])
 
-    def decode_float(self, doc: dict, path: str, current: Any) -> float:
+    def decode_float(self, doc: dict[str, Any], path: str, current: Any) -> float:
         if doc["v"] not in ("nan", "inf", "-inf"):
             raise ValueError(f"unexpected float text {doc['v']!r}")
         return float(doc["v"])
 
-    def decode_tuple(self, doc: dict, path: str, current: Any) -> tuple:
+    def decode_tuple(self, doc: dict[str, Any], path: str, current: Any) -> tuple[Any, ...]:
         return tuple(self.decode(item, f"{path}[{i}]") for i, item in enumerate(doc["v"]))
 
-    def decode_bytes(self, doc: dict, path: str, current: Any) -> bytes:
+    def decode_bytes(self, doc: dict[str, Any], path: str, current: Any) -> bytes:
         return base64.b64decode(doc["v"], validate=True)
 
-    def decode_dict(self, doc: dict, path: str, current: Any) -> dict:
+    def decode_dict(self, doc: dict[str, Any], path: str, current: Any) -> dict[Any, Any]:
         if "v" in doc:
             sub = current if isinstance(current, dict) else {}
             return {k: self.decode(v, f"{path}{_fmt_key(k)}", sub.get(k)) for k, v in doc["v"].items()}
-        out = {}
+        out: dict[Any, Any] = {}
         for key_doc, value_doc in doc["items"]:
             key = self.decode(key_doc, path)
             if type(key) not in (str, int):
@@ -546,9 +546,8 @@ class _Decoder:
         return out
 
     def resolve_dataclass(self, name: str, current: Any) -> type | None:
-        if dataclasses.is_dataclass(current) and not isinstance(current, type):
-            if type_name(type(current)) == name:
-                return type(current)
+        if dataclasses.is_dataclass(current) and not isinstance(current, type) and type_name(type(current)) == name:
+            return type(current)
         if name in self.known_types:
             return self.known_types[name]
         # A module that is already imported can be searched without running
@@ -567,7 +566,7 @@ class _Decoder:
             qualname = f"{head}.{qualname}"
         return None
 
-    def decode_dataclass(self, doc: dict, path: str, current: Any) -> Any:
+    def decode_dataclass(self, doc: dict[str, Any], path: str, current: Any) -> Any:
         name = doc["type"]
         if self.dataclasses_in_place and not (dataclasses.is_dataclass(current) and not isinstance(current, type)):
             return {field: self.decode(value, f"{path}.{field}") for field, value in doc["v"].items()}
@@ -588,27 +587,30 @@ class _Decoder:
             )
         return restore_dataclass(cls, doc["v"], self, path, current)
 
-    def decode_datetime(self, doc: dict, path: str, current: Any) -> _dt.datetime:
+    def decode_datetime(self, doc: dict[str, Any], path: str, current: Any) -> _dt.datetime:
         value = _dt.datetime.fromisoformat(doc["v"])
         if "tzname" in doc:
-            value = value.replace(tzinfo=_dt.timezone(value.utcoffset(), str(doc["tzname"])))
+            offset = value.utcoffset()
+            if offset is None:
+                raise ValueError(f"datetime {doc['v']!r} has a tzname but no UTC offset")
+            value = value.replace(tzinfo=_dt.timezone(offset, str(doc["tzname"])))
         if "zone" in doc:
             import zoneinfo
 
             value = value.replace(tzinfo=zoneinfo.ZoneInfo(doc["zone"]))
         return value.replace(fold=int(doc.get("fold", 0)))
 
-    def decode_date(self, doc: dict, path: str, current: Any) -> _dt.date:
+    def decode_date(self, doc: dict[str, Any], path: str, current: Any) -> _dt.date:
         return _dt.date.fromisoformat(doc["v"])
 
-    def decode_time(self, doc: dict, path: str, current: Any) -> _dt.time:
+    def decode_time(self, doc: dict[str, Any], path: str, current: Any) -> _dt.time:
         return _dt.time.fromisoformat(doc["v"]).replace(fold=int(doc.get("fold", 0)))
 
-    def decode_timedelta(self, doc: dict, path: str, current: Any) -> _dt.timedelta:
+    def decode_timedelta(self, doc: dict[str, Any], path: str, current: Any) -> _dt.timedelta:
         days, seconds, micros = doc["v"]
         return _dt.timedelta(days=days, seconds=seconds, microseconds=micros)
 
-    def decode_np_scalar(self, doc: dict, path: str, current: Any) -> np.generic:
+    def decode_np_scalar(self, doc: dict[str, Any], path: str, current: Any) -> np.generic:
         dtype = dtype_from_json(doc["dtype"])
         if dtype.hasobject:
             raise ValueError("object dtype refused")
@@ -616,18 +618,18 @@ class _Decoder:
         if dtype.itemsize == 0 and dtype.kind in "SU":
             # An empty np.bytes_/np.str_ has a zero-size dtype but tobytes()
             # gives one padding element.
-            return dtype.type(b"" if dtype.kind == "S" else "")
+            return typing.cast(np.generic, dtype.type(b"" if dtype.kind == "S" else ""))
         if len(raw) != dtype.itemsize:
             raise ValueError(f"{len(raw)} bytes for a {dtype} scalar of {dtype.itemsize} bytes")
-        return np.frombuffer(raw, dtype=dtype)[0]
+        return typing.cast(np.generic, np.frombuffer(raw, dtype=dtype)[0])
 
-    def decode_np_dtype(self, doc: dict, path: str, current: Any) -> np.dtype:
+    def decode_np_dtype(self, doc: dict[str, Any], path: str, current: Any) -> np.dtype:
         return dtype_from_json(doc["v"])
 
-    def decode_ndarray(self, doc: dict, path: str, current: Any) -> np.ndarray:
+    def decode_ndarray(self, doc: dict[str, Any], path: str, current: Any) -> np.ndarray:
         return self.load_payload(int(doc["i"]))
 
-    def decode_tensor(self, doc: dict, path: str, current: Any) -> Any:
+    def decode_tensor(self, doc: dict[str, Any], path: str, current: Any) -> Any:
         torch = _import_torch(path)
         array = self.load_payload(int(doc["i"]))
         dtype = getattr(torch, doc["dtype"], None)
@@ -644,17 +646,17 @@ class _Decoder:
             tensor.requires_grad_(True)
         return tensor
 
-    def decode_torch_device(self, doc: dict, path: str, current: Any) -> Any:
+    def decode_torch_device(self, doc: dict[str, Any], path: str, current: Any) -> Any:
         return _import_torch(path).device(doc["v"])
 
-    def decode_torch_dtype(self, doc: dict, path: str, current: Any) -> Any:
+    def decode_torch_dtype(self, doc: dict[str, Any], path: str, current: Any) -> Any:
         torch = _import_torch(path)
         dtype = getattr(torch, doc["v"], None)
         if not isinstance(dtype, torch.dtype):
             raise ValueError(f"unknown torch dtype {doc['v']!r}")
         return dtype
 
-    def decode_torch_Size(self, doc: dict, path: str, current: Any) -> Any:
+    def decode_torch_Size(self, doc: dict[str, Any], path: str, current: Any) -> Any:
         return _import_torch(path).Size(int(n) for n in doc["v"])
 
 
@@ -682,7 +684,9 @@ def restore_dataclass(
         raise CheckpointStateSchemaError(
             f"{path}: saved fields {sorted(field_docs)} do not match the fields of {type_name(cls)} {sorted(names)}"
         )
-    target = current if type(current) is cls else cls.__new__(cls)
+    # Through Any: mypy would check the call against type.__new__ (the
+    # metaclass), while at run time it is the dataclass's own __new__.
+    target = current if type(current) is cls else typing.cast(Any, cls).__new__(cls)
     values = {
         name: decoder.decode(
             field_docs[name], f"{path}.{name}", getattr(current, name, None) if target is current else None

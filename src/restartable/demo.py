@@ -47,7 +47,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import numpy as np
 
@@ -218,9 +218,10 @@ def _digest(values: np.ndarray) -> str:
 def _differing(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Mask of the elements whose bytes differ (NaNs with the same bytes are equal)."""
     if a.dtype.kind in "biufcmM" and a.dtype == b.dtype:
-        bytes_a = np.ascontiguousarray(a).view(np.uint8).reshape(a.shape + (-1,))
-        bytes_b = np.ascontiguousarray(b).view(np.uint8).reshape(b.shape + (-1,))
-        return (bytes_a != bytes_b).any(axis=-1)
+        bytes_a = np.ascontiguousarray(a).view(np.uint8).reshape((*a.shape, -1))
+        bytes_b = np.ascontiguousarray(b).view(np.uint8).reshape((*b.shape, -1))
+        differs: np.ndarray = (bytes_a != bytes_b).any(axis=-1)
+        return differs
     return np.asarray(a != b)
 
 
@@ -248,7 +249,7 @@ def compare_stores(a: str | Path, b: str | Path) -> dict[str, Any]:
             differences.append(f"{name}: only in {'b' if not present[0] else 'a'}")
             arrays.append(record)
             continue
-        va, vb = (np.asarray(store[name][...]) for store in stores)
+        va, vb = (np.asarray(cast("zarr.Array[Any]", store[name])[...]) for store in stores)
         attrs_equal = dict(stores[0][name].attrs) == dict(stores[1][name].attrs)
         record.update(shape=list(va.shape), dtype=str(va.dtype), sha256_a=_digest(va), sha256_b=_digest(vb))
         if va.shape != vb.shape or va.dtype != vb.dtype:
@@ -340,7 +341,7 @@ def _human(nbytes: int) -> str:
 
 def _table(rows: list[list[str]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows)
 
 
 def _prepare_workdir(workdir: str | Path | None) -> tuple[Path, bool]:
@@ -476,7 +477,8 @@ def _progress_map(workdir: Path, config: DemoConfig, resumed_from: dict[str, Any
     """Per member, which lead times are committed (#), only written (+) or missing (.)."""
     import zarr
 
-    values = np.asarray(zarr.open_group(str(workdir / RESUMED_STORE), mode="r")[VARIABLES[0]][...])
+    array = cast("zarr.Array[Any]", zarr.open_group(str(workdir / RESUMED_STORE), mode="r")[VARIABLES[0]])
+    values = np.asarray(array[...])
     written = ~np.isnan(values).all(axis=tuple(range(3, values.ndim)))[:, 0, :]  # (ensemble, lead_time)
     completed = set(resumed_from.get("completed_ensembles") or ())
     # The batch the committed lead time belongs to: the first one not complete.
@@ -562,10 +564,12 @@ def _demo(config: DemoConfig, workdir: Path, kill_after: int, progress: bool, sa
     batch = min(config.batch_size, config.members)
     say("restartable demo: an ensemble forecast killed with SIGKILL, resumed, and compared bit for bit")
     say(
-        f"  model       Lorenz-96 by leapfrog (it carries the previous step: level-2 state), {len(VARIABLES)} variables on a {config.nlat} x {config.nlon} grid"
+        "  model       Lorenz-96 by leapfrog (it carries the previous step: level-2 state), "
+        f"{len(VARIABLES)} variables on a {config.nlat} x {config.nlon} grid"
     )
     say(
-        f"  ensemble    {config.members} members in batches of {batch}, {config.steps} steps of {STEP_HOURS} h, GaussianPerturbation(std={NOISE_STD}, seed={config.seed})"
+        f"  ensemble    {config.members} members in batches of {batch}, {config.steps} steps of {STEP_HOURS} h, "
+        f"GaussianPerturbation(std={NOISE_STD}, seed={config.seed})"
     )
     say(f"  writes      Zarr v3 store; Checkpoint(level=2, flush_interval={FLUSH_INTERVAL}, mode='overwrite')")
     say(f"  workdir     {workdir}")
@@ -581,23 +585,33 @@ def _demo(config: DemoConfig, workdir: Path, kill_after: int, progress: bool, sa
     say("  Zarr store after the kill (# written and committed, + written after the last commit, . not written):")
     say(_indent("\n".join(lines), "    "))
     say(
-        f"  checkpoint after the kill: {resumed_from['rows']} row(s), {_human(resumed_from['bytes'])} in {resumed_from['files']} files"
+        f"  checkpoint after the kill: {resumed_from['rows']} row(s), {_human(resumed_from['bytes'])} "
+        f"in {resumed_from['files']} files"
     )
     say(_indent(catalog_text, "    "))
     say()
 
     lead = resumed_from.get("lead_time_hours")
-    where = f"completed_ensembles={format_members(resumed_from.get('completed_ensembles'))}, lead_time={'-' if lead is None else f'{lead:g}h'}"
+    where = (
+        f"completed_ensembles={format_members(resumed_from.get('completed_ensembles'))}, "
+        f"lead_time={'-' if lead is None else f'{lead:g}h'}"
+    )
     say(f"[2/3] resume from row {resumed_from.get('commit_id')} ({where})")
     resumed = _run_phase("resume", config, workdir, progress)
     first = resumed.first_write or {}
     continued = lead is not None and first.get("lead_hours") is not None and first["lead_hours"] > lead
     if continued:
-        how = f"the model continued from its level-2 state at lead time {first['lead_hours']:g}h, members {first['members']}"
+        how = (
+            f"the model continued from its level-2 state at lead time {first['lead_hours']:g}h, "
+            f"members {first['members']}"
+        )
     elif lead is None:
         how = f"members {first.get('members')} started again from their batch's pinned row (same perturbation draw)"
     else:
-        how = f"members {first.get('members')} rerun from their batch's pinned row; lead times already committed not written again"
+        how = (
+            f"members {first.get('members')} rerun from their batch's pinned row; "
+            "lead times already committed not written again"
+        )
     say(f"  resumed: {resumed.writes} step writes in {resumed.seconds:.2f} s; {how}")
     catalog_final, final_facts = _catalog_facts(workdir)
     say()
@@ -653,8 +667,10 @@ def _demo(config: DemoConfig, workdir: Path, kill_after: int, progress: bool, sa
     rows.append(["compare", f"{compare_seconds:.2f} s", "", ""])
     say(_indent(_table(rows)))
     say(
-        f"Sizes on disk: checkpoint {_human(final_facts['bytes'])} ({final_facts['rows']} rows, {final_facts['files']} files) "
-        f"at the end, {_human(resumed_from['bytes'])} after the kill; Zarr stores {_human(resumed_size)} and {_human(reference_size)}"
+        f"Sizes on disk: checkpoint {_human(final_facts['bytes'])} "
+        f"({final_facts['rows']} rows, {final_facts['files']} files) "
+        f"at the end, {_human(resumed_from['bytes'])} after the kill; "
+        f"Zarr stores {_human(resumed_size)} and {_human(reference_size)}"
     )
 
     def phase_doc(phase: _Phase) -> dict[str, Any]:
@@ -685,14 +701,20 @@ def _sample(workdir: Path, config: DemoConfig) -> dict[str, Any] | None:
 
     name = VARIABLES[0]
     try:
-        a, b = (zarr.open_group(str(workdir / p), mode="r")[name] for p in (RESUMED_STORE, REFERENCE_STORE))
+        a, b = (
+            cast("zarr.Array[Any]", zarr.open_group(str(workdir / p), mode="r")[name])
+            for p in (RESUMED_STORE, REFERENCE_STORE)
+        )
         count = min(4, config.nlon)
         va = np.asarray(a[config.members - 1, 0, config.steps, 0, :count])
         vb = np.asarray(b[config.members - 1, 0, config.steps, 0, :count])
     except (KeyError, IndexError):
         return None
     return {
-        "label": f"{name}[member {config.members - 1}, lead {STEP_HOURS * config.steps}h, first latitude, first {count} longitudes]",
+        "label": (
+            f"{name}[member {config.members - 1}, lead {STEP_HOURS * config.steps}h, "
+            f"first latitude, first {count} longitudes]"
+        ),
         "a": [f"{v:.9g}" for v in va.tolist()],
         "b": [f"{v:.9g}" for v in vb.tolist()],
     }
@@ -707,10 +729,14 @@ def _finish(summary: dict[str, Any], stream: IO[str], verbose: bool, json_output
     arrays = summary["comparison"]["arrays"]
     resumed_from = summary["resumed_from"]
     lead = resumed_from.get("lead_time_hours")
-    where = f"completed_ensembles={format_members(resumed_from.get('completed_ensembles'))}, lead_time={'-' if lead is None else f'{lead:g}h'}"
+    where = (
+        f"completed_ensembles={format_members(resumed_from.get('completed_ensembles'))}, "
+        f"lead_time={'-' if lead is None else f'{lead:g}h'}"
+    )
     if summary["identical"]:
         verdict = (
-            f"IDENTICAL: killed with SIGKILL after {summary['kill_after']} of {summary['total_step_writes']} step writes "
+            f"IDENTICAL: killed with SIGKILL after {summary['kill_after']} of {summary['total_step_writes']} "
+            "step writes "
             f"and resumed from the last committed row ({where}), the forecast equals the uninterrupted one "
             f"bit for bit ({len(arrays)} of {len(arrays)} arrays)."
         )
@@ -763,7 +789,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         type=Path,
         default=None,
         metavar="DIR",
-        help="where to write the checkpoint and the Zarr stores, kept at the end (default: a temporary directory, removed at the end)",
+        help=(
+            "where to write the checkpoint and the Zarr stores, kept at the end "
+            "(default: a temporary directory, removed at the end)"
+        ),
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary working directory and print its path")
     parser.add_argument("--json", action="store_true", help="print a machine-readable JSON summary (no progress bars)")

@@ -74,7 +74,11 @@ class CheckpointState(Generic[T]):
     read-only ``checkpoint_*`` properties and ``device``.
     """
 
-    __slots__ = ("_state", "_checkpoint", "_session", "_state_loaded")
+    __slots__ = ("_checkpoint", "_session", "_state", "_state_loaded")
+    _checkpoint: Checkpoint | None
+    _session: CheckpointSession | None
+    _state: T
+    _state_loaded: bool
 
     def __init__(
         self,

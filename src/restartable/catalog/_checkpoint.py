@@ -194,7 +194,7 @@ class Checkpoint:
         self._buffers = HostBufferPool()
         self._writer: RowWriter | None = None
         self._writer_users = 0
-        self._finalizer: weakref.finalize | None = None
+        self._finalizer: weakref.finalize[[], Checkpoint] | None = None
         self._reader = CatalogReader(self.store)
         self._agreement = RankAgreement(name, self._root, rank, world_size)
         self._context_sessions: list[CheckpointSession] = []
@@ -329,10 +329,7 @@ class Checkpoint:
         # another writer between reading and entering.
         self._acquire_writer()
         try:
-            if self.multi_rank:
-                session = self._open_common()
-            else:
-                session = self._open_latest()
+            session = self._open_common() if self.multi_rank else self._open_latest()
             session.__enter__()
         finally:
             self._release_writer()
@@ -415,11 +412,14 @@ class Checkpoint:
     def _restart_writer(self, session: CheckpointSession) -> None:
         """For CheckpointSession: number this rank's next row after the agreed one, as on the other ranks."""
         sequence = session.entry.sequence if session.entry is not None else 0
-        failed = self._writer.restart_after(sequence)
+        writer = self._writer
+        assert writer is not None  # the entering session holds the writer
+        failed = writer.restart_after(sequence)
         if failed:
             path, exc = failed[0]
             raise CheckpointWriteError(
-                f"cannot resume {self.rank_path} after row {sequence}: the newer row {path} could not be retired ({exc})",
+                f"cannot resume {self.rank_path} after row {sequence}: "
+                f"the newer row {path} could not be retired ({exc})",
                 errno=exc.errno,
             )
 
@@ -466,6 +466,7 @@ class Checkpoint:
                 self._release_writer()
             self._published(session, row)
             return
+        assert buffers is not None  # taken above, for the background persist
 
         def cleanup() -> None:
             buffers.release()

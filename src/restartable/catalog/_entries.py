@@ -11,13 +11,13 @@ import dataclasses
 import json
 import sys
 from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .. import codec
 from ..errors import CheckpointCorruptError
+from ..store import RowPath
 
 if TYPE_CHECKING:
     from ..store import Row
@@ -69,7 +69,7 @@ class CheckpointEntry:
     world_size: int
     level: int
     state_ids: tuple[str, ...]
-    path: Path
+    path: RowPath
     pinned: bool = False
     all_ranks: bool | None = None
     labels: Mapping[str, Any] = dataclasses.field(default_factory=dict)

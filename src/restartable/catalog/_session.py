@@ -49,7 +49,7 @@ class CheckpointSession:
         self._row = row
         self._payloads = payloads
         self._aligned = False  # multi-rank: the writer continues after this session's row
-        self._restored_fingerprints: dict[str, str] = {}  # what each restored state was, by content
+        self._restored_fingerprints: dict[str, str | None] = {}  # what each restored state was, by content
         self._saved_states = {record["id"]: record for record in row.body["states"]} if row is not None else {}
         self.bound_states: dict[str, CheckpointState[Any]] = {}
         self._carried_over: set[str] = set()
@@ -249,6 +249,7 @@ class CheckpointSession:
         the flag and is still read back.
         """
         entry = self._commit_now(metadata, pin=True, wait=True)
+        assert entry is not None  # wait=True: the row is committed
         if self._row is not None:
             for sid, proxy in self.bound_states.items():
                 if proxy.checkpoint_state_loaded and self._restored_fingerprints.get(sid) != fingerprint(

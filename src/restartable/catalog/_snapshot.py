@@ -68,7 +68,7 @@ def encode_snapshot(
         raise
     metadata_doc, labels_doc, *state_docs = encoded.document
     _refuse_metadata_dataclasses(metadata_doc)
-    for record, doc in zip(records, state_docs):
+    for record, doc in zip(records, state_docs, strict=True):
         record["value"] = doc
     body = {
         "checkpoint": checkpoint_name,

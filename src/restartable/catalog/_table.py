@@ -63,4 +63,6 @@ def entries_table(entries: tuple[CheckpointEntry, ...] | list[CheckpointEntry]) 
 def format_table(table: list[list[str]]) -> str:
     """``table`` as aligned text columns, one line per row."""
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in table)
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)).rstrip() for row in table
+    )

@@ -5,9 +5,12 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import zarr
 
 
 def _names(array_name: str | Sequence[str]) -> list[str]:
@@ -21,7 +24,7 @@ def _tensors(x: Any) -> list[Any]:
 def _host(x: Any) -> np.ndarray:
     to_numpy = getattr(x, "numpy", None)
     if to_numpy is not None and not isinstance(x, np.ndarray):
-        return x.detach().cpu().numpy()
+        return cast("np.ndarray", x.detach().cpu().numpy())
     return np.asarray(x)
 
 
@@ -35,7 +38,7 @@ def _positions(
     for dim, values in coords.items():
         have = np.asarray(full[dim])
         where = [np.nonzero(have == v)[0] for v in np.asarray(values)]
-        missing = [v for v, w in zip(np.asarray(values), where) if w.size == 0]
+        missing = [v for v, w in zip(np.asarray(values), where, strict=True) if w.size == 0]
         if missing:
             raise ValueError(f"array {name!r}: {dim}={missing[0]!r} is not among its coordinates")
         index.append(np.array([int(w[0]) for w in where]))
@@ -78,7 +81,7 @@ class MemoryIO:
             self.arrays[name], self.coords[name] = values, coords
 
     def write(self, x: Any, coords: OrderedDict[str, np.ndarray], array_name: str | Sequence[str]) -> None:
-        for tensor, name in zip(_tensors(x), _names(array_name)):
+        for tensor, name in zip(_tensors(x), _names(array_name), strict=False):
             index = _positions(self.coords[name], coords, name)
             self.arrays[name][np.ix_(*index)] = _host(tensor)
 
@@ -119,10 +122,18 @@ class ZarrIO:
         self.chunks = dict(chunks or {})
         self.root = zarr.open_group(str(self.path), mode="a", zarr_format=3)
 
+    def _array(self, name: str) -> zarr.Array[Any]:
+        # Every member this class reads is an array it created (a coordinate
+        # or a variable), never a group.
+        return cast("zarr.Array[Any]", self.root[name])
+
+    def _dims(self, name: str) -> list[str]:
+        return cast("list[str]", self._array(name).attrs["dims"])
+
     def _coord_values(self, name: str) -> np.ndarray:
-        array = self.root[name]
-        values = array[...]
-        kind = array.attrs.get("numpy_dtype")
+        array = self._array(name)
+        values = cast("np.ndarray", array[...])
+        kind = cast("str | None", array.attrs.get("numpy_dtype"))
         return values.view(kind) if kind else values
 
     def _write_coord(self, name: str, values: np.ndarray) -> None:
@@ -137,12 +148,14 @@ class ZarrIO:
             if not np.array_equal(self._coord_values(name), values.view(attrs["numpy_dtype"]) if attrs else values):
                 raise ValueError(f"{self.path}: coordinate {name!r} exists with other values")
             return
-        array = self.root.create_array(name, shape=values.shape, dtype=values.dtype, chunks=values.shape or None)
+        # zarr takes None as automatic chunks (a 0-d coordinate), though its annotation leaves None out.
+        chunks = values.shape or None
+        array = self.root.create_array(name, shape=values.shape, dtype=values.dtype, chunks=chunks)  # type: ignore[arg-type]
         array[...] = values
         array.attrs.update(attrs | {"dims": [name]})
 
     def coords(self, name: str) -> OrderedDict[str, np.ndarray]:
-        return OrderedDict((dim, self._coord_values(dim)) for dim in self.root[name].attrs["dims"])
+        return OrderedDict((dim, self._coord_values(dim)) for dim in self._dims(name))
 
     def add_array(
         self,
@@ -159,7 +172,7 @@ class ZarrIO:
         )
         for index, name in enumerate(_names(array_name)):
             if name in self.root:
-                if list(self.root[name].attrs["dims"]) != list(coords) or self.root[name].shape != shape:
+                if list(self._dims(name)) != list(coords) or self._array(name).shape != shape:
                     raise ValueError(f"{self.path}: array {name!r} exists with other dims or shape")
                 continue
             array = self.root.create_array(name, shape=shape, dtype=dtype, chunks=chunks, fill_value=np.nan)
@@ -168,9 +181,9 @@ class ZarrIO:
                 array[...] = _host(_tensors(data)[index])
 
     def write(self, x: Any, coords: OrderedDict[str, np.ndarray], array_name: str | Sequence[str]) -> None:
-        for tensor, name in zip(_tensors(x), _names(array_name)):
+        for tensor, name in zip(_tensors(x), _names(array_name), strict=False):
             index = _positions(self.coords(name), coords, name)
-            self.root[name].oindex[index] = _host(tensor)
+            self._array(name).oindex[index] = _host(tensor)
 
     def __getitem__(self, name: str) -> Any:
         return self.root[name]

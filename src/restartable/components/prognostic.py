@@ -73,7 +73,7 @@ class Persistence(_Grid):
 
     def create_iterator(
         self, x: torch.Tensor, coords: OrderedDict[str, np.ndarray]
-    ) -> Iterator[tuple[torch.Tensor, OrderedDict]]:
+    ) -> Iterator[tuple[torch.Tensor, OrderedDict[str, np.ndarray]]]:
         current = OrderedDict(coords)
         yield x, current
         while True:
@@ -171,7 +171,7 @@ class Lorenz96(_Grid):
 
     def create_iterator(
         self, x: torch.Tensor, coords: OrderedDict[str, np.ndarray]
-    ) -> Iterator[tuple[torch.Tensor, OrderedDict]]:
+    ) -> Iterator[tuple[torch.Tensor, OrderedDict[str, np.ndarray]]]:
         current = OrderedDict(coords)
         if self._restorable(coords):
             # Continue the interrupted rollout: the next step, not the saved one.

@@ -31,6 +31,7 @@ earth2studio; :func:`install` does not either, beyond finding it.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.abc
 import importlib.util
@@ -126,10 +127,8 @@ def uninstall() -> None:
             sys.meta_path.remove(state.finder)
         for owner, name, previous in reversed(state.changes):
             if previous is _MISSING:
-                try:
+                with contextlib.suppress(AttributeError):
                     delattr(owner, name)
-                except AttributeError:
-                    pass
             else:
                 setattr(owner, name, previous)
         from . import checkpoint as bridged

@@ -65,7 +65,10 @@ PendingCheckpointState = PendingState
 
 
 def default_checkpoint_path(name: str) -> Path:
-    """earth2studio's default store: ``$EARTH2STUDIO_CACHE/checkpoints/<name>``, else ``~/.cache/earth2studio/checkpoints/<name>``."""
+    """earth2studio's default store: ``$EARTH2STUDIO_CACHE/checkpoints/<name>``.
+
+    Without ``EARTH2STUDIO_CACHE``: ``~/.cache/earth2studio/checkpoints/<name>``.
+    """
     base = os.environ.get("EARTH2STUDIO_CACHE")
     root = Path(base) if base else Path.home() / ".cache" / "earth2studio"
     return root / "checkpoints" / name

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from .. import codec
-from ..store import RowWriter, Snapshot
+from ..store import RowStore, RowWriter, Snapshot, open_store
 
 _RANK = re.compile(r"^rank_\d{6}$")
 
@@ -263,8 +263,13 @@ def _json_payload(value: Any) -> dict[str, Any]:
     raise _Damaged(f"unsupported lead_time record {value!r:.80}")
 
 
-def import_earth2studio(source: str | Path, destination: str | Path, *, name: str | None = None) -> ImportReport:
+def import_earth2studio(
+    source: str | Path, destination: str | Path | RowStore, *, name: str | None = None
+) -> ImportReport:
     """Convert the earth2studio store ``source`` into a new restartable store at ``destination``.
+
+    ``destination`` is a directory, a URL (``s3://...``) or a
+    :class:`~restartable.store.RowStore`.
 
     Every whole row is committed in catalog order; damaged rows are listed
     in :attr:`ImportReport.damaged` and skipped. ``destination`` must not
@@ -277,19 +282,18 @@ def import_earth2studio(source: str | Path, destination: str | Path, *, name: st
     FileExistsError
         ``destination`` already holds restartable rows.
     """
-    source, destination = Path(source).expanduser(), Path(destination).expanduser()
+    source = Path(source).expanduser()
+    root = open_store(destination)
     folders = _rank_folders(source)
     for rank_name, _ in folders:
-        commits = (destination / rank_name if rank_name else destination) / "commits"
-        if commits.is_dir() and any(commits.iterdir()):
-            raise FileExistsError(f"{commits} already holds rows; import into a new directory")
+        target = root.child(rank_name) if rank_name else root
+        if target.list_rows():
+            raise FileExistsError(f"{target} already holds rows; import into a new directory")
     reader = _Reader(torch_ok="torch" in sys.modules or _torch_available())
     report = ImportReport()
     cache: dict[tuple[str, tuple[str, ...]], type] = {}
     for rank_name, rank_path in folders:
-        target = destination / rank_name if rank_name else destination
-        target.mkdir(parents=True, exist_ok=True)
-        writer = RowWriter(target, keep=None)
+        writer = RowWriter(root.child(rank_name) if rank_name else root, keep=None)
         try:
             for commit_id in _commit_order(rank_path):
                 label = f"{rank_name}/{commit_id}" if rank_name else commit_id
@@ -313,7 +317,11 @@ def _torch_available() -> bool:
 
 
 def _snapshot(
-    manifest: dict[str, Any], metadata: dict[str, Any], states: list[tuple[str, _Migrated]], cache: dict, name: str
+    manifest: dict[str, Any],
+    metadata: dict[str, Any],
+    states: list[tuple[str, _Migrated]],
+    cache: dict[tuple[str, tuple[str, ...]], type],
+    name: str,
 ) -> Snapshot:
     values = [metadata] + [_as_encodable(state, cache) for _, state in states]
     try:
@@ -323,7 +331,7 @@ def _snapshot(
     metadata_doc, *state_docs = encoded.document
     records = [
         {"id": state_id, "schema": None, "level": 2, "value": _drop_schemas(doc)}
-        for (state_id, _), doc in zip(states, state_docs)
+        for (state_id, _), doc in zip(states, state_docs, strict=True)
     ]
     body = {
         "checkpoint": str(manifest.get("checkpoint") or name),

@@ -188,7 +188,8 @@ class IteratorCheckpoint:
             step = _step(step)
             if step in saved and not overwrite:
                 raise ValueError(
-                    f"step {step} is already saved in {self.base_dir} ({saved[step]}); pass overwrite=True to replace it"
+                    f"step {step} is already saved in {self.base_dir} ({saved[step]}); "
+                    "pass overwrite=True to replace it"
                 )
         state = get_state()
         return self.handler.save(self.base_dir, state, step=step, keep=keep_steps, overwrite=overwrite, metadata=values)
@@ -247,12 +248,16 @@ class IteratorCheckpoint:
             raise NotImplementedError(
                 f"{type(self.handler).__qualname__} cannot read metadata (no read_metadata method)"
             )
-        return read(self.base_dir, step=None if step is None else _step(step))
+        metadata: dict[str, Any] = read(self.base_dir, step=None if step is None else _step(step))
+        return metadata
 
     # ------------------------------------------------------------------ lifetime
 
     def wait_until_finished(self) -> None:
-        """Block until an asynchronous save is durable; raise its failure (:class:`~restartable.CheckpointWriteError`)."""
+        """Block until an asynchronous save is durable.
+
+        Raises its failure (:class:`~restartable.CheckpointWriteError`).
+        """
         wait = getattr(self.handler, "wait_until_finished", None)
         if wait is not None:
             wait()
@@ -274,7 +279,10 @@ class IteratorCheckpoint:
 
 
 class PipelineCheckpoint(IteratorCheckpoint):
-    """An :class:`IteratorCheckpoint` that saves a data stream every ``interval`` steps (datarax's ``PipelineCheckpoint``)."""
+    """An :class:`IteratorCheckpoint` that saves a data stream every ``interval`` steps.
+
+    As datarax's ``PipelineCheckpoint``.
+    """
 
     def save_to_step(
         self,
@@ -298,7 +306,7 @@ class PipelineCheckpoint(IteratorCheckpoint):
             and step >= 0
             and interval >= 1
             and step % interval
-            and (type(keep) is int and keep >= 1 or keep is None)
+            and ((type(keep) is int and keep >= 1) or keep is None)
             and metadata is None
             and (
                 callable(getattr(data_stream, "get_state", None)) or callable(getattr(data_stream, "state_dict", None))

@@ -337,7 +337,8 @@ class EngineHandler:
             except _Retired:
                 continue
             try:
-                return codec.decode(row.body["metadata"], row.read_payload, root="metadata")
+                metadata: dict[str, Any] = codec.decode(row.body["metadata"], row.read_payload, root="metadata")
+                return metadata
             except (KeyError, TypeError) as exc:
                 raise CheckpointCorruptError(f"{row.path} lacks valid metadata ({exc!r})", row=str(row.path)) from exc
         raise CheckpointCorruptError(f"the rows of {directory} kept being retired while reading them; try again")

@@ -131,7 +131,7 @@ def state_getter(obj: Any) -> Callable[[], Any]:
     ``get_state``/``set_state`` win over ``state_dict``/``load_state_dict``
     when an object has both.
     """
-    get_state = getattr(obj, "get_state", None)
+    get_state: object = getattr(obj, "get_state", None)
     if callable(get_state):
         return get_state
     if getattr(obj, "set_state", None) is None and callable(getattr(obj, "state_dict", None)):
@@ -143,8 +143,11 @@ def state_getter(obj: Any) -> Callable[[], Any]:
 
 
 def state_setter(obj: Any) -> Callable[[Any], None]:
-    """The ``set_state`` of ``obj`` (adapted from ``load_state_dict``); ``ValueError`` naming ``set_state`` when it has none."""
-    set_state = getattr(obj, "set_state", None)
+    """The ``set_state`` of ``obj`` (adapted from ``load_state_dict``).
+
+    ``ValueError`` naming ``set_state`` when it has none.
+    """
+    set_state: object = getattr(obj, "set_state", None)
     if callable(set_state):
         return set_state
     if getattr(obj, "get_state", None) is None and callable(getattr(obj, "load_state_dict", None)):

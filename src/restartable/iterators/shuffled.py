@@ -36,7 +36,8 @@ class _ArraySource:
         self.dtype = array.dtype
 
     def take(self, indices: np.ndarray) -> np.ndarray:
-        return self.array[indices]
+        taken: np.ndarray = self.array[indices]
+        return taken
 
     def describe(self) -> str:
         return f"array of {self.length} elements"
@@ -61,7 +62,7 @@ class _ShardSource:
                 raise ValueError(f"shard {path} is a 0-d array; elements are taken along axis 0")
             self.shards.append(shard)
         first = self.shards[0]
-        for path, shard in zip(self.paths, self.shards):
+        for path, shard in zip(self.paths, self.shards, strict=True):
             if shard.shape[1:] != first.shape[1:] or shard.dtype != first.dtype:
                 raise ValueError(
                     f"shard {path} holds elements of shape {shard.shape[1:]} and dtype {shard.dtype}, "
@@ -168,8 +169,9 @@ class ShuffledArrayIterator:
         else:
             raise ValueError(f"data must be a numpy array or a directory of .npy shards, got {type(data).__qualname__}")
         self.batch_size = _positive_int("batch_size", batch_size, allow_none=True)
-        self.num_shards = _positive_int("num_shards", num_shards)
-        assert self.num_shards is not None
+        checked_num_shards = _positive_int("num_shards", num_shards)
+        assert checked_num_shards is not None
+        self.num_shards = checked_num_shards
         if (
             isinstance(shard_index, bool)
             or not isinstance(shard_index, (int, np.integer))

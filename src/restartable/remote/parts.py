@@ -14,6 +14,7 @@ check each part's size and checksum, then the checksum of the whole.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 from collections import deque
@@ -98,10 +99,8 @@ class PartUploader:
             future.cancel()
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._pending.clear()
-        try:
+        with contextlib.suppress(Exception):  # the next save collects orphans
             self.store.delete(list(self._uploaded))
-        except Exception:  # the next save collects orphans
-            pass
 
 
 def download_parts(
@@ -230,7 +229,8 @@ class PartReader(io.RawIOBase):
     def _finish(self) -> None:
         if self._consumed != self.size or self._hasher.hexdigest() != self.checksum:
             raise CheckpointCorruptError(
-                f"the payload of {self.record_url} has checksum {self._hasher.hexdigest()} over {self._consumed} bytes, "
+                f"the payload of {self.record_url} has checksum {self._hasher.hexdigest()} "
+                f"over {self._consumed} bytes, "
                 f"the record says {self.checksum} over {self.size}",
                 row=self.record_url,
             )

@@ -14,6 +14,7 @@ destination can replace a row atomically, replaced by the source's copy.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -100,10 +101,8 @@ def copy_row(row: Row, destination: RowStore, exclusion: Exclusion, *, replace: 
         exclusion.check()
         retired = None
         if replace:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 retired = destination.retire(row.name)
-            except FileNotFoundError:
-                pass
         draft.publish(dump_manifest(row.body))
     except FileExistsError:
         if destination.capabilities.rename:
@@ -134,7 +133,10 @@ def _damage_of_copy(destination: RowStore, source: Row, verify: bool) -> str | N
     except CheckpointCorruptError as exc:
         return str(exc)
     if copy.body != source.body:
-        return f"{destination.file_location(source.name, MANIFEST_NAME)} differs from the source's manifest of the same row"
+        return (
+            f"{destination.file_location(source.name, MANIFEST_NAME)} "
+            "differs from the source's manifest of the same row"
+        )
     return None
 
 

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import datetime as _dt
 import io
 import os
@@ -188,7 +189,7 @@ def _flyte_s3_options() -> dict[str, Any]:
         import flyte.storage
 
         configured = flyte.storage.get_configured_fsspec_kwargs("s3")
-    except Exception:  # noqa: BLE001 - flyte's configuration is optional here; s3fs has its own
+    except Exception:  # flyte's configuration is optional here; s3fs has its own
         return {}
     config = configured.get("config") or {}
     options: dict[str, Any] = {}
@@ -694,10 +695,8 @@ class RemoteCheckpoint:
                 # it, so that a later attempt reaches that save through this
                 # one even if this one dies before saving. Best effort: the
                 # first save writes the link again, and fails if it cannot.
-                try:
+                with contextlib.suppress(CheckpointRemoteError):
                     self._write_link()
-                except CheckpointRemoteError:
-                    pass
             return restored
         self._load_attempted = True
         if skipped:
@@ -870,7 +869,8 @@ class RemoteCheckpoint:
             raise CheckpointRemoteError(
                 f"cannot save under {self.remote_destination}: it is a file (a checkpoint saved by flyte.Checkpoint, "
                 "which stores one object at the destination?). RemoteCheckpoint saves under the destination as a "
-                "prefix, which a local file cannot hold: use another checkpoint_dest (the file can be the checkpoint_src)",
+                "prefix, which a local file cannot hold: use another checkpoint_dest "
+                "(the file can be the checkpoint_src)",
                 url=self.remote_destination,
             )
         # Listed (and orphans of interrupted saves collected) before this

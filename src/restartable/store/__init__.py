@@ -28,7 +28,6 @@ from ._open import open_store, rank_stores
 from .rows import Problem, Row, Scan, list_row_dirs, open_row, scan_rows, verify_row
 from .writer import RowWriter, Snapshot, clean_leftovers
 
-
 __all__ = [
     "Capabilities",
     "Draft",

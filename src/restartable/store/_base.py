@@ -166,7 +166,7 @@ class Draft(ABC):
         ``FileExistsError`` if a row of that name exists already.
         """
 
-    def settle(self) -> None:
+    def settle(self) -> None:  # noqa: B027 - optional hook, empty by default
         """After :meth:`publish`: make the publication itself durable (the directory entry)."""
 
     @abstractmethod
@@ -195,7 +195,10 @@ class RowStore(ABC):
 
     @property
     def root_path(self) -> Path | str:
-        """Where the store is, as callers name it: a :class:`~pathlib.Path` for a local directory, else :attr:`location`."""
+        """Where the store is, as callers name it.
+
+        A :class:`~pathlib.Path` for a local directory, else :attr:`location`.
+        """
         return self.location
 
     @abstractmethod
@@ -221,7 +224,7 @@ class RowStore(ABC):
         return f"{type(self).__name__}({self.location!r})"
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and other.location == self.location  # type: ignore[attr-defined]
+        return type(other) is type(self) and other.location == self.location
 
     def __hash__(self) -> int:
         return hash((type(self), self.location))
@@ -298,7 +301,7 @@ class RowStore(ABC):
     def exclusion(self) -> Exclusion:
         """A new, unacquired lock or lease on this store."""
 
-    def prepare(self) -> None:
+    def prepare(self) -> None:  # noqa: B027 - optional hook, empty by default
         """Create what writing needs (the ``commits`` folder); called before the exclusion is taken."""
 
     @abstractmethod

@@ -18,6 +18,7 @@ over at once. A writer that finds its lease taken refuses to publish.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -192,10 +193,8 @@ class _ObjectDraft(Draft):
         self.objects.put_bytes(f"{self.key}/{MANIFEST_NAME}", manifest, create=True)
 
     def abandon(self) -> None:
-        try:
+        with contextlib.suppress(CheckpointRemoteError):  # the next writer removes manifest-less uploads
             self.objects.delete(self.uploaded)
-        except CheckpointRemoteError:
-            pass  # the next writer removes manifest-less uploads
 
 
 class FsspecRowStore(RowStore):
@@ -379,7 +378,8 @@ class FsspecRowStore(RowStore):
         # A commit is numbered after every row there is; a manifest-less row
         # below the newest committed one is a retirement that was cut short.
         newest = max((int(name[:12]) for name, files in grouped.items() if MANIFEST_NAME in files), default=0)
-        interrupted, retired = [], []
+        interrupted: list[str] = []
+        retired: list[str] = []
         for name in sorted({key.split("/")[1] for key in keys}):
             (interrupted if int(name[:12]) > newest else retired).append(self.objects.url_of(f"{COMMITS_DIR}/{name}"))
         return interrupted, retired

@@ -16,7 +16,7 @@ import traceback
 import weakref
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -41,7 +41,7 @@ def parallel_copy(destination: np.ndarray, source: np.ndarray) -> None:
     else is copied in one call.
     """
     threads = min(MAX_COPY_THREADS, _usable_cpus())
-    order = "C" if source.flags.c_contiguous else "F" if source.flags.f_contiguous else None
+    order: Literal["C", "F"] | None = "C" if source.flags.c_contiguous else "F" if source.flags.f_contiguous else None
     layout_shared = order is not None and (
         destination.flags.c_contiguous if order == "C" else destination.flags.f_contiguous
     )
@@ -57,7 +57,7 @@ def parallel_copy(destination: np.ndarray, source: np.ndarray) -> None:
     def copy(slab: slice) -> None:
         try:
             np.copyto(flat_destination[slab], flat_source[slab], casting="no")
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+        except BaseException as exc:  # re-raised in the caller's thread
             errors.append(exc)
 
     helpers = [threading.Thread(target=copy, args=(slab,), name="restartable-copy") for slab in slabs[1:]]
@@ -116,7 +116,7 @@ def _registered_empty(nbytes: int) -> Any:
     import torch
 
     try:
-        cudart = torch.cuda.cudart()
+        cudart = torch.cuda.cudart()  # type: ignore[no-untyped-call]  # torch.cuda.cudart is unannotated
         host = aligned_empty((nbytes,), np.dtype(np.uint8))
         address = host.ctypes.data
         if cudart.cudaHostRegister(address, nbytes, 0) != cudart.cudaError.success:
@@ -148,11 +148,11 @@ class SnapshotBuffers:
 
     def copy(self, array: np.ndarray) -> np.ndarray:
         """A private copy of ``array`` in a reused buffer when one is free."""
-        order = "F" if array.flags.f_contiguous and not array.flags.c_contiguous else "C"
+        order: Literal["C", "F"] = "F" if array.flags.f_contiguous and not array.flags.c_contiguous else "C"
         # The dtype itself: its ``str`` is the same (``|V8``) for different
         # structured dtypes of one item size.
         key = (order, array.shape, array.dtype)
-        buffer = self._pool._take(key)
+        buffer: np.ndarray | None = self._pool._take(key)
         if buffer is None:
             # Small arrays share pages with other allocations; a mapping of
             # their own each would only cost memory and mappings.
@@ -272,14 +272,18 @@ class BackgroundPersist:
         cleanup: Callable[[], None],
         on_error: Callable[[BaseException], None] | None = None,
     ) -> None:
-        """Start ``job``; ``on_done(result)`` or ``on_error(exc)``, then ``cleanup()``, run in the caller's thread at :meth:`wait`."""
+        """Start ``job``.
+
+        ``on_done(result)`` or ``on_error(exc)``, then ``cleanup()``, run in the
+        caller's thread at :meth:`wait`.
+        """
         self.wait()
         self._on_done, self._cleanup, self._on_error = on_done, cleanup, on_error
 
         def run() -> None:
             try:
                 self._result = job()
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            except BaseException as exc:  # handed to the caller's thread
                 self._error = exc
 
         # Not a daemon: the interpreter waits for a persist in flight at exit.
@@ -322,6 +326,6 @@ def _wait_at_exit() -> None:
     for persist in list(_live):
         try:
             persist.wait()
-        except BaseException:  # noqa: BLE001
+        except BaseException:
             print("restartable: a background commit failed at interpreter exit:", file=sys.stderr)
             traceback.print_exc()

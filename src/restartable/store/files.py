@@ -1,13 +1,15 @@
 """Durable file primitives: hashed writes and reads, fsync, atomic small files.
 
 Every file the store writes goes through :func:`write_payload` or
-:func:`write_bytes`; every payload it reads goes through :func:`read_payload`. The checksum of a file is computed from the bytes as
-they pass to or from the disk, never by a second read.
+:func:`write_bytes`; every payload it reads goes through :func:`read_payload`.
+The checksum of a file is computed from the bytes as they pass to or from the
+disk, never by a second read.
 """
 
 from __future__ import annotations
 
 import ast
+import contextlib
 import errno
 import mmap
 import os
@@ -15,7 +17,7 @@ import struct
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -59,7 +61,8 @@ def new_hasher() -> Any:
 def checksum_bytes(data: bytes | memoryview) -> str:
     hasher = new_hasher()
     hasher.update(data)
-    return hasher.hexdigest()
+    digest: str = hasher.hexdigest()
+    return digest
 
 
 def fsync_dir(path: Path) -> None:
@@ -87,7 +90,7 @@ def _array_body(array: np.ndarray) -> tuple[dict[str, Any], memoryview]:
         fortran, data = False, np.ascontiguousarray(array)
     header = {"descr": np.lib.format.dtype_to_descr(array.dtype), "fortran_order": fortran, "shape": array.shape}
     raw = data.reshape(-1).view(np.uint8) if data.size else np.empty(0, np.uint8)
-    return header, memoryview(raw)
+    return header, raw.data  # the same view as memoryview(raw)
 
 
 class _HeaderBuffer:
@@ -149,7 +152,7 @@ def npy_header(header: dict[str, Any], length: int | None = None) -> bytes:
     return padded[: len(_NPY_MAGIC) + 2] + size + padded[prefix:]
 
 
-def aligned_empty(shape: tuple[int, ...], dtype: np.dtype, order: str = "C") -> np.ndarray:
+def aligned_empty(shape: tuple[int, ...], dtype: np.dtype, order: Literal["C", "F"] = "C") -> np.ndarray:
     """An uninitialised array whose data starts on a page boundary.
 
     Host buffers of snapshots are allocated this way so that the persist can
@@ -164,13 +167,13 @@ def aligned_empty(shape: tuple[int, ...], dtype: np.dtype, order: str = "C") -> 
     private = getattr(mmap, "MAP_PRIVATE", 0) | getattr(mmap, "MAP_ANONYMOUS", getattr(mmap, "MAP_ANON", 0))
     memory = mmap.mmap(-1, nbytes, flags=private) if private else mmap.mmap(-1, nbytes)
     if hasattr(mmap, "MADV_HUGEPAGE"):
-        try:
+        # A kernel without transparent huge pages raises OSError: small pages are fine.
+        with contextlib.suppress(OSError):
             memory.madvise(mmap.MADV_HUGEPAGE)  # fewer faults and TLB misses when the buffer is filled
-        except OSError:
-            pass  # a kernel without transparent huge pages: small pages are fine
     flat = np.frombuffer(memory, dtype=np.uint8, count=nbytes).view(dtype)
     if order == "F":
-        return flat.reshape(shape[::-1]).T
+        transposed: np.ndarray = flat.reshape(shape[::-1]).T
+        return transposed
     return flat.reshape(shape)
 
 
@@ -203,7 +206,7 @@ class PreparedArray:
     write it with direct I/O.
     """
 
-    __slots__ = ("header", "body", "size", "direct", "_digest")
+    __slots__ = ("_digest", "body", "direct", "header", "size")
 
     def __init__(self, array: np.ndarray) -> None:
         fields, self.body = _array_body(array)
@@ -256,7 +259,7 @@ class SyncGroup:
                 if write is not None:
                     write()
                 os.fsync(fd)
-            except BaseException as exc:  # noqa: BLE001 - any failure must fail the commit in wait()
+            except BaseException as exc:  # any failure must fail the commit in wait()
                 self._errors.append((path, exc))
             finally:
                 os.close(fd)
@@ -421,7 +424,7 @@ def read_npy(fh: Any, actual_size: int, size: int, checksum: str | None) -> np.n
         fh.seek(0)
         hasher.update(fh.read(header_len))
     flat = np.empty(count, dtype=dtype)
-    view = memoryview(flat.reshape(-1).view(np.uint8)) if count else memoryview(b"")
+    view = flat.reshape(-1).view(np.uint8).data if count else memoryview(b"")
     for start in range(0, view.nbytes, CHUNK_BYTES):
         chunk = view[start : start + CHUNK_BYTES]
         got = fh.readinto(chunk)
@@ -435,7 +438,8 @@ def read_npy(fh: Any, actual_size: int, size: int, checksum: str | None) -> np.n
     if hasher is not None and hasher.hexdigest() != checksum:
         raise PayloadError(f"checksum {hasher.hexdigest()} does not match the manifest's {checksum}")
     if fortran:
-        return flat.reshape(shape[::-1]).T
+        transposed: np.ndarray = flat.reshape(shape[::-1]).T
+        return transposed
     return flat.reshape(shape)
 
 

@@ -28,6 +28,8 @@ needs it.
 
 from __future__ import annotations
 
+import builtins
+import contextlib
 import importlib
 import os
 import random
@@ -36,7 +38,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from ..errors import CheckpointRemoteError
 from ._layout import LOCAL_PROTOCOLS, is_url, join_url, url_protocol
@@ -132,7 +134,7 @@ def open_filesystem(url: str, storage_options: dict[str, Any]) -> tuple[Any, str
 
     standard = STANDARD_FILESYSTEMS.get(url_protocol(url))
     if standard is None or "::" in url:
-        return fsspec.core.url_to_fs(url, **storage_options)
+        return cast("tuple[Any, str]", fsspec.core.url_to_fs(url, **storage_options))
     module, name = standard
     try:
         cls = getattr(importlib.import_module(module), name)
@@ -202,7 +204,7 @@ class ObjectStore:
         root = self.root + "/"
         if path.startswith(root):
             return path[len(root) :]
-        stripped = self.fs._strip_protocol(path).rstrip("/")
+        stripped: str = self.fs._strip_protocol(path).rstrip("/")
         return stripped[len(root) :] if stripped.startswith(root) else stripped
 
     # ------------------------------------------------------------------ retries
@@ -242,10 +244,8 @@ class ObjectStore:
 
     def _invalidate(self, key: str = "") -> None:
         # fsspec caches listings; a reader must see objects others wrote since.
-        try:
+        with contextlib.suppress(Exception):  # caches are an optimisation
             self.fs.invalidate_cache(self.path(key))
-        except Exception:  # pragma: no cover - caches are an optimisation
-            pass
 
     # ------------------------------------------------------------------ operations
 
@@ -325,7 +325,8 @@ class ObjectStore:
 
     def get_bytes(self, key: str, *, start: int | None = None, end: int | None = None) -> bytes:
         """Read one object (or a byte range of it); ``FileNotFoundError`` if absent."""
-        return self.call("reading", key, lambda: self.fs.cat_file(self.path(key), start=start, end=end))
+        data: bytes = self.call("reading", key, lambda: self.fs.cat_file(self.path(key), start=start, end=end))
+        return data
 
     def get_file(self, key: str, destination: Path) -> tuple[int, str]:
         """Download ``key`` into the local file ``destination``, hashing it on the way.
@@ -336,12 +337,14 @@ class ObjectStore:
 
         def download() -> tuple[int, str]:
             hasher, size = new_hasher(), 0
-            with open(destination, "wb") as out:
-                with self.fs.open(self.path(key), "rb", block_size=STREAM_BYTES, cache_type="none") as fh:
-                    while chunk := fh.read(STREAM_BYTES):
-                        out.write(chunk)
-                        hasher.update(chunk)
-                        size += len(chunk)
+            with (
+                open(destination, "wb") as out,
+                self.fs.open(self.path(key), "rb", block_size=STREAM_BYTES, cache_type="none") as fh,
+            ):
+                while chunk := fh.read(STREAM_BYTES):
+                    out.write(chunk)
+                    hasher.update(chunk)
+                    size += len(chunk)
             return size, hasher.hexdigest()
 
         return self.call("reading", key, download)
@@ -373,7 +376,7 @@ class ObjectStore:
 
         return self.call("listing", prefix, listing)
 
-    def delete(self, keys: list[str]) -> None:
+    def delete(self, keys: builtins.list[str]) -> None:  # ``list`` here is the method above
         """Delete objects; keys already gone are fine."""
         if not keys:
             return
@@ -382,15 +385,11 @@ class ObjectStore:
             paths = [self.path(key) for key in keys]
             if self.local:
                 for path in paths:
-                    try:
+                    with contextlib.suppress(FileNotFoundError):
                         os.unlink(path)
-                    except FileNotFoundError:
-                        pass
                 return
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 self.fs.rm(paths)
-            except FileNotFoundError:
-                pass
 
         self.call("deleting", keys[0], remove)
         for key in keys:

@@ -74,7 +74,7 @@ __all__ = ["PREEMPTED_EXIT_CODE", "WorkflowPreempted", "deterministic", "diagnos
 
 def _prepare(
     time: Any, prognostic: Any, data: Any, device: Any
-) -> tuple[Any, Any, OrderedDict, OrderedDict, np.ndarray]:
+) -> tuple[Any, Any, OrderedDict[str, np.ndarray], OrderedDict[str, np.ndarray], np.ndarray]:
     device = default_device(device)
     prognostic = to_device(prognostic, device)
     time = to_time_array(time)
@@ -90,7 +90,7 @@ def deterministic(
     prognostic: Any,
     data: Any,
     io: Any,
-    output_coords: dict[str, np.ndarray] = OrderedDict(),
+    output_coords: dict[str, np.ndarray] | None = None,
     device: Any = None,
     verbose: bool = True,
     checkpoint: Any = None,
@@ -105,6 +105,8 @@ def deterministic(
     resumed model recomputes (it did not restore its rollout state) to
     ``io`` again. Returns ``io``.
     """
+    if output_coords is None:
+        output_coords = OrderedDict()
     with open_session(checkpoint) as session, graceful_stop() as stop:
         prognostic, x, coords, input_coords, time = _prepare(time, prognostic, data, device)
         out = prognostic.output_coords(input_coords)
@@ -135,9 +137,9 @@ def _single_rollout(
     stop: Any,
     prognostic: Any,
     x: Any,
-    coords: OrderedDict,
+    coords: OrderedDict[str, np.ndarray],
     io: Any,
-    layout: OrderedDict,
+    layout: OrderedDict[str, np.ndarray],
     write: Any,
     output_coords: dict[str, np.ndarray],
     verbose: bool,
@@ -175,7 +177,7 @@ def diagnostic(
     diagnostic: Any,
     data: Any,
     io: Any,
-    output_coords: dict[str, np.ndarray] = OrderedDict(),
+    output_coords: dict[str, np.ndarray] | None = None,
     device: Any = None,
     verbose: bool = True,
     checkpoint: Any = None,
@@ -190,13 +192,15 @@ def diagnostic(
     the diagnostic's (except free dimensions, given as empty arrays). The checkpoint records the prognostic's lead time,
     whatever the diagnostic returns.
     """
+    if output_coords is None:
+        output_coords = OrderedDict()
     with open_session(checkpoint) as session, graceful_stop() as stop:
         prognostic, x, coords, input_coords, time = _prepare(time, prognostic, data, device)
         diagnostic = to_device(diagnostic, x.device)
         write = io_writer(io, output_coords)
         diagnostic_in = diagnostic.input_coords()
 
-        def write_diagnostic(x: Any, coords: OrderedDict) -> None:
+        def write_diagnostic(x: Any, coords: OrderedDict[str, np.ndarray]) -> None:
             x, coords = map_coords(x, coords, diagnostic_in)
             write(*diagnostic(x, coords))
 
@@ -235,7 +239,7 @@ def ensemble(
     io: Any,
     perturbation: Any,
     batch_size: int | None = None,
-    output_coords: dict[str, np.ndarray] = OrderedDict(),
+    output_coords: dict[str, np.ndarray] | None = None,
     device: Any = None,
     verbose: bool = True,
     checkpoint: Any = None,
@@ -271,6 +275,8 @@ def ensemble(
     noise it gets in a single-process run. Ranks are independent: each
     resumes from its own newest row.
     """
+    if output_coords is None:
+        output_coords = OrderedDict()
     if nensemble < 1:
         raise ValueError(f"nensemble must be at least 1, got {nensemble}")
     batch_size = nensemble if batch_size is None else min(int(batch_size), nensemble)
@@ -278,7 +284,7 @@ def ensemble(
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     rank, world_size = rank_and_world_size(checkpoint)
     owner = getattr(checkpoint, "checkpoint", None)
-    if getattr(owner, "multi_rank", False) and not isinstance(checkpoint, Checkpoint):
+    if owner is not None and getattr(owner, "multi_rank", False) and not isinstance(checkpoint, Checkpoint):
         # Entering it already made every rank resume from the common row and
         # retire newer ones; ensemble ranks are independent, and their member
         # batches pinned rows that this may have retired.
@@ -398,7 +404,8 @@ def _check_extension(session: Any, metadata: dict[str, Any], completed: set[int]
     saved_steps = saved.get("nsteps") if isinstance(saved, dict) else None
     if completed and saved_steps is not None and saved_steps != nsteps:
         raise ValueError(
-            f"the checkpoint row {session.commit_id} records members {format_members(sorted(completed))} completed with "
+            f"the checkpoint row {session.commit_id} records members {format_members(sorted(completed))} "
+            "completed with "
             f"nsteps={saved_steps}; this run asks for nsteps={nsteps}, which those members would not have. "
             "Resume with the same nsteps (more members may be added), or use a new checkpoint to run longer."
         )
@@ -409,7 +416,7 @@ def _resume_batch(
     prognostic: Any,
     perturbation: Any,
     x: Any,
-    coords: OrderedDict,
+    coords: OrderedDict[str, np.ndarray],
     done: Any,
     batch_row: str | None,
     replay: bool,
