@@ -81,6 +81,19 @@ def _assert_whole(store: RowStore) -> None:
             np.testing.assert_array_equal(row.read_payload(index), expected)
 
 
+def _commit_two_rows(store: RowStore, keep: int | None) -> int:
+    """Commit rows 1 and 2; return how many store operations the second commit took."""
+    counting = FaultyRowStore(store)
+    writer = RowWriter(counting, keep=keep)
+    try:
+        writer.persist(_snapshot(1))
+        start = len(counting.log)
+        writer.persist(_snapshot(2))
+        return len(counting.log) - start
+    finally:
+        writer.close()
+
+
 _KILL_CHILD = textwrap.dedent(
     """
     import json, sys
@@ -143,15 +156,7 @@ class RowStoreTests:
     # ------------------------------------------------------------------ failures
 
     def test_a_failure_at_any_operation_of_a_commit_keeps_every_earlier_row(self, store: RowStore) -> None:
-        counting = FaultyRowStore(store)
-        writer = RowWriter(counting)
-        try:
-            writer.persist(_snapshot(1))
-            start = len(counting.log)
-            writer.persist(_snapshot(2))
-            operations = len(counting.log) - start
-        finally:
-            writer.close()
+        operations = _commit_two_rows(store, keep=None)
         for k in range(1, operations + 1):
             faulty = FaultyRowStore(store)
             writer = RowWriter(faulty)
@@ -170,15 +175,7 @@ class RowStoreTests:
         _assert_whole(store)
 
     def test_a_crash_at_any_operation_of_a_commit_leaves_only_whole_rows(self, store: RowStore) -> None:
-        counting = FaultyRowStore(store)
-        writer = RowWriter(counting, keep=2)
-        try:
-            writer.persist(_snapshot(1))
-            start = len(counting.log)
-            writer.persist(_snapshot(2))
-            operations = len(counting.log) - start
-        finally:
-            writer.close()
+        operations = _commit_two_rows(store, keep=2)
         step = 2
         for k in range(1, operations + 1):
             faulty = FaultyRowStore(store)
