@@ -11,10 +11,12 @@ from __future__ import annotations
 import ast
 import contextlib
 import errno
+import math
 import mmap
 import os
 import struct
 import threading
+import tokenize
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -412,12 +414,15 @@ def read_npy(fh: Any, actual_size: int, size: int, checksum: str | None) -> np.n
             shape, fortran, dtype = _read_header_v3(fh)
         else:
             raise PayloadError(f"unsupported .npy version {version}")
-    except (ValueError, SyntaxError, TypeError, struct.error) as exc:
-        raise PayloadError(f"invalid .npy header ({exc})") from exc
+    except (ValueError, SyntaxError, TypeError, struct.error, tokenize.TokenError, RecursionError, MemoryError) as exc:
+        # numpy parses the header dictionary with Python's tokenizer: one
+        # flipped bit of a brace is a TokenError, not a ValueError.
+        raise PayloadError(f"invalid .npy header ({exc!r})") from exc
     if dtype.hasobject:
         raise PayloadError("holds an object array; refusing to unpickle it")
     header_len = fh.tell()
-    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    # Exact integers: a shape such as (2**32, 2**32) must not wrap around to a size that fits.
+    count = math.prod(shape)
     if header_len + count * dtype.itemsize != size:
         raise PayloadError(f"header describes {count * dtype.itemsize} data bytes, file holds {size - header_len}")
     if hasher is not None:
