@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from . import codec
+from ._text import escaped
 from ._version import __version__
 from .checkpoint import _entry_from_row, format_table
 from .errors import CheckpointCorruptError, CheckpointLockedError, CheckpointRemoteError
@@ -58,17 +59,18 @@ def _emit(args: argparse.Namespace, payload: Any, text: str) -> None:
         json.dump(payload, sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")
     else:
-        print(text)
+        print(escaped(text))
 
 
 def _row_summary(index: int, row: Any) -> dict[str, Any]:
     entry = _entry_from_row(row)
+    metadata = codec.describe(row.body["metadata"])
     return {
         "row": index,
         "commit_id": entry.commit_id,
         "sequence": entry.sequence,
-        "lead_time": codec.describe(row.body["metadata"]).get("lead_time"),
-        "metadata": codec.describe(row.body["metadata"]),
+        "lead_time": metadata.get("lead_time") if isinstance(metadata, dict) else None,
+        "metadata": metadata,
         "write_count": entry.write_count,
         "level": entry.level,
         "states": list(entry.state_ids),

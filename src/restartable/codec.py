@@ -30,6 +30,9 @@ import dataclasses
 import datetime as _dt
 import hashlib
 import math
+import os
+import re
+import reprlib
 import sys
 import types
 import typing
@@ -38,7 +41,12 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from .errors import CheckpointCorruptError, CheckpointSerializationError, CheckpointStateSchemaError
+from .errors import (
+    CheckpointCorruptError,
+    CheckpointError,
+    CheckpointSerializationError,
+    CheckpointStateSchemaError,
+)
 
 __all__ = [
     "Encoded",
@@ -51,6 +59,10 @@ __all__ = [
 ]
 
 TAG = "__t"
+# Containers (lists, tuples, dicts, dataclasses) nested in one value, at most.
+# Decoding recurses once per level, and a document from a file must not be
+# able to exhaust the stack; encoding refuses what decoding would.
+MAX_NESTING = 200
 # Integers outside this range are stored as strings: JSON readers in other
 # languages silently lose precision beyond 2**53.
 _JSON_SAFE_INT = 2**53
@@ -118,6 +130,8 @@ def _canonical_type(hint: Any) -> str:
 def _resolved_hints(cls: type) -> dict[str, Any]:
     try:
         return typing.get_type_hints(cls, include_extras=False)
+    except RecursionError:
+        raise  # a caller deep in its stack, not an unresolvable hint: the text would hash differently
     except Exception:  # unresolvable forward references
         # A hint that cannot be resolved (a name imported only under
         # TYPE_CHECKING) keeps its text; the hash is then stable as long as
@@ -184,28 +198,75 @@ def dtype_to_json(dtype: np.dtype) -> Any:
     return descr
 
 
-def _descr_from_json(descr: Any) -> Any:
+# A dtype description comes from the file: its nesting (structured fields of
+# structured fields, sub-arrays) and sub-array rank are bounded before numpy,
+# whose parser recurses, sees it. numpy itself refuses more than 64 dimensions.
+MAX_DTYPE_NESTING = 32
+_MAX_SUBARRAY_DIMS = 64
+
+
+def _shape_from_json(shape: Any) -> tuple[int, ...]:
+    if not isinstance(shape, list) or len(shape) > _MAX_SUBARRAY_DIMS:
+        raise ValueError(f"invalid sub-array shape {reprlib.repr(shape)}")
+    # type() rather than isinstance(): True is not a dimension.
+    if not all(type(n) is int and n >= 0 for n in shape):
+        raise ValueError(f"invalid sub-array shape {reprlib.repr(shape)}")
+    return tuple(shape)
+
+
+def _descr_from_json(descr: Any, depth: int) -> Any:
+    if depth > MAX_DTYPE_NESTING:
+        raise ValueError(f"dtype description nested more than {MAX_DTYPE_NESTING} levels deep")
     if isinstance(descr, str):
         return descr
+    if isinstance(descr, dict):
+        # Not produced inside a field by dtype_to_json, but numpy accepts a
+        # sub-array dtype there, and it costs nothing to read it back.
+        return _dtype_from_json(descr, depth)
     if not isinstance(descr, list):
-        raise ValueError(f"invalid dtype description {descr!r}")
+        raise ValueError(f"invalid dtype description {reprlib.repr(descr)}")
     fields = []
     for item in descr:
         if not isinstance(item, list) or len(item) not in (2, 3):
-            raise ValueError(f"invalid dtype field {item!r}")
-        name = tuple(item[0]) if isinstance(item[0], list) else item[0]
-        entry: tuple[Any, ...] = (name, _descr_from_json(item[1]))
+            raise ValueError(f"invalid dtype field {reprlib.repr(item)}")
+        name = item[0]
+        if isinstance(name, list) and len(name) == 2 and all(isinstance(part, str) for part in name):
+            name = tuple(name)  # (title, name)
+        elif not isinstance(name, str):
+            raise ValueError(f"invalid dtype field name {reprlib.repr(name)}")
+        entry: tuple[Any, ...] = (name, _descr_from_json(item[1], depth + 1))
         if len(item) == 3:
-            entry += (tuple(item[2]),)
+            entry += (_shape_from_json(item[2]),)
         fields.append(entry)
     return fields
 
 
-def dtype_from_json(descr: Any) -> np.dtype:
-    """Inverse of :func:`dtype_to_json`."""
+def _dtype_from_json(descr: Any, depth: int) -> np.dtype:
     if isinstance(descr, dict):
-        return np.dtype((dtype_from_json(descr["base"]), tuple(int(n) for n in descr["shape"])))
-    return np.lib.format.descr_to_dtype(_descr_from_json(descr))
+        if set(descr) != {"base", "shape"}:
+            raise ValueError(f"invalid sub-array dtype {reprlib.repr(descr)}")
+        return np.dtype((_dtype_from_json(descr["base"], depth + 1), _shape_from_json(descr["shape"])))
+    return np.lib.format.descr_to_dtype(_descr_from_json(descr, depth))
+
+
+def dtype_from_json(descr: Any) -> np.dtype:
+    """Inverse of :func:`dtype_to_json`.
+
+    Raises ``ValueError`` for any description that is not one of a numpy
+    dtype: wrong types, nesting deeper than :data:`MAX_DTYPE_NESTING`, sizes
+    numpy refuses. Object dtypes are accepted (a dtype is only a
+    description); what would hold Python objects refuses them.
+    """
+    try:
+        return _dtype_from_json(descr, 0)
+    except ValueError:
+        raise
+    except Exception as exc:
+        # numpy's parser refuses a string in many ways: TypeError ("data type
+        # not understood"), OverflowError, even SyntaxError from the Python
+        # literal parser behind "0600". One exception type lets callers tell
+        # a bad description from a bug of theirs.
+        raise ValueError(f"invalid dtype description {reprlib.repr(descr)}: {exc}") from None
 
 
 # --------------------------------------------------------------------------- encode
@@ -254,6 +315,7 @@ class _Encoder:
         self.copy_array: Callable[[np.ndarray], np.ndarray] | None = copier.copy if copier is not None else None
         self.copy_from_device: Callable[[Any], Any] | None = getattr(copier, "copy_from_device", None)
         self.payloads: list[np.ndarray] = []
+        self.depth = 0  # containers (lists, tuples, dicts, dataclasses) around the value being encoded
 
     def fail(self, path: str, value: Any, why: str = "") -> CheckpointSerializationError:
         kind = type_name(type(value))
@@ -285,16 +347,11 @@ class _Encoder:
             if math.isfinite(value):
                 return value
             return {TAG: "float", "v": repr(value)}
-        if t is list:
-            return [self.encode(item, f"{path}[{i}]") for i, item in enumerate(value)]
-        if t is tuple:
-            return {TAG: "tuple", "v": [self.encode(item, f"{path}[{i}]") for i, item in enumerate(value)]}
-        if t is dict:
-            return self.encode_dict(value, path)
+        is_dataclass = dataclasses.is_dataclass(value) and not isinstance(value, type)
+        if t is list or t is tuple or t is dict or is_dataclass:
+            return self.encode_container(value, path)
         if t is bytes:
             return {TAG: "bytes", "v": base64.b64encode(value).decode("ascii")}
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            return self.encode_dataclass(value, path)
         if t is _dt.datetime:
             return self.encode_datetime(value, path)
         if t is _dt.date:
@@ -323,12 +380,37 @@ class _Encoder:
                 return {TAG: "torch.Size", "v": list(value)}
         raise self.fail(path, value)
 
+    def encode_container(self, value: Any, path: str) -> Any:
+        # The decoder refuses documents nested deeper than MAX_NESTING, so a
+        # deeper value is refused here, at the commit, rather than written
+        # and found unreadable on restore. A reference cycle ends here too.
+        if self.depth >= MAX_NESTING:
+            raise self.fail(path, value, f"it is nested more than {MAX_NESTING} containers deep (a reference cycle?)")
+        self.depth += 1
+        try:
+            # Loops rather than comprehensions, here and in the methods below:
+            # on Python 3.11 a comprehension is one more frame per level.
+            t = type(value)
+            if t is list or t is tuple:
+                items = []
+                for i, item in enumerate(value):
+                    items.append(self.encode(item, f"{path}[{i}]"))
+                return items if t is list else {TAG: "tuple", "v": items}
+            if t is dict:
+                return self.encode_dict(value, path)
+            return self.encode_dataclass(value, path)
+        finally:
+            self.depth -= 1
+
     def encode_dict(self, value: dict[Any, Any], path: str) -> Any:
         keys = list(value)
         # The JSON-object form reads best, but manifests are written with
         # sorted keys, so it is used only where that keeps the order.
         if all(type(k) is str for k in keys) and keys == sorted(keys):
-            return {TAG: "dict", "v": {k: self.encode(v, f"{path}{_fmt_key(k)}") for k, v in value.items()}}
+            fields = {}
+            for k, v in value.items():
+                fields[k] = self.encode(v, f"{path}{_fmt_key(k)}")
+            return {TAG: "dict", "v": fields}
         items = []
         allowed = (str, int) if self.int_keys else (str,)
         for k, v in value.items():
@@ -341,7 +423,9 @@ class _Encoder:
 
     def encode_dataclass(self, value: Any, path: str) -> Any:
         cls = type(value)
-        fields = {f.name: self.encode(getattr(value, f.name), f"{path}.{f.name}") for f in dataclasses.fields(value)}
+        fields = {}
+        for f in dataclasses.fields(value):
+            fields[f.name] = self.encode(getattr(value, f.name), f"{path}.{f.name}")
         return {TAG: "dataclass", "type": type_name(cls), "schema": schema_hash(cls), "v": fields}
 
     def encode_datetime(self, value: _dt.datetime, path: str) -> Any:
@@ -483,6 +567,122 @@ def encode(
 
 
 # --------------------------------------------------------------------------- decode
+#
+# A document comes from a file that anyone able to write the store may have
+# written (a manifest's checksum proves integrity, not authorship). Every way
+# it can be malformed ends in CheckpointCorruptError, or CheckpointStateSchemaError
+# where it names a dataclass this process does not have, and no name in it
+# reaches an attribute lookup that can run code: getattr() on a module calls
+# its __getattr__, which for numpy, torch and many packages imports submodules.
+
+# Tags of records whose value holds further records; with lists, these are
+# the containers MAX_NESTING counts.
+_CONTAINER_TAGS = frozenset({"tuple", "dict", "dataclass"})
+_TAGS = _CONTAINER_TAGS | {
+    "int",
+    "float",
+    "bytes",
+    "datetime",
+    "date",
+    "time",
+    "timedelta",
+    "np.scalar",
+    "np.dtype",
+    "ndarray",
+    "tensor",
+    "torch.device",
+    "torch.dtype",
+    "torch.Size",
+}
+
+_MISSING: Any = object()
+
+# Unbound descriptors of the slots that hold a module's and a class's own
+# namespace: reading them runs no code of the module or class, where
+# ``module.__dict__`` or vars() would use a __dict__ property a subclass may define.
+_module_namespace: Callable[[types.ModuleType], dict[str, Any]] = vars(types.ModuleType)["__dict__"].__get__
+_class_namespace: Callable[[type], Mapping[str, Any]] = vars(type)["__dict__"].__get__
+_class_mro: Callable[[type], tuple[type, ...]] = vars(type)["__mro__"].__get__
+
+# IANA time zone keys ("Europe/Paris", "Etc/GMT+5", "America/Port-au-Prince"):
+# no dots, so no "..", and no leading "/", so nothing outside the zone database.
+_ZONE_KEY = re.compile(r"[A-Za-z0-9_+-]+(?:/[A-Za-z0-9_+-]+)*")
+_MAX_ZONE_KEY = 255
+_MAX_TYPE_NAME = 1024
+
+
+def _static_member(owner: Any, name: str) -> Any:
+    """``owner.name`` for a module or class, from its own namespace only, running no code.
+
+    No ``__getattr__`` (lazy submodule loaders), no ``__getattribute__``, no
+    descriptor: a module's submodule is found only if it was imported.
+    ``type(owner)`` and ``issubclass`` are used because ``isinstance`` falls
+    back to ``owner.__class__``, which a proxy object may answer by importing.
+    """
+    kind = type(owner)
+    if issubclass(kind, types.ModuleType):
+        namespace: Mapping[str, Any] = _module_namespace(owner)
+    elif issubclass(kind, type):
+        namespace = _class_namespace(owner)
+    else:
+        return None
+    return namespace.get(name)
+
+
+def _is_dataclass_type(obj: Any) -> bool:
+    """``dataclasses.is_dataclass`` for a class, without attribute hooks of its metaclass."""
+    if not issubclass(type(obj), type):
+        return False
+    return any("__dataclass_fields__" in _class_namespace(klass) for klass in _class_mro(obj))
+
+
+_torch_dtypes: dict[str, Any] | None = None
+
+
+def torch_dtype_named(torch: Any, name: Any) -> Any:
+    """The torch dtype called ``name`` (``"float32"``, ``"bfloat16"``), or ``None``; never imports anything.
+
+    For names read from files: ``getattr(torch, name)`` would run torch's
+    lazy module loaders.
+    """
+    return _torch_dtype_names(torch).get(name) if type(name) is str else None
+
+
+def _torch_dtype_names(torch: Any) -> dict[str, Any]:
+    """Every ``torch.<name>`` that is a dtype (canonical names and aliases), from the module's namespace.
+
+    ``getattr(torch, name)`` with a name from the file would reach torch's
+    module ``__getattr__``, which imports ``torch._dynamo``, ``torch.onnx``
+    and others on first use. Built once, after torch is imported.
+    """
+    global _torch_dtypes
+    if _torch_dtypes is None:
+        # A copy first: an import in another thread may add to the namespace meanwhile.
+        namespace = dict(_module_namespace(torch))
+        _torch_dtypes = {name: value for name, value in namespace.items() if type(value) is torch.dtype}
+    return _torch_dtypes
+
+
+def _brief(value: Any) -> str:
+    """A bounded ``repr`` of part of a document, for messages: a document may be huge or deeply nested.
+
+    Never of a decoded value: the repr of a tensor imports modules.
+    """
+    return reprlib.repr(value)
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# The decoder shortens keys in paths: a path is copied into every nested
+# path, and a document's keys may be megabytes long.
+_KEY_REPR = reprlib.Repr()
+_KEY_REPR.maxstring = _KEY_REPR.maxlong = _KEY_REPR.maxother = 80
+
+
+def _fmt_doc_key(key: Any) -> str:
+    return f"[{_KEY_REPR.repr(key)}]"
 
 
 class _Decoder:
@@ -497,52 +697,122 @@ class _Decoder:
         self.load_payload = load_payload
         self.device = device
         self.known_types = dict(known_types)
+        self.depth = 0  # containers around the record being decoded
 
     def corrupt(self, path: str, why: str) -> CheckpointCorruptError:
         return CheckpointCorruptError(f"cannot decode {path}: {why}")
+
+    def need(self, doc: dict[str, Any], key: str, kinds: tuple[type, ...], path: str) -> Any:
+        """``doc[key]``, which must be present and of one of ``kinds`` exactly (``True`` is not an int)."""
+        value = doc.get(key, _MISSING)
+        if value is _MISSING:
+            raise self.corrupt(path, f"the {doc[TAG]!r} record lacks {key!r}")
+        if type(value) not in kinds:
+            expected = " or ".join(kind.__name__ for kind in kinds)
+            raise self.corrupt(
+                path, f"{key!r} of the {doc[TAG]!r} record has type {type(value).__name__}, not {expected}"
+            )
+        return value
 
     def decode(self, doc: Any, path: str, current: Any = None) -> Any:
         if doc is None or isinstance(doc, (bool, int, float, str)):
             return doc
         if isinstance(doc, list):
-            return [self.decode(item, f"{path}[{i}]") for i, item in enumerate(doc)]
+            self.enter(path)
+            try:
+                # A loop, not a comprehension: one frame per level on 3.11.
+                out = []
+                for i, item in enumerate(doc):
+                    # Scalars need no path (the common long list of numbers).
+                    scalar = item is None or isinstance(item, (bool, int, float, str))
+                    out.append(item if scalar else self.decode(item, f"{path}[{i}]"))
+                return out
+            finally:
+                self.depth -= 1
         if not isinstance(doc, dict) or TAG not in doc:
-            raise self.corrupt(path, f"untagged object {str(doc)[:80]!r}")
+            # The type only, for what JSON cannot hold: the repr of a value a
+            # caller passed in (a tensor) may import modules.
+            what = _brief(doc) if isinstance(doc, dict) else f"of type {type(doc).__name__}"
+            raise self.corrupt(path, f"untagged object {what}")
         tag = doc[TAG]
-        handler = getattr(self, "decode_" + str(tag).replace(".", "_"), None)
-        if handler is None:
-            raise self.corrupt(path, f"unknown type tag {tag!r} (written by a newer restartable?)")
+        if type(tag) is not str or tag not in _TAGS:
+            raise self.corrupt(path, f"unknown type tag {_brief(tag)} (written by a newer restartable?)")
+        handler = getattr(self, "decode_" + tag.replace(".", "_"))
+        container = tag in _CONTAINER_TAGS
+        if container:
+            self.enter(path)
         try:
             return handler(doc, path, current)
-        except (CheckpointCorruptError, CheckpointStateSchemaError, CheckpointSerializationError):
+        except (CheckpointError, RecursionError):
+            # Raised on purpose, here or by the payload loader (which may
+            # also fail for reasons other than damage: an unreachable store);
+            # a RecursionError is reported once, by decode(), not as a
+            # malformed record.
             raise
-        except (KeyError, TypeError, ValueError, IndexError, OverflowError, RuntimeError) as exc:
-            raise self.corrupt(path, f"malformed {tag!r} record ({exc})") from exc
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError, RuntimeError) as exc:
+            # What numpy, torch and datetime raise for values they refuse.
+            raise self.corrupt(path, f"malformed {tag!r} record ({_clip(str(exc))})") from exc
+        finally:
+            if container:
+                self.depth -= 1
+
+    def enter(self, path: str) -> None:
+        if self.depth >= MAX_NESTING:
+            raise self.corrupt(path, f"the document is nested more than {MAX_NESTING} containers deep")
+        self.depth += 1
+
+    def payload(self, doc: dict[str, Any], path: str) -> np.ndarray:
+        index = self.need(doc, "i", (int,), path)
+        if index < 0:
+            # A negative index would pick a payload from the end of the list.
+            raise self.corrupt(path, f"references payload #{index}, a negative index")
+        try:
+            array = self.load_payload(index)
+        except IndexError as exc:
+            raise self.corrupt(path, f"references payload #{index}, which the row does not have") from exc
+        if not isinstance(array, np.ndarray) or array.dtype.hasobject:
+            raise self.corrupt(path, f"payload #{index} is not an array of plain data")
+        return array
 
     def decode_int(self, doc: dict[str, Any], path: str, current: Any) -> int:
-        return int(doc["v"])
+        return int(self.need(doc, "v", (str,), path))
 
     def decode_float(self, doc: dict[str, Any], path: str, current: Any) -> float:
-        if doc["v"] not in ("nan", "inf", "-inf"):
-            raise ValueError(f"unexpected float text {doc['v']!r}")
-        return float(doc["v"])
+        text = self.need(doc, "v", (str,), path)
+        if text not in ("nan", "inf", "-inf"):
+            raise ValueError(f"unexpected float text {_brief(text)}")
+        return float(text)
 
     def decode_tuple(self, doc: dict[str, Any], path: str, current: Any) -> tuple[Any, ...]:
-        return tuple(self.decode(item, f"{path}[{i}]") for i, item in enumerate(doc["v"]))
+        out = []
+        for i, item in enumerate(self.need(doc, "v", (list,), path)):
+            out.append(self.decode(item, f"{path}[{i}]"))
+        return tuple(out)
 
     def decode_bytes(self, doc: dict[str, Any], path: str, current: Any) -> bytes:
-        return base64.b64decode(doc["v"], validate=True)
+        return base64.b64decode(self.need(doc, "v", (str,), path), validate=True)
 
     def decode_dict(self, doc: dict[str, Any], path: str, current: Any) -> dict[Any, Any]:
+        out: dict[Any, Any] = {}
         if "v" in doc:
             sub = current if isinstance(current, dict) else {}
-            return {k: self.decode(v, f"{path}{_fmt_key(k)}", sub.get(k)) for k, v in doc["v"].items()}
-        out: dict[Any, Any] = {}
-        for key_doc, value_doc in doc["items"]:
+            for k, v in self.need(doc, "v", (dict,), path).items():
+                if type(k) is not str:
+                    raise ValueError(f"dictionary key {_brief(k)} is not a str")
+                out[k] = self.decode(v, f"{path}{_fmt_doc_key(k)}", sub.get(k))
+            return out
+        for pair in self.need(doc, "items", (list,), path):
+            if type(pair) is not list or len(pair) != 2:
+                raise ValueError(f"dictionary item {_brief(pair)} is not a [key, value] pair")
+            key_doc = pair[0]
+            # Checked before decoding: a key is a str or an int (a big one
+            # tagged), not a tensor to load first and refuse afterwards.
+            if not (type(key_doc) in (str, int) or (type(key_doc) is dict and key_doc.get(TAG) == "int")):
+                raise ValueError(f"dictionary key {_brief(key_doc)} is not a str or an int")
             key = self.decode(key_doc, path)
-            if type(key) not in (str, int):
-                raise ValueError(f"dictionary key {key!r} is not str or int")
-            out[key] = self.decode(value_doc, f"{path}{_fmt_key(key)}")
+            # No repr of the value here or in any message: the repr of a
+            # decoded value (a tensor) may import modules.
+            out[key] = self.decode(pair[1], f"{path}{_fmt_doc_key(key)}")
         return out
 
     def resolve_dataclass(self, name: str, current: Any) -> type | None:
@@ -552,24 +822,33 @@ class _Decoder:
             return self.known_types[name]
         # A module that is already imported can be searched without running
         # any code; a module that is not imported is never imported here.
+        # Each prefix of the name may be the module: "pkg.mod.Outer.Inner".
         module_name, _, qualname = name.rpartition(".")
         while module_name:
             module = sys.modules.get(module_name)
             if module is not None:
                 obj: Any = module
                 for part in qualname.split("."):
-                    obj = getattr(obj, part, None)
-                if isinstance(obj, type) and dataclasses.is_dataclass(obj) and type_name(obj) == name:
-                    return obj
+                    obj = _static_member(obj, part)
+                if _is_dataclass_type(obj) and type_name(obj) == name:
+                    return typing.cast(type, obj)
                 return None
             module_name, _, head = module_name.rpartition(".")
             qualname = f"{head}.{qualname}"
         return None
 
     def decode_dataclass(self, doc: dict[str, Any], path: str, current: Any) -> Any:
-        name = doc["type"]
+        name = self.need(doc, "type", (str,), path)
+        # Bounded: resolve_dataclass tries every dotted prefix of the name.
+        if len(name) > _MAX_TYPE_NAME or not all(name.split(".")):
+            raise self.corrupt(path, f"invalid dataclass name {_brief(name)}")
+        field_docs = self.need(doc, "v", (dict,), path)
+        schema = self.need(doc, "schema", (str, type(None)), path)
         if self.dataclasses_in_place and not (dataclasses.is_dataclass(current) and not isinstance(current, type)):
-            return {field: self.decode(value, f"{path}.{field}") for field, value in doc["v"].items()}
+            out = {}
+            for field, value in field_docs.items():
+                out[field] = self.decode(value, f"{path}.{field}")
+            return out
         cls = self.resolve_dataclass(name, current)
         if cls is None:
             raise CheckpointStateSchemaError(
@@ -580,41 +859,70 @@ class _Decoder:
         expected = schema_hash(cls)
         # None: a row migrated from earth2studio, whose schema hashes are not
         # comparable; restore_dataclass still checks the field names.
-        if doc["schema"] is not None and doc["schema"] != expected:
+        if schema is not None and schema != expected:
             raise CheckpointStateSchemaError(
                 f"{path}: the saved {name} has a different schema than the current class "
-                f"(saved {doc['schema']}, current {expected}); its fields or their types changed"
+                f"(saved {_brief(schema)}, current {expected}); its fields or their types changed"
             )
-        return restore_dataclass(cls, doc["v"], self, path, current)
+        return restore_dataclass(cls, field_docs, self, path, current)
 
     def decode_datetime(self, doc: dict[str, Any], path: str, current: Any) -> _dt.datetime:
-        value = _dt.datetime.fromisoformat(doc["v"])
+        text = self.need(doc, "v", (str,), path)
+        value = _dt.datetime.fromisoformat(text)
         if "tzname" in doc:
+            tzname = self.need(doc, "tzname", (str,), path)
             offset = value.utcoffset()
             if offset is None:
-                raise ValueError(f"datetime {doc['v']!r} has a tzname but no UTC offset")
-            value = value.replace(tzinfo=_dt.timezone(offset, str(doc["tzname"])))
+                raise ValueError(f"datetime {_brief(text)} has a tzname but no UTC offset")
+            value = value.replace(tzinfo=_dt.timezone(offset, tzname))
         if "zone" in doc:
-            import zoneinfo
+            if value.tzinfo is not None:
+                raise ValueError(f"datetime {_brief(text)} has both a UTC offset and a zone")
+            value = value.replace(tzinfo=self.zone(self.need(doc, "zone", (str,), path), path))
+        return value.replace(fold=self.fold(doc, path))
 
-            value = value.replace(tzinfo=zoneinfo.ZoneInfo(doc["zone"]))
-        return value.replace(fold=int(doc.get("fold", 0)))
+    def zone(self, key: str, path: str) -> _dt.tzinfo:
+        # Checked before zoneinfo sees the key: it would open a file under
+        # its search path, and only a plain zone name stays inside it.
+        if len(key) > _MAX_ZONE_KEY or not _ZONE_KEY.fullmatch(key):
+            raise self.corrupt(path, f"{_brief(key)} is not a time zone name")
+        import zoneinfo
+
+        # Where the key is on no TZPATH, zoneinfo falls back to the tzdata
+        # package through importlib.resources, importing both; that is
+        # allowed only where tzdata is installed (it is then the system's
+        # zone database). Elsewhere an unknown key imports nothing.
+        if not any(os.path.isfile(os.path.join(root, key)) for root in zoneinfo.TZPATH) and not _have_tzdata():
+            raise self.corrupt(path, f"unknown time zone {key!r}")
+        try:
+            return zoneinfo.ZoneInfo(key)
+        except (zoneinfo.ZoneInfoNotFoundError, OSError) as exc:  # not found, or found but unreadable
+            raise self.corrupt(path, f"cannot load time zone {key!r} ({exc})") from exc
+
+    def fold(self, doc: dict[str, Any], path: str) -> int:
+        fold = doc.get("fold", 0)
+        if type(fold) is not int or fold not in (0, 1):
+            raise self.corrupt(path, f"fold {_brief(fold)} is not 0 or 1")
+        return fold
 
     def decode_date(self, doc: dict[str, Any], path: str, current: Any) -> _dt.date:
-        return _dt.date.fromisoformat(doc["v"])
+        return _dt.date.fromisoformat(self.need(doc, "v", (str,), path))
 
     def decode_time(self, doc: dict[str, Any], path: str, current: Any) -> _dt.time:
-        return _dt.time.fromisoformat(doc["v"]).replace(fold=int(doc.get("fold", 0)))
+        return _dt.time.fromisoformat(self.need(doc, "v", (str,), path)).replace(fold=self.fold(doc, path))
 
     def decode_timedelta(self, doc: dict[str, Any], path: str, current: Any) -> _dt.timedelta:
-        days, seconds, micros = doc["v"]
+        parts = self.need(doc, "v", (list,), path)
+        if len(parts) != 3 or not all(type(n) is int for n in parts):
+            raise ValueError(f"timedelta {_brief(parts)} is not [days, seconds, microseconds]")
+        days, seconds, micros = parts
         return _dt.timedelta(days=days, seconds=seconds, microseconds=micros)
 
     def decode_np_scalar(self, doc: dict[str, Any], path: str, current: Any) -> np.generic:
-        dtype = dtype_from_json(doc["dtype"])
+        dtype = dtype_from_json(self.need(doc, "dtype", (str, list, dict), path))
         if dtype.hasobject:
             raise ValueError("object dtype refused")
-        raw = bytes.fromhex(doc["hex"])
+        raw = bytes.fromhex(self.need(doc, "hex", (str,), path))
         if dtype.itemsize == 0 and dtype.kind in "SU":
             # An empty np.bytes_/np.str_ has a zero-size dtype but tobytes()
             # gives one padding element.
@@ -624,40 +932,65 @@ class _Decoder:
         return typing.cast(np.generic, np.frombuffer(raw, dtype=dtype)[0])
 
     def decode_np_dtype(self, doc: dict[str, Any], path: str, current: Any) -> np.dtype:
-        return dtype_from_json(doc["v"])
+        return dtype_from_json(self.need(doc, "v", (str, list, dict), path))
 
     def decode_ndarray(self, doc: dict[str, Any], path: str, current: Any) -> np.ndarray:
-        return self.load_payload(int(doc["i"]))
+        return self.payload(doc, path)
+
+    def torch_dtype(self, name: Any, path: str, torch: Any) -> Any:
+        dtype = torch_dtype_named(torch, name)
+        if dtype is None:
+            raise self.corrupt(path, f"unknown torch dtype {_brief(name)}")
+        return dtype
 
     def decode_tensor(self, doc: dict[str, Any], path: str, current: Any) -> Any:
         torch = _import_torch(path)
-        array = self.load_payload(int(doc["i"]))
-        dtype = getattr(torch, doc["dtype"], None)
-        if not isinstance(dtype, torch.dtype):
-            raise ValueError(f"unknown torch dtype {doc['dtype']!r}")
+        dtype = self.torch_dtype(self.need(doc, "dtype", (str,), path), path, torch)
+        requires_grad = doc.get("requires_grad", False)
+        if type(requires_grad) is not bool:
+            raise self.corrupt(path, f"requires_grad {_brief(requires_grad)} is not a bool")
+        array = self.payload(doc, path)
         if not array.flags.writeable:
             array = array.copy()
         tensor = torch.from_numpy(array)
         if tensor.dtype != dtype:
+            # Only the raw bits of a dtype numpy lacks (see encode_tensor) are
+            # reinterpreted; any other mismatch would restore different numbers.
+            bits = _BITS_DTYPE_BY_ITEMSIZE.get(dtype.itemsize)
+            if bits is None or array.dtype != np.dtype(bits):
+                raise self.corrupt(path, f"payload of dtype {array.dtype} does not hold a torch.{doc['dtype']} tensor")
             tensor = tensor.view(dtype)
         if self.device is not None:
             tensor = tensor.to(self.device)
-        if doc.get("requires_grad"):
+        if requires_grad:
             tensor.requires_grad_(True)
         return tensor
 
     def decode_torch_device(self, doc: dict[str, Any], path: str, current: Any) -> Any:
-        return _import_torch(path).device(doc["v"])
+        return _import_torch(path).device(self.need(doc, "v", (str,), path))
 
     def decode_torch_dtype(self, doc: dict[str, Any], path: str, current: Any) -> Any:
         torch = _import_torch(path)
-        dtype = getattr(torch, doc["v"], None)
-        if not isinstance(dtype, torch.dtype):
-            raise ValueError(f"unknown torch dtype {doc['v']!r}")
-        return dtype
+        return self.torch_dtype(self.need(doc, "v", (str,), path), path, torch)
 
     def decode_torch_Size(self, doc: dict[str, Any], path: str, current: Any) -> Any:
-        return _import_torch(path).Size(int(n) for n in doc["v"])
+        sizes = self.need(doc, "v", (list,), path)
+        if not all(type(n) is int and n >= 0 for n in sizes):
+            raise ValueError(f"torch.Size {_brief(sizes)} is not a list of sizes")
+        return _import_torch(path).Size(sizes)
+
+
+_tzdata_installed: bool | None = None
+
+
+def _have_tzdata() -> bool:
+    # find_spec of a top-level name searches sys.path without importing.
+    global _tzdata_installed
+    if _tzdata_installed is None:
+        import importlib.util
+
+        _tzdata_installed = "tzdata" in sys.modules or importlib.util.find_spec("tzdata") is not None
+    return _tzdata_installed
 
 
 def _import_torch(path: str) -> Any:
@@ -682,17 +1015,17 @@ def restore_dataclass(
     names = [f.name for f in dataclasses.fields(cls)]
     if set(names) != set(field_docs):
         raise CheckpointStateSchemaError(
-            f"{path}: saved fields {sorted(field_docs)} do not match the fields of {type_name(cls)} {sorted(names)}"
+            f"{path}: saved fields {_brief(sorted(field_docs))} do not match the fields of "
+            f"{type_name(cls)} {sorted(names)}"
         )
     # Through Any: mypy would check the call against type.__new__ (the
     # metaclass), while at run time it is the dataclass's own __new__.
     target = current if type(current) is cls else typing.cast(Any, cls).__new__(cls)
-    values = {
-        name: decoder.decode(
+    values = {}
+    for name in names:  # a loop, not a comprehension: one frame less per level on 3.11
+        values[name] = decoder.decode(
             field_docs[name], f"{path}.{name}", getattr(current, name, None) if target is current else None
         )
-        for name in names
-    }
     for name, value in values.items():
         # object.__setattr__ also works for frozen and slotted dataclasses.
         object.__setattr__(target, name, value)
@@ -711,12 +1044,17 @@ def decode(
 ) -> Any:
     """Decode a document made by :func:`encode`.
 
+    The document may come from anyone who can write the store: every
+    malformed document raises :class:`CheckpointCorruptError`, and no name in
+    it makes decoding import a module or look up an attribute that can run code.
+
     Parameters
     ----------
     document:
         The JSON document.
     load_payload:
-        Returns the array payload of a given index.
+        Returns the array payload of a given index (``IndexError`` if there
+        is none).
     root:
         Name of the value in error messages.
     device:
@@ -736,48 +1074,118 @@ def decode(
     Raises
     ------
     CheckpointStateSchemaError
-        A saved dataclass does not match its current definition.
+        A saved dataclass does not match its current definition, or is not
+        known here.
     CheckpointCorruptError
-        The document is malformed.
+        The document is malformed, or nested more than :data:`MAX_NESTING`
+        containers deep.
     """
     if nested_dataclasses not in ("resolve", "in_place"):
         raise ValueError(f"nested_dataclasses must be 'resolve' or 'in_place', got {nested_dataclasses!r}")
     decoder = _Decoder(load_payload, device, known_types or {}, dataclasses_in_place=nested_dataclasses == "in_place")
     if into is not None:
         decoder.known_types.update(known_dataclasses(type(into)))
-    return decoder.decode(document, root, into)
+    try:
+        return decoder.decode(document, root, into)
+    except RecursionError as exc:
+        # MAX_NESTING keeps a document well within the default recursion
+        # limit; this is for a caller that is itself deep in its stack.
+        raise CheckpointCorruptError(f"cannot decode {root}: the document is nested too deeply") from exc
+
+
+# --------------------------------------------------------------------------- describe
+
+_SCALAR_TAGS = frozenset({"int", "float", "date", "time", "torch.device", "torch.dtype", "bytes"})
 
 
 def describe(document: Any) -> Any:
     """A readable, JSON-compatible rendering of a document (for ``restartable show``).
 
-    Arrays become ``"<ndarray #i>"``; no payload is read.
+    Arrays become ``"<ndarray payload #i>"``; no payload is read. Never
+    raises: a malformed record becomes ``"<malformed 'tag' record>"`` and a
+    document nested more than :data:`MAX_NESTING` containers deep is cut there.
     """
-    if isinstance(document, list):
-        return [describe(item) for item in document]
-    if not isinstance(document, dict):
-        return document
-    tag = document.get(TAG)
+    try:
+        return _describe(document, 0)
+    except RecursionError:  # a caller deep in its own stack
+        return "<nested too deeply>"
+
+
+def _describe(doc: Any, depth: int) -> Any:
+    if doc is None or isinstance(doc, (bool, int, float, str)):
+        return doc
+    if depth > MAX_NESTING:
+        return "<nested too deeply>"
+    if isinstance(doc, list):
+        return [_describe(item, depth + 1) for item in doc]
+    if not isinstance(doc, dict):
+        return _brief(doc)  # not JSON: only a caller's own document can hold it
+    tag = doc.get(TAG)
+    if type(tag) is not str or tag not in _TAGS:
+        # Untagged or from a newer version: shown as it is, within the bounds.
+        return {str(key): _describe(value, depth + 1) for key, value in doc.items()}
+    try:
+        return _describe_record(doc, tag, depth + 1)
+    except RecursionError:  # a caller deep in its own stack: the record may well be sound
+        return "<nested too deeply>"
+    except Exception:
+        return f"<malformed {tag!r} record>"
+
+
+def _key_text(shown: Any) -> str:
+    """A described key as a JSON object key."""
+    if isinstance(shown, str):
+        return shown
+    # Bounded: str() of a key that is itself a rendering of keys would escape
+    # the quotes of every level again, doubling its length per level.
+    return _brief(shown)
+
+
+def _describe_record(doc: dict[str, Any], tag: str, depth: int) -> Any:
+    # Each record is checked as strictly as the decoder would, so that a
+    # malformed one is marked rather than shown as something it is not.
+    value: Any = doc.get("v")
     if tag == "dict":
-        if "v" in document:
-            return {k: describe(v) for k, v in document["v"].items()}
-        return {str(describe(k)): describe(v) for k, v in document["items"]}
+        if "v" in doc:
+            if not isinstance(value, dict):
+                raise ValueError
+            return {str(k): _describe(v, depth) for k, v in value.items()}
+        items = doc["items"]
+        if not all(isinstance(pair, list) and len(pair) == 2 for pair in items):
+            raise ValueError
+        return {_key_text(_describe(k, depth)): _describe(v, depth) for k, v in items}
     if tag in ("tuple", "torch.Size"):
-        return [describe(item) for item in document["v"]]
+        if not isinstance(value, list):
+            raise ValueError
+        return [_describe(item, depth) for item in value]
     if tag == "dataclass":
-        return {"__dataclass__": document["type"], **{k: describe(v) for k, v in document["v"].items()}}
+        if not isinstance(doc["type"], str) or not isinstance(value, dict):
+            raise ValueError
+        return {"__dataclass__": doc["type"], **{str(k): _describe(v, depth) for k, v in value.items()}}
     if tag in ("ndarray", "tensor"):
-        kind = "tensor " + document.get("dtype", "") if tag == "tensor" else "ndarray"
-        return f"<{kind.strip()} payload #{document['i']}>"
+        index = doc["i"]
+        dtype = doc.get("dtype", "") if tag == "tensor" else ""
+        if type(index) is not int or not isinstance(dtype, str):
+            raise ValueError
+        kind = f"tensor {_brief(dtype)[1:-1]}" if tag == "tensor" else "ndarray"
+        return f"<{kind.strip()} payload #{index}>"
     if tag == "np.scalar":
-        return document.get("repr")
-    if tag in ("int", "float", "date", "time", "torch.device", "torch.dtype", "bytes"):
-        return document.get("v")
+        text = doc["repr"]
+        if not isinstance(text, str):
+            raise ValueError
+        return text
     if tag == "datetime":
-        return document["v"] + (f" [{document['zone']}]" if "zone" in document else "")
+        zone = doc.get("zone")
+        if not isinstance(value, str) or not isinstance(zone, (str, type(None))):
+            raise ValueError
+        return value + (f" [{zone}]" if zone is not None else "")
     if tag == "timedelta":
-        days, seconds, micros = document["v"]
+        days, seconds, micros = value
         return str(_dt.timedelta(days=days, seconds=seconds, microseconds=micros))
     if tag == "np.dtype":
-        return str(dtype_from_json(document["v"]))
-    return document
+        return str(dtype_from_json(value))
+    if tag in _SCALAR_TAGS:
+        if not isinstance(value, str):
+            raise ValueError
+        return value
+    raise ValueError

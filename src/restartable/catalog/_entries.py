@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .. import codec
+from .._text import shown
 from ..errors import CheckpointCorruptError
 from ..store import RowPath
 
@@ -94,6 +95,12 @@ def entry_from_row(row: Row) -> CheckpointEntry:
         The manifest lacks a valid catalog record.
     """
     body = row.body
+    manifest = str(row.path / "manifest.json")
+    problem = _record_problem(body)
+    if problem is not None:
+        raise CheckpointCorruptError(
+            f"{manifest} lacks a valid catalog record: {problem}", row=str(row.path), file=manifest
+        )
     try:
         metadata = codec.decode(body["metadata"], row.read_payload, root="metadata")
         labels = codec.decode(body["labels"], row.read_payload, root="labels") if "labels" in body else {}
@@ -112,14 +119,56 @@ def entry_from_row(row: Row) -> CheckpointEntry:
             pinned=bool(body.get("pinned", False)),
             labels=labels,
         )
+    except CheckpointCorruptError:
+        raise
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        if isinstance(exc, CheckpointCorruptError):
-            raise
         raise CheckpointCorruptError(
-            f"{row.path / 'manifest.json'} lacks a valid catalog record ({exc!r})",
-            row=str(row.path),
-            file=str(row.path / "manifest.json"),
+            f"{manifest} lacks a valid catalog record ({exc!r})", row=str(row.path), file=manifest
         ) from exc
+
+
+# The catalog's fields of a manifest body, by the type each must have.
+_INTEGER_FIELDS = ("write_count", "rank", "world_size", "level")
+
+
+def _record_problem(body: Mapping[str, Any]) -> str | None:
+    """What is wrong with the shape of a row's catalog record, or ``None``.
+
+    Checked before anything is used, so that a hand-edited (and re-signed)
+    manifest is refused as a whole rather than failing halfway through a
+    restore: every state record is ``{"id": str, "schema": str | None,
+    "level": int, "value": ...}`` with ids unique, and the counters are
+    integers.
+    """
+    for key in _INTEGER_FIELDS:
+        if type(body.get(key)) is not int:
+            return f"{key!r} is {shown(body.get(key))}, not an integer"
+    if not isinstance(body.get("saved_at"), str):
+        return "'saved_at' is not a string"
+    if "metadata" not in body:
+        return "'metadata' is missing"
+    if "pinned" in body and not isinstance(body["pinned"], bool):
+        return "'pinned' is not true or false"
+    states = body.get("states")
+    if not isinstance(states, list):
+        return "'states' is not a list"
+    seen: set[str] = set()
+    for index, record in enumerate(states):
+        if not isinstance(record, dict):
+            return f"states[{index}] is a {type(record).__name__}, not an object"
+        state_id = record.get("id")
+        if not isinstance(state_id, str) or not state_id:
+            return f"states[{index}] has id {shown(state_id)}, not a non-empty string"
+        if state_id in seen:
+            return f"states[{index}] repeats the id {state_id!r}"
+        seen.add(state_id)
+        if "value" not in record:
+            return f"state {state_id!r} has no value"
+        if not (record.get("schema") is None or isinstance(record.get("schema"), str)):
+            return f"state {state_id!r} has a schema that is not a string"
+        if type(record.get("level")) is not int:
+            return f"state {state_id!r} has a level that is not an integer"
+    return None
 
 
 def normalize_value(value: Any) -> Any:
@@ -144,8 +193,9 @@ def fingerprint(record: dict[str, Any] | None, row: Row | None) -> str | None:
         if isinstance(doc, list):
             return [resolve(item) for item in doc]
         if isinstance(doc, dict):
-            if doc.get(codec.TAG) in ("ndarray", "tensor") and "i" in doc:
-                entry = files[int(doc["i"])]
+            index = doc.get("i")
+            if doc.get(codec.TAG) in ("ndarray", "tensor") and type(index) is int and 0 <= index < len(files):
+                entry = files[index]
                 return {**doc, "i": [entry["size"], entry["checksum"]]}
             return {key: resolve(value) for key, value in doc.items()}
         return doc

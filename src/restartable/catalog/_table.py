@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .._text import escaped
+
 if TYPE_CHECKING:
     from ._entries import CheckpointEntry
 
@@ -27,7 +29,17 @@ def _display(value: Any) -> str:
             if np.isfinite(count) and count == int(count):
                 return str(np.timedelta64(int(count), unit)) if unit != "D" else f"{int(count)} days"
         return str(value)
-    text = str(value)
+    return _cell(str(value))
+
+
+def _cell(text: str) -> str:
+    """One line of printable text, at most 32 characters.
+
+    Metadata is whatever the writer (or whoever edited the store) recorded:
+    a 2-D array prints over several lines and a key may hold terminal
+    escape codes, neither of which may break the table or the terminal.
+    """
+    text = escaped(" ".join(text.split()))
     return text if len(text) <= 32 else text[:29] + "..."
 
 
@@ -43,7 +55,7 @@ def entries_table(entries: tuple[CheckpointEntry, ...] | list[CheckpointEntry]) 
             if key != "lead_time" and not isinstance(value, dict)
         }
     )
-    header = ["row", "sequence", "lead_time", *keys, "write_count", "states", "saved_at"]
+    header = ["row", "sequence", "lead_time", *(_cell(str(key)) for key in keys), "write_count", "states", "saved_at"]
     table = [header]
     for index, entry in enumerate(entries):
         table.append(

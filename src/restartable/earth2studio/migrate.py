@@ -116,8 +116,8 @@ class _Reader:
                 torch = self._torch()
                 if kind == "torch_device":
                     return torch.device(payload["value"])
-                dtype = getattr(torch, str(payload["value"]).split(".")[-1], None)
-                if not isinstance(dtype, torch.dtype):
+                dtype = codec.torch_dtype_named(torch, str(payload["value"]).split(".")[-1])
+                if dtype is None:
                     raise _Damaged(f"unknown torch dtype {payload['value']!r}")
                 return dtype
             if kind in ("tensor", "ndarray"):

@@ -35,8 +35,9 @@ Checkpoints saved by flyte's own ``flyte.Checkpoint`` load too: flyte
 stores one object at the URL itself (the raw bytes or file, or a gzipped
 tarball of a directory). At each prefix of the chain, after restartable's
 own saves, a non-empty object at the URL itself is restored as flyte
-restores it: a tarball (as :func:`tarfile.is_tarfile` tells, like flyte) is
-extracted safely into :attr:`RemoteCheckpoint.path`, which is returned;
+restores it: a tarball (told by its magic bytes and first header block,
+which is what :func:`tarfile.is_tarfile` checks for flyte, without unpacking
+an extended header first) is extracted safely into :attr:`RemoteCheckpoint.path`, which is returned;
 anything else becomes ``path / "payload"``. Such an object carries no
 checksum, so only its readability is checked.
 
@@ -68,6 +69,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .._text import shown
 from .._version import __version__
 from ..errors import CheckpointCorruptError, CheckpointFallbackWarning, CheckpointRemoteError
 from ..store.files import CHECKSUM_ALGORITHM
@@ -204,6 +206,19 @@ def _flyte_s3_options() -> dict[str, Any]:
         style = "virtual" if config["virtual_hosted_style_request"] else "path"
         options["config_kwargs"] = {"s3": {"addressing_style": style}}
     return options
+
+
+def _count(value: Any, what: str) -> int:
+    """A non-negative integer field of a save record (``True`` and ``"3"`` are not)."""
+    if type(value) is not int or value < 0:
+        raise ValueError(f"{what} {shown(value)} is not a non-negative integer")
+    return value
+
+
+def _checksum(value: Any) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9a-f]{16}", value):
+        raise ValueError(f"checksum {shown(value)} is not 16 hex digits")
+    return value
 
 
 class RemoteCheckpoint:
@@ -563,24 +578,31 @@ class RemoteCheckpoint:
         except ManifestError as exc:
             raise CheckpointCorruptError(f"save record {url} is damaged: {exc}", row=url, file=url) from exc
         try:
+            unpacked = body.get("unpacked_size")
             record = SaveRecord(
                 url=url,
                 attempt=store.url,
-                sequence=int(body["sequence"]),
+                sequence=_count(body["sequence"], "sequence"),
                 kind=str(body["kind"]),
-                size=int(body["size"]),
-                checksum=str(body["checksum"]),
+                size=_count(body["size"], "size"),
+                checksum=_checksum(body["checksum"]),
                 saved_at=str(body["saved_at"]),
                 name=body.get("name"),
                 payload=str(body["payload"]),
-                unpacked_size=body.get("unpacked_size"),
+                unpacked_size=None if unpacked is None else _count(unpacked, "unpacked_size"),
                 parts=tuple(
-                    {"key": str(part["key"]), "size": int(part["size"]), "checksum": str(part["checksum"])}
+                    {
+                        "key": str(part["key"]),
+                        "size": _count(part["size"], "size"),
+                        "checksum": _checksum(part["checksum"]),
+                    }
                     for part in body.get("parts") or ()
                 ),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except KeyError as exc:
             raise CheckpointCorruptError(f"save record {url} lacks {exc}", row=url, file=url) from exc
+        except (TypeError, ValueError) as exc:
+            raise CheckpointCorruptError(f"save record {url} is damaged: {exc}", row=url, file=url) from exc
         valid_key = re.compile(rf"{PAYLOADS}/[0-9a-f]{{32}}\.(bin|tar\.gz)(\.\d{{6}})?")
         if record.kind not in ("bytes", "file", "directory") or not all(
             valid_key.fullmatch(key) for key in [record.payload, *record.keys]
@@ -753,7 +775,7 @@ class RemoteCheckpoint:
                 with PartReader(store, record.url, parts, record.size, record.checksum) as reader:
                     stream = io.BufferedReader(reader, buffer_size=1 << 20)
                     try:
-                        extract_archive(stream, target, max_total_bytes=limit)
+                        extract_archive(stream, target, max_total_bytes=limit, name=store.url_of(record.payload))
                     except (OSError, EOFError, tarfile.TarError) as exc:
                         if isinstance(exc, CheckpointRemoteError):
                             raise
@@ -791,7 +813,13 @@ class RemoteCheckpoint:
                 os.replace(download, final)
             else:
                 try:
-                    extract_archive(download, target, max_total_bytes=self.max_extract_bytes, compression=compression)
+                    extract_archive(
+                        download,
+                        target,
+                        max_total_bytes=self.max_extract_bytes,
+                        compression=compression,
+                        name=store.url,
+                    )
                 except (OSError, EOFError, tarfile.TarError) as exc:
                     raise CheckpointCorruptError(
                         f"the tarball {store.url} is unreadable: {exc}", row=store.url, file=store.url

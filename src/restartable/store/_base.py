@@ -268,6 +268,19 @@ class RowStore(ABC):
     def file_size(self, name: str, file: str) -> int:
         """The size of a file of a row; ``FileNotFoundError`` if it is absent."""
 
+    def file_sizes(self, name: str, files: list[str]) -> dict[str, int | OSError]:
+        """Sizes of several files of one row, each as an int or the error finding it raised.
+
+        Stores that can answer for a whole row at once override this.
+        """
+        found: dict[str, int | OSError] = {}
+        for file in files:
+            try:
+                found[file] = self.file_size(name, file)
+            except OSError as exc:
+                found[file] = exc
+        return found
+
     @abstractmethod
     def read_payload(self, name: str, file: str, size: int, checksum: str | None) -> np.ndarray:
         """Read an ``.npy`` payload, checking its size and (when given) its checksum.
@@ -278,6 +291,14 @@ class RowStore(ABC):
     @abstractmethod
     def hash_file(self, name: str, file: str) -> tuple[int, str]:
         """Size and checksum of a file, read completely."""
+
+    def hash_files(self, name: str, files: list[str]) -> Iterator[tuple[str, tuple[int, str] | OSError]]:
+        """``(file, (size, checksum))`` for several files of one row, or ``(file, error)``, in order."""
+        for file in files:
+            try:
+                yield file, self.hash_file(name, file)
+            except OSError as exc:
+                yield file, exc
 
     @abstractmethod
     def read_chunks(self, name: str, file: str) -> Iterator[bytes]:

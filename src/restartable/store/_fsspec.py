@@ -250,7 +250,7 @@ class FsspecRowStore(RowStore):
         ranks = set()
         for key in self.objects.list(""):
             parts = key.split("/")
-            if len(parts) > 2 and RANK_FOLDER.match(parts[0]) and parts[1] == COMMITS_DIR:
+            if len(parts) > 2 and RANK_FOLDER.fullmatch(parts[0]) and parts[1] == COMMITS_DIR:
                 ranks.add(parts[0])
         return sorted(ranks)
 
@@ -267,7 +267,7 @@ class FsspecRowStore(RowStore):
         rows: dict[str, dict[str, int]] = {}
         for key, size in self.objects.list(COMMITS_DIR).items():
             parts = key.split("/")
-            if len(parts) == 3 and parts[0] == COMMITS_DIR and ROW_NAME.match(parts[1]):
+            if len(parts) == 3 and parts[0] == COMMITS_DIR and ROW_NAME.fullmatch(parts[1]):
                 rows.setdefault(parts[1], {})[parts[2]] = size
         return rows
 

@@ -18,7 +18,7 @@ folder of rows per rank::
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, TypeGuard
 
 __all__ = [
     "COMMITS_DIR",
@@ -26,11 +26,13 @@ __all__ = [
     "LOCAL_PROTOCOLS",
     "LOCK_NAME",
     "MANIFEST_NAME",
+    "MAX_SEQUENCE",
     "PAYLOAD_NAME",
     "RANK_FOLDER",
     "ROW_NAME",
     "STAGING_PREFIX",
     "TRASH_PREFIX",
+    "is_plain_name",
     "is_url",
     "join_url",
     "rank_folder_name",
@@ -48,8 +50,15 @@ HEAD_NAME = "HEAD"
 MANIFEST_NAME = "manifest.json"
 PAYLOAD_NAME = "p{:06d}.npy"
 # Exactly twelve digits: a row named otherwise is not a row, whatever it holds.
-ROW_NAME = re.compile(r"^(\d{12})-([0-9a-f]{32})$")
-RANK_FOLDER = re.compile(r"^rank_(\d{6})$")
+ROW_NAME = re.compile(r"([0-9]{12})-([0-9a-f]{32})")
+# The largest sequence number a row name can hold. A writer refuses to number
+# a row past it rather than write one that readers would never list.
+MAX_SEQUENCE = 10**12 - 1
+# A file of a row: one plain name inside the row directory. No separators, no
+# leading dot (``.``, ``..``, hidden files), no control characters; the
+# length fits every file system and object store.
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}")
+RANK_FOLDER = re.compile(r"rank_([0-9]{6})")
 
 _URL = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 LOCAL_PROTOCOLS = frozenset({"file", "local"})
@@ -57,12 +66,19 @@ LOCAL_PROTOCOLS = frozenset({"file", "local"})
 
 def row_dir_name(sequence: int, uid: str) -> str:
     """The name of row ``sequence`` with unique id ``uid`` (32 hex digits)."""
+    if not 0 <= sequence <= MAX_SEQUENCE:
+        raise ValueError(f"sequence number {sequence} does not fit a row name (0 to {MAX_SEQUENCE})")
     return f"{sequence:012d}-{uid}"
+
+
+def is_plain_name(name: Any) -> TypeGuard[str]:
+    """Whether ``name`` may name a file inside a row (``p000003.npy`` may; ``../x``, ``a/b``, ``.x`` may not)."""
+    return isinstance(name, str) and _PLAIN_NAME.fullmatch(name) is not None and name != MANIFEST_NAME
 
 
 def sequence_of(name: str) -> int | None:
     """The sequence number of a row name, or ``None`` if ``name`` is not one."""
-    match = ROW_NAME.match(name)
+    match = ROW_NAME.fullmatch(name)
     return int(match.group(1)) if match else None
 
 
@@ -73,7 +89,7 @@ def rank_folder_name(rank: int) -> str:
 
 def rank_of_folder(name: str) -> int | None:
     """The rank whose folder is ``name``, or ``None`` if it is not a rank folder."""
-    match = RANK_FOLDER.match(name)
+    match = RANK_FOLDER.fullmatch(name)
     return int(match.group(1)) if match else None
 
 

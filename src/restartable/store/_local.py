@@ -11,9 +11,11 @@ releases when the holder dies, however it dies.
 
 from __future__ import annotations
 
-import errno as _errno
+import contextlib
+import errno
 import os
 import shutil
+import stat
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CheckpointError, CheckpointLockedError, CheckpointWriteError
+from ..errors import CheckpointCorruptError, CheckpointError, CheckpointLockedError, CheckpointWriteError
 from ._base import Capabilities, Draft, RowStore
 from ._layout import (
     COMMITS_DIR,
@@ -32,8 +34,23 @@ from ._layout import (
     ROW_NAME,
     STAGING_PREFIX,
     TRASH_PREFIX,
+    is_plain_name,
 )
-from .files import CHUNK_BYTES, PreparedArray, SyncGroup, fsync_dir, hash_file, read_payload, write_bytes, write_payload
+from .files import (
+    CHUNK_BYTES,
+    PreparedArray,
+    SyncGroup,
+    fsync_dir,
+    hash_file,
+    open_directory,
+    open_regular,
+    read_payload,
+    refused_link,
+    regular_size,
+    write_bytes,
+    write_payload,
+)
+from .manifest import MAX_MANIFEST_BYTES
 
 try:  # advisory locks exist on every POSIX system
     import fcntl
@@ -56,14 +73,19 @@ class WriterLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        # O_NOFOLLOW: a .lock that is a link must not make us truncate and
+        # write a file outside the store.
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except OSError as exc:
+            raise refused_link(exc, self.path) from None
         if fcntl is not None:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:
                 holder = self._holder(fd)
                 os.close(fd)
-                if exc.errno in (_errno.EWOULDBLOCK, _errno.EAGAIN, _errno.EACCES):
+                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                     raise CheckpointLockedError(
                         f"{self.path.parent} is being written by another writer{holder}; "
                         "only one writer per checkpoint directory (and rank) is allowed"
@@ -104,6 +126,11 @@ class WriterLock:
 
 
 def _remove_tree(path: Path) -> None:
+    """Delete a directory tree; a link is removed itself, never followed."""
+    if path.is_symlink():
+        with contextlib.suppress(OSError):
+            path.unlink()
+        return
     shutil.rmtree(path, ignore_errors=True)
 
 
@@ -124,7 +151,7 @@ class _LocalDraft(Draft):
 
     def link_payload(self, file: str, source_row: str, source_file: str) -> bool:
         try:
-            os.link(self.store.commits / source_row / source_file, self.staging / file)
+            os.link(self.store.commits / source_row / source_file, self.staging / file, follow_symlinks=False)
         except OSError:
             return False  # no hard links here (or the old row was retired)
         return True
@@ -165,10 +192,17 @@ class _LocalDraft(Draft):
 class LocalRowStore(RowStore):
     """Rows in a directory of the local filesystem (or a shared one mounted here).
 
+    Nothing in the store is trusted: every directory and file a reader
+    opens inside it is opened relative to its parent's descriptor without
+    following links, and must be a directory or a regular file, so that a
+    link (out of the store, to ``/dev/zero``, to itself) or a FIFO in a row
+    is refused as damage instead of read or waited on.
+
     Parameters
     ----------
     root:
-        The directory (one rank's rows).
+        The directory (one rank's rows). It may itself be a link: it is
+        where the user pointed us.
     durable:
         fsync every file and directory of a commit (the default); off only
         for throw-away data.
@@ -176,10 +210,12 @@ class LocalRowStore(RowStore):
 
     capabilities = Capabilities(rename=True, hard_links=True, durable_on_return=False, lease=False)
 
-    def __init__(self, root: str | os.PathLike[str], *, durable: bool = True) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, durable: bool = True, contained: bool = False) -> None:
         self.root = Path(root).expanduser()
         self.commits = self.root / COMMITS_DIR
         self.durable = durable
+        # A rank folder inside another store: a link there leads out of that store.
+        self._contained = contained
 
     @property
     def location(self) -> str:
@@ -193,14 +229,46 @@ class LocalRowStore(RowStore):
         return self.commits / name
 
     def child(self, name: str) -> LocalRowStore:
-        return LocalRowStore(self.root / name, durable=self.durable)
+        return LocalRowStore(self.root / name, durable=self.durable, contained=True)
 
     def rank_folders(self) -> list[str]:
         try:
-            names = os.listdir(self.root)
+            entries = list(os.scandir(self.root))
         except (FileNotFoundError, NotADirectoryError):
             return []
-        return sorted(name for name in names if RANK_FOLDER.match(name) and (self.root / name).is_dir())
+        # A rank folder that is a link is not one of ours: never listed, never cleaned.
+        return sorted(e.name for e in entries if RANK_FOLDER.fullmatch(e.name) and e.is_dir(follow_symlinks=False))
+
+    def _open_commits(self) -> int:
+        if self._contained:
+            root = open_directory(self.root)
+        else:
+            root = os.open(self.root, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+        try:
+            return open_directory(COMMITS_DIR, dir_fd=root)
+        finally:
+            os.close(root)
+
+    @contextlib.contextmanager
+    def _row_dir(self, name: str) -> Iterator[int]:
+        """A descriptor of row ``name``'s directory, reached without following any link."""
+        if not ROW_NAME.fullmatch(name):
+            raise FileNotFoundError(errno.ENOENT, "not a row name", str(self.commits / name))
+        commits = self._open_commits()
+        try:
+            fd = open_directory(name, dir_fd=commits)
+        finally:
+            os.close(commits)
+        try:
+            yield fd
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _check_file(file: str) -> str:
+        if file != MANIFEST_NAME and not is_plain_name(file):
+            raise OSError(errno.EINVAL, "is not a plain file name inside the row", file)
+        return file
 
     # ------------------------------------------------------------------ reading
 
@@ -210,48 +278,91 @@ class LocalRowStore(RowStore):
     def has_commits(self) -> bool:
         return self.commits.is_dir()
 
+    def _refuse_linked_commits(self) -> None:
+        if self.commits.is_symlink() or (self._contained and self.root.is_symlink()):
+            where = self.commits if self.commits.is_symlink() else self.root
+            raise CheckpointCorruptError(
+                f"{where} is a symbolic link; restartable never follows links inside a store", file=str(where)
+            )
+
     def list_rows(self) -> list[tuple[int, str]]:
         try:
-            names = os.listdir(self.commits)
+            fd = self._open_commits()
         except (FileNotFoundError, NotADirectoryError):
             return []
-        found = [(int(match.group(1)), name) for name in names if (match := ROW_NAME.match(name))]
+        except OSError:
+            self._refuse_linked_commits()
+            raise
+        try:
+            names = os.listdir(fd)
+        finally:
+            os.close(fd)
+        found = [(int(match.group(1)), name) for name in names if (match := ROW_NAME.fullmatch(name))]
         found.sort()
         return found
 
     def read_manifest(self, name: str) -> bytes:
-        with open(self.commits / name / MANIFEST_NAME, "rb") as fh:
-            return fh.read()
+        with self._row_dir(name) as row, open(open_regular(MANIFEST_NAME, dir_fd=row), "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size > MAX_MANIFEST_BYTES:
+                raise OSError(errno.EFBIG, f"is {size} bytes, more than a manifest can be", MANIFEST_NAME)
+            return fh.read(MAX_MANIFEST_BYTES + 1)
 
     def file_size(self, name: str, file: str) -> int:
-        return os.stat(self.commits / name / file).st_size
+        with self._row_dir(name) as row:
+            return regular_size(self._check_file(file), dir_fd=row)
+
+    def file_sizes(self, name: str, files: list[str]) -> dict[str, int | OSError]:
+        # One descriptor of the row for all of them: a row may list a great many files.
+        found: dict[str, int | OSError] = {}
+        with self._row_dir(name) as row:
+            for file in files:
+                try:
+                    found[file] = regular_size(self._check_file(file), dir_fd=row)
+                except OSError as exc:
+                    found[file] = exc
+        return found
+
+    def hash_files(self, name: str, files: list[str]) -> Iterator[tuple[str, tuple[int, str] | OSError]]:
+        with self._row_dir(name) as row:
+            for file in files:
+                try:
+                    yield file, hash_file(self._check_file(file), dir_fd=row)
+                except OSError as exc:
+                    yield file, exc
 
     def read_payload(self, name: str, file: str, size: int, checksum: str | None) -> np.ndarray:
-        return read_payload(self.commits / name / file, size, checksum)
+        with self._row_dir(name) as row:
+            return read_payload(self._check_file(file), size, checksum, dir_fd=row)
 
     def hash_file(self, name: str, file: str) -> tuple[int, str]:
-        return hash_file(self.commits / name / file)
+        with self._row_dir(name) as row:
+            return hash_file(self._check_file(file), dir_fd=row)
 
     def read_chunks(self, name: str, file: str) -> Iterator[bytes]:
-        with open(self.commits / name / file, "rb") as fh:
+        with self._row_dir(name) as row:
+            fd = open_regular(self._check_file(file), dir_fd=row)
+        with open(fd, "rb") as fh:
             while chunk := fh.read(CHUNK_BYTES):
                 yield chunk
 
     def row_files(self, name: str) -> set[str]:
         try:
-            return set(os.listdir(self.commits / name))
-        except (FileNotFoundError, NotADirectoryError):
-            return set()
+            with self._row_dir(name) as row:
+                return set(os.listdir(row))
+        except OSError:
+            return set()  # missing, or a link we do not list through
 
     def row_exists(self, name: str) -> bool:
-        return (self.commits / name).exists()
+        return os.path.lexists(self.commits / name)
 
     def read_head(self) -> int | None:
         try:
-            text = (self.root / HEAD_NAME).read_text().strip()
-        except OSError:
+            with open(open_regular(self.root / HEAD_NAME), "rb") as fh:
+                text = fh.read(32).decode("ascii").strip()
+        except (OSError, UnicodeDecodeError):
             return None
-        return int(text) if text.isdigit() else None
+        return int(text) if text.isdigit() and text.isascii() else None
 
     # ------------------------------------------------------------------ writing
 
@@ -259,6 +370,7 @@ class LocalRowStore(RowStore):
         return WriterLock(self.root)
 
     def prepare(self) -> None:
+        self._refuse_linked_commits()
         if self.commits.is_dir():
             return
         self.commits.mkdir(parents=True, exist_ok=True)
@@ -286,12 +398,14 @@ class LocalRowStore(RowStore):
         return interrupted, other
 
     def remove_files(self, name: str, files: list[str]) -> None:
-        for file in files:
-            target = self.commits / name / file
-            if target.is_dir() and not target.is_symlink():
-                shutil.rmtree(target)
-            else:
-                target.unlink()
+        with self._row_dir(name) as row:
+            for file in files:
+                if "/" in file or file in ("", ".", ".."):
+                    raise OSError(errno.EINVAL, "is not a file name inside the row", file)
+                if stat.S_ISDIR(os.stat(file, dir_fd=row, follow_symlinks=False).st_mode):
+                    shutil.rmtree(self.commits / name / file)  # rmtree never follows links inside
+                else:
+                    os.unlink(file, dir_fd=row)  # a link is removed, never followed
 
     def stage(self, name: str) -> Draft:
         return _LocalDraft(self, name)
@@ -314,7 +428,10 @@ class LocalRowStore(RowStore):
         # other ranks keep more rows; it is a hint for retention, never a
         # source of truth for restoring.
         tmp = self.root / f".{HEAD_NAME}.{os.getpid()}.tmp"
-        with open(tmp, "w") as fh:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()  # whatever is there, a link included, is replaced, never written through
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        with open(fd, "w") as fh:
             fh.write(f"{sequence}\n")
         os.replace(tmp, self.root / HEAD_NAME)
 

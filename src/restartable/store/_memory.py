@@ -148,7 +148,7 @@ class MemoryRowStore(RowStore):
         prefix = self.name + "/"
         with _SPACES_LOCK:
             names = {key[len(prefix) :] for key, space in _SPACES.items() if key.startswith(prefix) and space.rows}
-        return sorted(name for name in names if RANK_FOLDER.match(name))
+        return sorted(name for name in names if RANK_FOLDER.fullmatch(name))
 
     # ------------------------------------------------------------------ reading
 
@@ -156,7 +156,7 @@ class MemoryRowStore(RowStore):
         return bool(self.space.rows) or bool(self.rank_folders())
 
     def list_rows(self) -> list[tuple[int, str]]:
-        return sorted((int(name[:12]), name) for name in list(self.space.rows) if ROW_NAME.match(name))
+        return sorted((int(name[:12]), name) for name in list(self.space.rows) if ROW_NAME.fullmatch(name))
 
     def _file(self, name: str, file: str) -> bytes:
         try:

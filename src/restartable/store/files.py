@@ -14,14 +14,18 @@ import errno
 import math
 import mmap
 import os
+import re
+import stat
 import struct
 import threading
-import tokenize
+import typing
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+
+from .._text import shown
 
 CHECKSUM_ALGORITHM = "xxh3_64"
 # Large enough to keep syscalls rare, small enough that the chunk is still in
@@ -183,20 +187,68 @@ def _address(view: memoryview) -> int:
     return np.frombuffer(view, dtype=np.uint8).ctypes.data if view.nbytes else 0
 
 
-def _read_header_v3(fh: Any) -> tuple[tuple[int, ...], bool, np.dtype]:
-    (length,) = struct.unpack("<I", fh.read(4))
+# numpy's own limit on dimensions (NPY_MAXDIMS); a header with more is not an array.
+_NPY_MAX_DIMS = 64
+_NPY_FIELDS = {"descr", "fortran_order", "shape"}
+# A simple dtype as ``dtype_to_descr`` writes it: '<f8', '|b1', '<U7', '|V16', '<M8[ns]', '<m8[10s]'.
+_NPY_DESCR = re.compile(r"[<>|=]?[a-zA-Z][0-9]{0,9}(\[[0-9]{0,9}[a-zA-Z]{1,3}\])?")
+
+
+def read_npy_header(fh: Any) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """Parse the header of an ``.npy`` stream strictly: ``(shape, fortran_order, dtype)``.
+
+    Our own reader for every version the writer makes (1.0, 2.0, 3.0), so
+    that what it accepts does not depend on numpy's: the length is bounded
+    before anything is read; the text must be a literal dictionary of exactly
+    ``descr``, ``fortran_order`` and ``shape`` (``ast.literal_eval`` parses
+    literals only and never calls or imports anything); the shape has at most
+    64 non-negative integer dimensions; the dtype is built from the
+    description and must hold no Python objects. Raises :class:`PayloadError`
+    saying which rule failed.
+    """
+    magic = fh.read(len(_NPY_MAGIC) + 2)
+    if len(magic) < len(_NPY_MAGIC) + 2 or not magic.startswith(_NPY_MAGIC):
+        raise PayloadError("not an .npy file (no magic string)")
+    version = (magic[-2], magic[-1])
+    if version not in ((1, 0), (2, 0), (3, 0)):
+        raise PayloadError(f"unsupported .npy version {version[0]}.{version[1]}")
+    width = 2 if version == (1, 0) else 4
+    raw = fh.read(width)
+    if len(raw) < width:
+        raise PayloadError("file ends inside the header")
+    (length,) = struct.unpack("<H" if width == 2 else "<I", raw)
     if length > _NPY_MAX_HEADER:
-        raise PayloadError(f"header of {length} bytes is implausibly large")
-    # literal_eval parses literals only: it never calls or imports anything.
-    header = ast.literal_eval(fh.read(length).decode("utf-8"))
-    if not isinstance(header, dict) or set(header) != {"descr", "fortran_order", "shape"}:
-        raise PayloadError("header lacks descr, fortran_order or shape")
-    shape, fortran = header["shape"], header["fortran_order"]
+        raise PayloadError(f"header of {length} bytes is implausibly large (at most {_NPY_MAX_HEADER})")
+    data = fh.read(length)
+    if len(data) < length:
+        raise PayloadError("file ends inside the header")
+    try:
+        text = data.decode("utf-8" if version == (3, 0) else "latin-1")
+        header = ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError, UnicodeDecodeError) as exc:
+        raise PayloadError(f"header is not a literal dictionary ({type(exc).__name__})") from None
+    if not isinstance(header, dict) or set(header) != _NPY_FIELDS:
+        raise PayloadError("header is not a dictionary of exactly descr, fortran_order and shape")
+    shape, fortran, descr = header["shape"], header["fortran_order"], header["descr"]
     if not (
-        isinstance(shape, tuple) and all(isinstance(n, int) and n >= 0 for n in shape) and isinstance(fortran, bool)
+        isinstance(shape, tuple)
+        and len(shape) <= _NPY_MAX_DIMS
+        and all(type(n) is int and n >= 0 for n in shape)
+        and isinstance(fortran, bool)
     ):
-        raise PayloadError(f"invalid shape {shape!r} or fortran_order {fortran!r}")
-    return shape, fortran, np.lib.format.descr_to_dtype(header["descr"])
+        raise PayloadError(f"invalid shape {shown(shape)} or fortran_order {shown(fortran)}")
+    if not (isinstance(descr, list) or (isinstance(descr, str) and _NPY_DESCR.fullmatch(descr))):
+        raise PayloadError(f"invalid descr {shown(descr)}")
+    try:
+        dtype = np.lib.format.descr_to_dtype(typing.cast(Any, descr))
+    except Exception as exc:
+        # numpy answers a malformed description in many ways (a SyntaxError
+        # from its parser of comma-separated formats, among others); any of
+        # them means the header is damaged.
+        raise PayloadError(f"invalid descr {shown(descr)} ({type(exc).__name__})") from None
+    if dtype.hasobject:
+        raise PayloadError("holds an object array; refusing to unpickle it")
+    return shape, fortran, dtype
 
 
 class PreparedArray:
@@ -388,14 +440,93 @@ class PayloadError(Exception):
     """A payload file does not match what its manifest promises."""
 
 
-def read_payload(path: Path, size: int, checksum: str | None) -> np.ndarray:
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+_KINDS = {
+    stat.S_IFDIR: "a directory",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFLNK: "a symbolic link",
+}
+
+
+def refused_link(exc: OSError, name: str | os.PathLike[str]) -> OSError:
+    """The error for ``exc`` from an ``O_NOFOLLOW`` open of ``name``: a clear one where it met a link."""
+    if exc.errno in (errno.ELOOP, errno.EMLINK):  # what O_NOFOLLOW answers for a link (EMLINK on FreeBSD)
+        return OSError(exc.errno, "is a symbolic link; restartable never follows links inside a store", str(name))
+    return exc
+
+
+def open_regular(name: str | os.PathLike[str], *, dir_fd: int | None = None) -> int:
+    """Open a file for reading; refuse a symbolic link or anything but a regular file.
+
+    ``O_NONBLOCK`` makes opening a FIFO return at once instead of waiting for
+    a writer forever, and ``fstat`` then refuses it; ``O_NOFOLLOW`` refuses a
+    link (to ``/dev/zero``, to itself, out of the store) without resolving
+    it. Raises :class:`OSError` naming what was found.
+    """
+    return _open_regular(name, dir_fd)[0]
+
+
+def _open_regular(name: str | os.PathLike[str], dir_fd: int | None) -> tuple[int, os.stat_result]:
+    try:
+        fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
+    except OSError as exc:
+        raise refused_link(exc, name) from None
+    try:
+        info = os.fstat(fd)
+        _check_regular(info.st_mode, name)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, info
+
+
+def regular_size(name: str | os.PathLike[str], *, dir_fd: int | None = None) -> int:
+    """The size of a regular file, found without opening it or following a link (see :func:`open_regular`)."""
+    info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    _check_regular(info.st_mode, name)
+    return info.st_size
+
+
+def _check_regular(mode: int, name: str | os.PathLike[str]) -> None:
+    if stat.S_ISLNK(mode):
+        raise refused_link(OSError(errno.ELOOP, ""), name)
+    if not stat.S_ISREG(mode):
+        kind = _KINDS.get(stat.S_IFMT(mode), "not a plain file")
+        raise OSError(errno.EINVAL, f"is {kind}, not a regular file", str(name))
+
+
+def open_directory(name: str | os.PathLike[str], *, dir_fd: int | None = None) -> int:
+    """Open a directory (for ``dir_fd`` use), refusing a symbolic link to one."""
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    except NotADirectoryError as exc:
+        # Linux answers ENOTDIR, not ELOOP, for a link opened as a directory.
+        try:
+            link = stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+        except OSError:
+            link = False
+        if link:
+            raise refused_link(OSError(errno.ELOOP, ""), name) from None
+        raise exc from None
+    except OSError as exc:
+        raise refused_link(exc, name) from None
+
+
+def read_payload(
+    path: str | os.PathLike[str], size: int, checksum: str | None, *, dir_fd: int | None = None
+) -> np.ndarray:
     """Read an ``.npy`` file, checking its size and (when given) its checksum.
 
     The array is read straight into its final buffer and hashed chunk by
     chunk while the chunk is still in cache. Object arrays are refused:
-    nothing is ever unpickled.
+    nothing is ever unpickled; links and special files are never opened
+    (:func:`open_regular`). ``dir_fd`` resolves ``path`` in an open directory.
     """
-    with open(path, "rb", buffering=0) as fh:
+    with open(open_regular(path, dir_fd=dir_fd), "rb", buffering=0) as fh:
         return read_npy(fh, os.fstat(fh.fileno()).st_size, size, checksum)
 
 
@@ -404,22 +535,7 @@ def read_npy(fh: Any, actual_size: int, size: int, checksum: str | None) -> np.n
     hasher = new_hasher() if checksum is not None else None
     if actual_size != size:
         raise PayloadError(f"size {actual_size} bytes, expected {size}")
-    try:
-        version = np.lib.format.read_magic(fh)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh, max_header_size=_NPY_MAX_HEADER)
-        elif version == (2, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh, max_header_size=_NPY_MAX_HEADER)
-        elif version == (3, 0):
-            shape, fortran, dtype = _read_header_v3(fh)
-        else:
-            raise PayloadError(f"unsupported .npy version {version}")
-    except (ValueError, SyntaxError, TypeError, struct.error, tokenize.TokenError, RecursionError, MemoryError) as exc:
-        # numpy parses the header dictionary with Python's tokenizer: one
-        # flipped bit of a brace is a TokenError, not a ValueError.
-        raise PayloadError(f"invalid .npy header ({exc!r})") from exc
-    if dtype.hasobject:
-        raise PayloadError("holds an object array; refusing to unpickle it")
+    shape, fortran, dtype = read_npy_header(fh)
     header_len = fh.tell()
     # Exact integers: a shape such as (2**32, 2**32) must not wrap around to a size that fits.
     count = math.prod(shape)
@@ -428,7 +544,10 @@ def read_npy(fh: Any, actual_size: int, size: int, checksum: str | None) -> np.n
     if hasher is not None:
         fh.seek(0)
         hasher.update(fh.read(header_len))
-    flat = np.empty(count, dtype=dtype)
+    try:
+        flat = np.empty(count, dtype=dtype)
+    except MemoryError as exc:
+        raise PayloadError(f"its array of {count * dtype.itemsize} bytes does not fit in memory") from exc
     view = flat.reshape(-1).view(np.uint8).data if count else memoryview(b"")
     for start in range(0, view.nbytes, CHUNK_BYTES):
         chunk = view[start : start + CHUNK_BYTES]
@@ -448,13 +567,15 @@ def read_npy(fh: Any, actual_size: int, size: int, checksum: str | None) -> np.n
     return flat.reshape(shape)
 
 
-def hash_file(path: Path) -> tuple[int, str]:
-    """Size and checksum of a file on disk (for ``verify``)."""
+def hash_file(path: str | os.PathLike[str], *, dir_fd: int | None = None) -> tuple[int, str]:
+    """Size and checksum of a regular file on disk (for ``verify``)."""
     hasher = new_hasher()
     size = 0
-    buf = bytearray(CHUNK_BYTES)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as fh:
+    fd, info = _open_regular(path, dir_fd)
+    with open(fd, "rb", buffering=0) as fh:
+        # A buffer no larger than the file: verifying a row of a million tiny
+        # files must not allocate a million chunk-sized buffers.
+        view = memoryview(bytearray(min(CHUNK_BYTES, info.st_size + 1)))
         while True:
             n = fh.readinto(view)
             if not n:

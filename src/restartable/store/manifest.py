@@ -17,11 +17,15 @@ import json
 import re
 from typing import Any
 
+from .._text import shown
 from .files import checksum_bytes
 
 FORMAT = "restartable-row"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+# A manifest of a million payloads is about 100 MB; anything far beyond is
+# not a manifest, and reading it would only exhaust memory.
+MAX_MANIFEST_BYTES = 1 << 30
 
 _PREFIX = b'{"checksum":"'
 _MIDDLE = b'","manifest":'
@@ -56,13 +60,18 @@ def load_manifest(raw: bytes, kind: str = FORMAT, version: int = FORMAT_VERSION)
         raise ManifestError(f"checksum {actual} does not match the recorded {expected.decode('ascii')}")
     try:
         body = json.loads(data)
-    except ValueError as exc:  # pragma: no cover - the checksum matched, so only a writer bug gets here
-        raise ManifestError(f"unparsable JSON ({exc})") from exc
+    except (ValueError, RecursionError) as exc:
+        # A matching checksum proves integrity, not authorship: anyone can
+        # sign a manifest, for example one nested a thousand levels deep.
+        raise ManifestError(f"unparsable JSON ({type(exc).__name__}: {str(exc)[:200]})") from exc
     if not isinstance(body, dict) or body.get("format") != kind:
         raise ManifestError(f"not a {kind} record")
-    if int(body.get("format_version", 0)) > version:
+    found = body.get("format_version")
+    if type(found) is not int or found < 1:
+        raise ManifestError(f"format_version {shown(found)} is not a positive integer")
+    if found > version:
         raise ManifestError(
-            f"written in format version {body.get('format_version')}, newer than this restartable "
-            f"understands ({version}); upgrade restartable"
+            f"written in format version {found}, newer than this restartable understands ({version}); "
+            "upgrade restartable"
         )
     return body

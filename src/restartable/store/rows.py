@@ -8,6 +8,7 @@ manifest's checksum, its name and every listed file's size check out.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from .._text import shown
 from ..errors import CheckpointCorruptError
 from ._base import RowPath, RowStore
 from ._layout import (
@@ -25,6 +27,7 @@ from ._layout import (
     ROW_NAME,
     STAGING_PREFIX,
     TRASH_PREFIX,
+    is_plain_name,
     row_dir_name,
     sequence_of,
 )
@@ -78,13 +81,12 @@ class Row:
 
         Raises :class:`CheckpointCorruptError` naming the row and the file.
         """
-        try:
-            entry = self.files[index]
-        except (IndexError, TypeError) as exc:
+        if type(index) is not int or not 0 <= index < len(self.files):
             raise CheckpointCorruptError(
-                f"row {self.path} references payload #{index}, which its manifest does not list",
+                f"row {self.path} references payload #{shown(index)}, which its manifest does not list",
                 row=str(self.path),
-            ) from exc
+            )
+        entry = self.files[index]
         where = self.store.file_location(self.name, entry["name"])
         try:
             return self.store.read_payload(
@@ -128,6 +130,35 @@ class Scan:
     problems: list[Problem] = field(default_factory=list)
 
 
+_HEX16 = re.compile(r"[0-9a-f]{16}")
+
+
+def _files_problem(files: Any) -> str | None:
+    """What is wrong with a manifest's ``files`` list, or ``None``.
+
+    Checked before any entry is used: each is ``{"name", "size",
+    "checksum"}`` with a plain file name inside the row (never a path), a
+    non-negative integer size and a 16-hex-digit checksum, and no name twice.
+    """
+    if not isinstance(files, list):
+        return f"'files' is a {type(files).__name__}, not a list"
+    seen: set[str] = set()
+    for index, entry in enumerate(files):
+        if not isinstance(entry, dict):
+            return f"files[{index}] is a {type(entry).__name__}, not an object"
+        name, size, checksum = entry.get("name"), entry.get("size"), entry.get("checksum")
+        if not is_plain_name(name):
+            return f"files[{index}] has name {shown(name)}, not a plain file name inside the row"
+        if name in seen:
+            return f"files[{index}] names {name!r} a second time"
+        seen.add(name)
+        if type(size) is not int or size < 0:
+            return f"files[{index}] ({name}) has size {shown(size)}, not a non-negative integer"
+        if not isinstance(checksum, str) or not _HEX16.fullmatch(checksum):
+            return f"files[{index}] ({name}) has checksum {shown(checksum)}, not 16 hex digits"
+    return None
+
+
 def validate_row(store: RowStore, name: str, raw: bytes | BaseException, sequence: int | None = None) -> Row:
     """A row from its raw manifest (or the error reading it): checksum, name and file sizes checked.
 
@@ -149,22 +180,31 @@ def validate_row(store: RowStore, name: str, raw: bytes | BaseException, sequenc
         body = load_manifest(raw)
     except ManifestError as exc:
         raise CheckpointCorruptError(f"{manifest} is damaged: {exc}", row=str(path), file=manifest) from exc
-    if body.get("sequence") != sequence or body.get("commit_id") != name:
+    if type(body.get("sequence")) is not int or body["sequence"] != sequence or body.get("commit_id") != name:
         raise CheckpointCorruptError(
-            f"{manifest} belongs to row {body.get('commit_id')!r}, not {name!r}", row=str(path), file=manifest
+            f"{manifest} belongs to row {shown(body.get('commit_id'))}, not {name!r}", row=str(path), file=manifest
         )
-    for entry in body.get("files", []):
+    problem = _files_problem(body.get("files"))
+    if problem is not None:
+        raise CheckpointCorruptError(f"{manifest} is damaged: {problem}", row=str(path), file=manifest)
+    try:
+        sizes = store.file_sizes(name, [entry["name"] for entry in body["files"]]) if body["files"] else {}
+    except OSError as exc:
+        raise CheckpointCorruptError(f"{path} cannot be read: {exc}", row=str(path)) from exc
+    for entry in body["files"]:
+        size = sizes[entry["name"]]
+        if size == entry["size"]:
+            continue  # the common case, kept cheap: a row may list a million files
         where = store.file_location(name, entry["name"])
-        try:
-            size = store.file_size(name, entry["name"])
-        except FileNotFoundError as exc:
-            raise CheckpointCorruptError(f"{where} is missing", row=str(path), file=where) from exc
-        if size != entry["size"]:
-            raise CheckpointCorruptError(
-                f"{where} is {size} bytes, the manifest says {entry['size']} (truncated or altered)",
-                row=str(path),
-                file=where,
-            )
+        if isinstance(size, FileNotFoundError):
+            raise CheckpointCorruptError(f"{where} is missing", row=str(path), file=where) from size
+        if isinstance(size, OSError):
+            raise CheckpointCorruptError(f"{where} cannot be read: {size}", row=str(path), file=where) from size
+        raise CheckpointCorruptError(
+            f"{where} is {size} bytes, the manifest says {entry['size']} (truncated or altered)",
+            row=str(path),
+            file=where,
+        )
     return Row(store=store, name=name, sequence=sequence, body=body)
 
 
@@ -236,18 +276,23 @@ def verify_row(target: RowStore | str | os.PathLike[str], name: str | None = Non
             return []  # retired by its writer while we checked it: nothing to report
         return [Problem(row=where, file=exc.file, reason=str(exc))]
     problems = []
-    listed = {MANIFEST_NAME}
+    listed = {MANIFEST_NAME, *(entry["name"] for entry in row.files)}
+    try:
+        hashed = dict(store.hash_files(name, [entry["name"] for entry in row.files]))
+    except OSError as exc:  # the row itself became unreadable
+        hashed = dict.fromkeys((entry["name"] for entry in row.files), exc)
     for entry in row.files:
-        listed.add(entry["name"])
-        file = store.file_location(name, entry["name"])
-        try:
-            size, digest = store.hash_file(name, entry["name"])
-        except OSError as exc:
-            problems.append(Problem(where, file, f"cannot be read: {exc}"))
+        result = hashed[entry["name"]]
+        if result == (entry["size"], entry["checksum"]):
             continue
+        file = store.file_location(name, entry["name"])
+        if isinstance(result, OSError):
+            problems.append(Problem(where, file, f"cannot be read: {result}"))
+            continue
+        size, digest = result
         if size != entry["size"]:
             problems.append(Problem(where, file, f"is {size} bytes, the manifest says {entry['size']}"))
-        elif digest != entry["checksum"]:
+        else:
             problems.append(
                 Problem(where, file, f"checksum {digest} does not match the manifest's {entry['checksum']}")
             )

@@ -46,7 +46,7 @@ from ..errors import (
     CheckpointWriteError,
 )
 from ._base import RowStore
-from ._layout import PAYLOAD_NAME, row_dir_name, sequence_of
+from ._layout import MAX_SEQUENCE, PAYLOAD_NAME, row_dir_name, sequence_of
 from ._local import WriterLock
 from ._open import open_store
 from .files import CHECKSUM_ALGORITHM, PreparedArray
@@ -229,7 +229,20 @@ class RowWriter:
 
     def row_path(self, uid: str) -> Any:
         """Where :meth:`persist` with this ``uid`` will publish the next row."""
-        return self.store.row_path(row_dir_name(self._next_sequence, uid))
+        return self.store.row_path(row_dir_name(self._numbered_next(), uid))
+
+    def _numbered_next(self) -> int:
+        """The next sequence number, refused when a row name cannot hold it."""
+        if self._next_sequence <= MAX_SEQUENCE:
+            return self._next_sequence
+        # A row numbered past the name format would never be listed, and
+        # retention would then count it and retire every readable row.
+        newest = self.store.row_path(self._rows[-1][1]) if self._rows else self.store
+        raise CheckpointWriteError(
+            f"cannot number a row after {newest}: its sequence number is the largest a row name can hold "
+            f"({MAX_SEQUENCE}). restartable numbers rows from 1, so that row was not made by a writer of this "
+            "run; remove it to go on. Earlier rows are intact."
+        )
 
     def persist(self, snapshot: Snapshot, *, uid: str | None = None) -> Row:
         """Make ``snapshot`` a durable row; retire rows beyond ``keep``.
@@ -251,7 +264,7 @@ class RowWriter:
         # The rows retired by the previous commit are gone before this one
         # takes space: the store never holds more rows than without deferral.
         self._join_reaper()
-        sequence = self._next_sequence
+        sequence = self._numbered_next()
         self._next_sequence += 1
         name = row_dir_name(sequence, uid)
         step = "creating the staging directory"
