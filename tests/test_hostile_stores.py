@@ -269,6 +269,8 @@ def test_gc_does_not_follow_a_rank_folder_link(tmp_path: Path, capsys: pytest.Ca
     assert (staging_like / "data").read_text() == "someone else's"
     assert not (elsewhere / ".lock").exists()
     assert LocalRowStore(store).rank_folders() == ["rank_000000"]
+    with pytest.raises(CheckpointCorruptError, match="rank_000001 is a symbolic link"):
+        LocalRowStore(store).child("rank_000001").list_rows()
 
 
 @pytest.mark.parametrize("name", ["./p000000.npy", "sub/p000000.npy"])
@@ -330,3 +332,30 @@ def test_an_empty_last_numbered_row_stops_the_writer_and_loses_nothing(
         assert sorted((tmp_path / "commits").iterdir())[: len(rows)] == rows, "no good row may be lost"
     assert all(len(p.name) == 45 for p in (tmp_path / "commits").iterdir()), "no 13-digit row name"
     assert resumed_step(tmp_path)[0] == ROWS
+
+
+# --------------------------------------------------------------------------- printing
+
+
+def test_printing_a_catalog_escapes_control_characters_and_keeps_rows_on_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    odd = {
+        "title\x1b[2J": "x\x07y",
+        "grid": np.arange(6).reshape(2, 3),
+        "record": np.array([(1, 2.0)], dtype=[("a", "<i4"), ("b", "<f8")])[0],
+        "half": np.float16(1.5),
+        "raw": b"\xff\x00",
+    }
+    with Checkpoint(NAME, path=tmp_path, mode="append") as session:
+        session.write(lead_time=1, **odd)
+    text = str(Checkpoint(NAME, path=tmp_path, mode="append"))
+    assert "\x1b" not in text and "\x07" not in text
+    assert "title\\x1b[2J" in text and "x\\x07y" in text
+    table = text.split("\n\n", 1)[1].splitlines()
+    assert len(table) == 2, "a header and one line per row"
+    assert "[[0 1 2] [3 4 5]]" in table[1]
+    for command in (["ls", str(tmp_path)], ["show", str(tmp_path), "0"]):
+        assert cli_main(command) == 0
+        out = capsys.readouterr().out
+        assert "\x1b" not in out and "\x07" not in out

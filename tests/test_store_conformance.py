@@ -26,6 +26,8 @@ class TestLocalRowStore(RowStoreTests):
 
     def replace_file(self, store: RowStore, name: str, file: str, data: bytes) -> None:
         assert isinstance(store, LocalRowStore)
+        (store.commits / name).mkdir(exist_ok=True)
+        (store.commits / name / file).unlink(missing_ok=True)  # never write through a hard link shared by rows
         (store.commits / name / file).write_bytes(data)
 
     def location(self, store: RowStore) -> tuple[str, dict[str, Any]]:

@@ -229,5 +229,5 @@ class MemoryRowStore(RowStore):
     # ------------------------------------------------------------------ damage, for tests
 
     def replace_file(self, name: str, file: str, data: bytes) -> None:
-        """Overwrite a file of a committed row (to test that damage is found)."""
-        self.space.rows[name][file] = data
+        """Overwrite (or create) a file of a row, creating the row if needed (to test that damage is found)."""
+        self.space.rows.setdefault(name, {})[file] = data

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -15,7 +16,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ..errors import CheckpointCleanupWarning, CheckpointCorruptError, CheckpointError, CheckpointLockedError
+from ..errors import (
+    CheckpointCleanupWarning,
+    CheckpointCorruptError,
+    CheckpointError,
+    CheckpointLockedError,
+    CheckpointWriteError,
+)
 from ..store import (
     FaultyRowStore,
     MemoryRowStore,
@@ -29,6 +36,8 @@ from ..store import (
 )
 from ..store._faults import WRITING_OPERATIONS
 from ..store._layout import MANIFEST_NAME
+from ..store.files import checksum_bytes
+from ..store.manifest import dump_manifest
 
 __all__ = ["RowStoreTests"]
 
@@ -283,6 +292,71 @@ class RowStoreTests:
         (problem,) = scan.problems
         assert MANIFEST_NAME in problem.reason
         assert verify_row(store, rows[-1].name) != []
+
+    # ------------------------------------------------------------------ hostile rows
+
+    def _resign(self, store: RowStore, name: str, edit: Any) -> None:
+        """Edit a committed row's manifest body and sign it again, as anyone who can write the store can."""
+        body = json.loads(store.read_manifest(name))["manifest"]
+        edit(body)
+        self.replace_file(store, name, MANIFEST_NAME, dump_manifest(body))
+
+    @pytest.mark.parametrize(
+        "bad_name", ["../p000000.npy", "/etc/passwd", "sub/p000000.npy", "./p000000.npy", "manifest.json", ".lock", ""]
+    )
+    def test_a_manifest_naming_a_file_outside_its_row_is_damage(self, store: RowStore, bad_name: str) -> None:
+        rows = self._committed(store)
+        self._resign(store, rows[-1].name, lambda body: body["files"][0].update(name=bad_name))
+        scan = scan_rows(store)
+        assert [row.name for row in scan.rows] == [rows[0].name]
+        (problem,) = scan.problems
+        assert "not a plain file name inside the row" in problem.reason
+        assert "not a plain file name" in verify_row(store, rows[-1].name)[0].reason
+
+    @pytest.mark.parametrize(
+        "edit",
+        [
+            lambda body: body.update(files={"p000000.npy": 1}),
+            lambda body: body["files"][0].update(size="1"),
+            lambda body: body["files"][0].update(size=True),
+            lambda body: body["files"][0].update(size=-1),
+            lambda body: body["files"][0].update(checksum=None),
+            lambda body: body["files"].append(dict(body["files"][0])),
+            lambda body: body.update(format_version="1"),
+        ],
+        ids=["files-object", "size-text", "size-bool", "size-negative", "checksum-none", "duplicate", "version-text"],
+    )
+    def test_a_resigned_manifest_of_the_wrong_shape_is_damage(self, store: RowStore, edit: Any) -> None:
+        rows = self._committed(store)
+        self._resign(store, rows[-1].name, lambda body: None)
+        assert scan_rows(store).problems == [], "re-signing alone must leave the row whole"
+        self._resign(store, rows[-1].name, edit)
+        scan = scan_rows(store)
+        assert [row.name for row in scan.rows] == [rows[0].name]
+        (problem,) = scan.problems
+        assert MANIFEST_NAME in problem.reason
+
+    def test_a_manifest_nested_too_deep_for_the_parser_is_damage(self, store: RowStore) -> None:
+        rows = self._committed(store)
+        body = json.dumps(json.loads(store.read_manifest(rows[-1].name))["manifest"], sort_keys=True)
+        data = body.replace('"files":', '"deep":' + "[" * 100_000 + "]" * 100_000 + ',"files":').encode()
+        raw = b'{"checksum":"' + checksum_bytes(data).encode() + b'","manifest":' + data + b"}\n"
+        self.replace_file(store, rows[-1].name, MANIFEST_NAME, raw)
+        (problem,) = scan_rows(store).problems
+        assert "RecursionError" in problem.reason
+
+    def test_a_row_numbered_last_stops_the_writer_without_losing_a_row(self, store: RowStore) -> None:
+        rows = self._committed(store)
+        last = f"{'9' * 12}-{'a' * 32}"
+        self.replace_file(store, last, MANIFEST_NAME, b"not a manifest")
+        writer = RowWriter(store, keep=1)
+        try:
+            with pytest.raises(CheckpointWriteError, match="largest a row name can hold"):
+                writer.persist(_snapshot(3))
+        finally:
+            writer.close()
+        assert [row.name for row in scan_rows(store).rows] == [row.name for row in rows]
+        assert all(len(name) == len(last) for _, name in store.list_rows())
 
     # ------------------------------------------------------------------ exclusion
 
