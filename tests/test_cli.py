@@ -309,6 +309,32 @@ def test_gc_refuses_while_a_writer_holds_the_store(store: Path, capsys: pytest.C
 # --------------------------------------------------------------------------- errors
 
 
+def test_ls_exits_1_and_lists_the_good_rows_when_a_row_is_damaged(
+    store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    checkpoint = make_store(store)
+    newest = checkpoint.catalog[-1].path / "manifest.json"
+    newest.write_bytes(newest.read_bytes()[:-10])  # truncated
+    code, out, err = run_cli(capsys, "ls", str(store))
+    assert code == 1 and err == ""
+    assert "3 row(s)" not in out and "2 row(s)" in out and "DAMAGED" in out
+    code, out, _ = run_cli(capsys, "ls", "--json", str(store))
+    assert code == 1
+    (block,) = json.loads(out)
+    assert len(block["rows"]) == 2 and len(block["damaged"]) == 1
+
+
+def test_a_file_system_refusal_is_one_line_and_exit_5(store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make_store(store)
+    (store / ".lock").unlink()
+    (store / ".lock").mkdir()  # the lock cannot be opened for writing, whoever runs the test
+    code, out, err = run_cli(capsys, "gc", str(store))
+    assert code == 5 and out == ""
+    assert err.startswith("restartable gc: error: ") and len(err.strip().splitlines()) == 1
+    assert ".lock" in err and "Traceback" not in err
+
+
+
 @pytest.mark.parametrize("command", [["ls"], ["verify"], ["gc"], ["show", "-1"]])
 def test_non_checkpoint_path_is_a_usage_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]

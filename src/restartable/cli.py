@@ -1,10 +1,12 @@
 """Command-line interface: ``restartable ls | show | verify | gc | push | pull | import-earth2studio | demo``.
 
-Exit codes: 0 success; 1 damage found (``verify``, or rows ``push``/``pull``
-skipped as damaged) or outputs that differ (``demo``); 2 usage error or a
-path that is not a checkpoint; 3 the checkpoint is locked by a running
-writer (``gc``, ``push``, ``pull``); 4 an object store failed (network,
-permissions). Every command takes ``--json`` for scripts. ``ls``, ``show``,
+Exit codes: 0 success; 1 damage found (``ls``, ``verify``, or rows
+``push``/``pull`` skipped as damaged) or outputs that differ (``demo``); 2
+usage error or a path that is not a checkpoint; 3 the checkpoint is locked
+by a running writer (``gc``, ``push``, ``pull``); 4 an object store failed
+(network, permissions); 5 a local file system refused (permissions, a
+read-only or full disk). Every failure is one line on stderr, never a
+traceback. Every command takes ``--json`` for scripts. ``ls``, ``show``,
 ``verify`` and ``gc`` also take a URL (``s3://bucket/prefix``): every
 command works on a :class:`~restartable.store.RowStore`, whatever its backend.
 """
@@ -23,11 +25,11 @@ from . import codec
 from ._text import escaped
 from ._version import __version__
 from .checkpoint import _entry_from_row, format_table
-from .errors import CheckpointCorruptError, CheckpointLockedError, CheckpointRemoteError
+from .errors import CheckpointCorruptError, CheckpointLockedError, CheckpointRemoteError, CheckpointWriteError
 from .store import Problem, RowStore, Scan, clean_leftovers, open_row, open_store, rank_stores, scan_rows, verify_row
 from .store._layout import MANIFEST_NAME, is_url, rank_folder_name
 
-EXIT_OK, EXIT_DAMAGED, EXIT_USAGE, EXIT_LOCKED, EXIT_REMOTE = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_DAMAGED, EXIT_USAGE, EXIT_LOCKED, EXIT_REMOTE, EXIT_IO = 0, 1, 2, 3, 4, 5
 
 
 class UsageError(Exception):
@@ -122,9 +124,16 @@ def cmd_ls(args: argparse.Namespace) -> int:
     summary, summary_text = _rank_summary(scans)
     if summary_text:
         blocks.append(summary_text)
+    any_damaged = False
     for rank_path, scan in scans:
-        rows = [_row_summary(i, row) for i, row in enumerate(scan.rows)]
+        rows: list[dict[str, Any]] = []
         damaged = [{"row": p.row, "file": p.file, "reason": p.reason} for p in scan.problems]
+        for row in scan.rows:
+            try:
+                rows.append(_row_summary(len(rows), row))
+            except CheckpointCorruptError as exc:  # a whole row whose catalog record is not
+                damaged.append({"row": str(row.path), "file": exc.file, "reason": str(exc)})
+        any_damaged = any_damaged or bool(damaged)
         report.append({"path": str(rank_path), "rows": rows, "damaged": damaged})
         # Iterator checkpoints (restartable.iterators) key their rows by step:
         # the step column replaces lead_time and write_count, which they do not use.
@@ -170,7 +179,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
                 row["all_ranks"] = flags[row["sequence"]]["all_ranks"]
                 row["restart_point"] = flags[row["sequence"]]["restart_point"]
     _emit(args, report, "\n\n".join(blocks))
-    return EXIT_OK
+    return EXIT_DAMAGED if any_damaged else EXIT_OK
 
 
 def _short_metadata(metadata: Any) -> str:
@@ -466,6 +475,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CheckpointRemoteError as exc:
         print(f"restartable {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_REMOTE
+    except (OSError, CheckpointWriteError) as exc:
+        print(f"restartable {args.command}: error: {escaped(str(exc))}", file=sys.stderr)
+        return EXIT_IO
 
 
 if __name__ == "__main__":  # pragma: no cover
