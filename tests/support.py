@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import math
+import os
+import stat
 import struct
 from pathlib import Path
 from typing import Any
@@ -96,3 +98,27 @@ def assert_same(actual: Any, expected: Any, path: str = "value") -> None:
         assert actual == expected and actual.fold == expected.fold, f"{path}: {actual!r} != {expected!r}"
     else:
         assert actual == expected, f"{path}: {actual!r} != {expected!r}"
+
+
+def tree_snapshot(root: Path) -> dict[str, tuple[Any, ...]]:
+    """Everything under ``root`` (dot files included) by relative path, links not followed.
+
+    Compare two snapshots to prove that nothing under ``root`` changed.
+    """
+    found: dict[str, tuple[Any, ...]] = {}
+    if not root.exists():
+        return found
+    for current, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(current) / name
+            rel = path.relative_to(root).as_posix()
+            mode = path.lstat().st_mode
+            if stat.S_ISLNK(mode):
+                found[rel] = ("link", os.readlink(path))
+            elif stat.S_ISDIR(mode):
+                found[rel] = ("dir",)
+            elif stat.S_ISREG(mode):
+                found[rel] = ("file", path.read_bytes())
+            else:
+                found[rel] = ("special", stat.S_IFMT(mode))
+    return found

@@ -21,7 +21,6 @@ import functools
 import gzip
 import io
 import os
-import stat
 import tarfile
 import tracemalloc
 import warnings
@@ -51,6 +50,7 @@ from restartable.remote.archive import (
 )
 from restartable.store.manifest import dump_manifest, load_manifest
 from restartable.store.objects import STREAM_BYTES
+from support import tree_snapshot
 
 BLOCK = tarfile.BLOCKSIZE
 ZEROS_PER_MEMBER = 16 << 20
@@ -155,32 +155,15 @@ def _tarball(members: list[tarfile.TarInfo | tuple[tarfile.TarInfo, bytes]]) -> 
     return buf.getvalue()
 
 
-def _tree(root: Path) -> dict[str, tuple[Any, ...]]:
-    """Everything under ``root`` (dot files included), links not followed."""
-    found: dict[str, tuple[Any, ...]] = {}
-    for current, dirs, files in os.walk(root):
-        for name in dirs + files:
-            path = Path(current) / name
-            rel = path.relative_to(root).as_posix()
-            mode = path.lstat().st_mode
-            if stat.S_ISLNK(mode):
-                found[rel] = ("link", os.readlink(path))
-            elif stat.S_ISDIR(mode):
-                found[rel] = ("dir",)
-            else:
-                found[rel] = ("file", path.read_bytes())
-    return found
-
-
 @pytest.fixture
 def target(tmp_path: Path) -> Iterator[Path]:
     """A restore directory with something in it, which a refused archive must leave as it was."""
     target = tmp_path / "target"
     (target / "kept").mkdir(parents=True)
     (target / "kept" / "state.bin").write_bytes(b"the previous restore")
-    before = _tree(target)
+    before = tree_snapshot(target)
     yield target
-    assert _tree(target) == before, "a refused archive changed the target"
+    assert tree_snapshot(target) == before, "a refused archive changed the target"
 
 
 def _refused(extract: Callable[[], object], *rule: str) -> CheckpointUnsafeArchiveError:
@@ -530,7 +513,7 @@ def test_archive_written_by_write_archive_round_trips(tmp_path: Path) -> None:
     assert size == archive.stat().st_size
     restored = tmp_path / "restored"
     extract_archive(archive, restored, max_total_bytes=unpacked)
-    assert _tree(restored) == _tree(source)
+    assert tree_snapshot(restored) == tree_snapshot(source)
     assert os.path.samefile(restored / "config-link.json", restored / "model" / "config.json")
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import stat
 import tarfile
 import time
 import warnings
@@ -37,6 +36,7 @@ from restartable.remote import RemoteCheckpoint
 from restartable.remote.archive import check_members, extract_archive, write_archive
 from restartable.store.files import checksum_bytes, new_hasher
 from restartable.store.manifest import dump_manifest, load_manifest
+from support import tree_snapshot
 
 # --------------------------------------------------------------------------- helpers
 
@@ -96,27 +96,6 @@ def _tarball_bytes(members: list[Member]) -> bytes:
 def _write_tarball(path: Path, members: list[Member]) -> Path:
     path.write_bytes(_tarball_bytes(members))
     return path
-
-
-def _tree(root: Path) -> dict[str, tuple[Any, ...]]:
-    """Everything under ``root`` (dot files included), links not followed."""
-    found: dict[str, tuple[Any, ...]] = {}
-    if not root.exists():
-        return found
-    for current, dirs, files in os.walk(root):
-        for name in dirs + files:
-            path = Path(current) / name
-            rel = path.relative_to(root).as_posix()
-            mode = path.lstat().st_mode
-            if stat.S_ISLNK(mode):
-                found[rel] = ("link", os.readlink(path))
-            elif stat.S_ISDIR(mode):
-                found[rel] = ("dir",)
-            elif stat.S_ISREG(mode):
-                found[rel] = ("file", path.read_bytes())
-            else:
-                found[rel] = ("special", stat.S_IFMT(mode))
-    return found
 
 
 # A benign prefix put in front of every malicious archive: if extraction
@@ -248,14 +227,14 @@ def test_malicious_archive_is_refused_and_nothing_is_written(tmp_path: Path, cas
         (target / "firstdir").mkdir()
         (target / "firstdir" / "old.txt").write_bytes(b"old")
         (target / "sub").mkdir()
-    before = _tree(target)
+    before = tree_snapshot(target)
     outside_before = {path: os.path.lexists(path) for path in _OUTSIDE}
 
     with pytest.raises(CheckpointUnsafeArchiveError) as caught:
         extract_archive(archive, target, **case.limits)
 
     _assert_names_member(caught.value, bad)
-    assert _tree(target) == before, "the target was changed by a refused archive"
+    assert tree_snapshot(target) == before, "the target was changed by a refused archive"
     assert sorted(os.listdir(box)) == ["target"], "something was written beside the target"
     assert sorted(os.listdir(tmp_path)) == ["bad.tar.gz", "box"], "something escaped to tmp_path"
     assert {path: os.path.lexists(path) for path in _OUTSIDE} == outside_before
@@ -319,7 +298,7 @@ def test_extract_archive_refuses_archive_larger_than_free_space(
         extract_archive(archive, target)
     _assert_names_member(caught.value, "big.bin")
     assert "free space" in str(caught.value)
-    assert _tree(target) == {}
+    assert tree_snapshot(target) == {}
     assert sorted(os.listdir(tmp_path / "box")) == ["target"]
 
 
@@ -346,7 +325,7 @@ def test_benign_archive_extracts_correctly(tmp_path: Path) -> None:
     target = tmp_path / "box" / "target"
     extract_archive(archive, target)  # the target is created
 
-    assert _tree(target) == {
+    assert tree_snapshot(target) == {
         "a": ("dir",),
         "a/b": ("dir",),
         "a/b/c": ("dir",),
@@ -385,7 +364,7 @@ def test_existing_entries_are_replaced_and_others_kept(tmp_path: Path) -> None:
 
     extract_archive(archive, target)
 
-    tree = _tree(target)
+    tree = tree_snapshot(target)
     assert tree["same.txt"] == ("file", b"new")
     assert tree["empty"] == ("file", b"")
     assert "empty/inside.txt" not in tree
@@ -393,7 +372,7 @@ def test_existing_entries_are_replaced_and_others_kept(tmp_path: Path) -> None:
     assert tree["keep.txt"] == ("file", b"keep me")
     assert tree["keepdir/k.txt"] == ("file", b"k")
     assert tree["a/b/c/deep.txt"] == ("file", b"deep contents\n")
-    assert _tree(outside) == {"precious.txt": ("file", b"precious")}, "replacing a link followed it"
+    assert tree_snapshot(outside) == {"precious.txt": ("file", b"precious")}, "replacing a link followed it"
     assert not [name for name in os.listdir(target) if name.startswith(".extract-")]
 
 
@@ -421,7 +400,7 @@ def test_write_archive_round_trips_a_safe_directory(tmp_path: Path) -> None:
     assert unpacked == 2 * len(b"deep")
     target = tmp_path / "restored"
     extract_archive(tmp_path / "out.tar.gz", target, max_total_bytes=unpacked)
-    assert _tree(target) == _tree(source)
+    assert tree_snapshot(target) == tree_snapshot(source)
     assert os.path.samefile(target / "hard.txt", target / "a" / "b" / "deep.txt")
 
 
@@ -509,7 +488,7 @@ def test_extract_archive_refuses_link_made_to_escape_by_a_later_link(tmp_path: P
             if path.is_symlink() and not Path(os.path.realpath(path)).is_relative_to(target.resolve())
         ]
         pytest.fail(f"the archive was extracted and left links out of the target: {escaped}")
-    assert _tree(target) == {}
+    assert tree_snapshot(target) == {}
     assert sorted(os.listdir(box)) == ["target"]
 
 
@@ -587,7 +566,7 @@ def _load_refused(
     assert sorted(os.listdir(tmp_path)) == before, "something escaped to tmp_path"
     assert sorted(os.listdir(tmp_path / "restore")) == ["cp"], "something was written beside cp.path"
     assert cp.path == tmp_path / "restore" / "cp"
-    assert _tree(cp.path) == {}, "cp.path holds extracted members or leftovers"
+    assert tree_snapshot(cp.path) == {}, "cp.path holds extracted members or leftovers"
     assert cp.restored is None
     return caught.value, cp.path
 
@@ -636,7 +615,7 @@ def test_remote_load_restores_tampered_benign_save(tmp_path: Path, attempt_urls:
         warnings.simplefilter("error")
         restored = cp.load_sync()
     assert restored == cp.path
-    tree = _tree(cp.path)
+    tree = tree_snapshot(cp.path)
     assert "genuine.txt" not in tree
     assert tree["a/b/c/deep.txt"] == ("file", b"deep contents\n")
     assert tree["dirlink"] == ("link", "a/b")

@@ -975,9 +975,13 @@ class _Decoder:
 
     def decode_torch_Size(self, doc: dict[str, Any], path: str, current: Any) -> Any:
         sizes = self.need(doc, "v", (list,), path)
-        if not all(type(n) is int and n >= 0 for n in sizes):
+        if not all(type(n) is int and 0 <= n <= _MAX_DIMENSION for n in sizes):
             raise ValueError(f"torch.Size {_brief(sizes)} is not a list of sizes")
         return _import_torch(path).Size(sizes)
+
+
+# The largest size a dimension can have (a C ``int64``); torch accepts more and then fails to print it.
+_MAX_DIMENSION = 2**63 - 1
 
 
 _tzdata_installed: bool | None = None

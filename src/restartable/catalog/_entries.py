@@ -164,8 +164,8 @@ def _record_problem(body: Mapping[str, Any]) -> str | None:
         seen.add(state_id)
         if "value" not in record:
             return f"state {state_id!r} has no value"
-        if not (record.get("schema") is None or isinstance(record.get("schema"), str)):
-            return f"state {state_id!r} has a schema that is not a string"
+        if "schema" not in record or not (record["schema"] is None or isinstance(record["schema"], str)):
+            return f"state {state_id!r} has no schema, or one that is not a string or null"
         if type(record.get("level")) is not int:
             return f"state {state_id!r} has a level that is not an integer"
     return None

@@ -29,7 +29,11 @@ def _display(value: Any) -> str:
             if np.isfinite(count) and count == int(count):
                 return str(np.timedelta64(int(count), unit)) if unit != "D" else f"{int(count)} days"
         return str(value)
-    return _cell(str(value))
+    try:
+        text = str(value)
+    except Exception:  # numpy cannot print some values a hostile payload can hold
+        return "<unprintable>"
+    return _cell(text)
 
 
 def _cell(text: str) -> str:
@@ -53,7 +57,8 @@ def entries_table(entries: tuple[CheckpointEntry, ...] | list[CheckpointEntry]) 
             for entry in entries
             for key, value in entry.metadata.items()
             if key != "lead_time" and not isinstance(value, dict)
-        }
+        },
+        key=str,  # keys may be str and int
     )
     header = ["row", "sequence", "lead_time", *(_cell(str(key)) for key in keys), "write_count", "states", "saved_at"]
     table = [header]
@@ -66,7 +71,7 @@ def entries_table(entries: tuple[CheckpointEntry, ...] | list[CheckpointEntry]) 
                 *(_display(entry.metadata.get(key)) for key in keys),
                 str(entry.write_count),
                 str(len(entry.state_ids)),
-                entry.saved_at[:19].replace("T", " "),
+                _cell(entry.saved_at[:19].replace("T", " ")),
             ]
         )
     return table

@@ -386,7 +386,9 @@ class EngineHandler:
 
     def _load_state(self, directory: RowStore, entry: _Saved) -> Any:
         row = self._open(directory, entry)  # the manifest is read again: it may have been damaged since it was listed
-        record = next((r for r in row.body.get("states", []) if isinstance(r, dict) and r.get("id") == STATE_ID), None)
+        states = row.body.get("states")
+        records = states if isinstance(states, list) else []
+        record = next((r for r in records if isinstance(r, dict) and r.get("id") == STATE_ID), None)
         if record is None or "value" not in record:
             raise CheckpointCorruptError(f"{row.path / 'manifest.json'} holds no iterator state", row=str(row.path))
         try:

@@ -741,10 +741,17 @@ def extract_archive(
                 checker.check(member)
                 if member.isreg():
                     stream.allow(_padded(member.size))
-                if hasattr(tarfile, "data_filter"):
-                    tar.extract(member, staging, filter="data")
-                else:  # pragma: no cover - Python without extraction filters; the member was checked above
-                    tar.extract(member, staging)
+                try:
+                    if hasattr(tarfile, "data_filter"):
+                        tar.extract(member, staging, filter="data")
+                    else:  # pragma: no cover - Python without extraction filters; the member was checked above
+                        tar.extract(member, staging)
+                except ValueError as exc:
+                    if isinstance(exc, CheckpointUnsafeArchiveError):
+                        raise
+                    # tarfile's answer to a value it cannot apply (a pax mtime of "nan"):
+                    # the archive is damaged, as a TarError says.
+                    raise tarfile.ExtractError(f"member {member.name[:200]!r} cannot be extracted: {exc}") from exc
                 # tarfile keeps every member it reads, to look names up, and a
                 # member holds what its extended headers said (up to
                 # MAX_HEADER_BYTES in all). Only a hard link that cannot be

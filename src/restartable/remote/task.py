@@ -71,7 +71,12 @@ from typing import Any
 
 from .._text import shown
 from .._version import __version__
-from ..errors import CheckpointCorruptError, CheckpointFallbackWarning, CheckpointRemoteError
+from ..errors import (
+    CheckpointCorruptError,
+    CheckpointFallbackWarning,
+    CheckpointRemoteError,
+    CheckpointUnsafeArchiveError,
+)
 from ..store.files import CHECKSUM_ALGORITHM
 from ..store.manifest import ManifestError, dump_manifest, load_manifest
 from ..store.objects import STREAM_BYTES, ObjectStore, RetryPolicy, is_url
@@ -776,8 +781,9 @@ class RemoteCheckpoint:
                     stream = io.BufferedReader(reader, buffer_size=1 << 20)
                     try:
                         extract_archive(stream, target, max_total_bytes=limit, name=store.url_of(record.payload))
-                    except (OSError, EOFError, tarfile.TarError) as exc:
-                        if isinstance(exc, CheckpointRemoteError):
+                    except (OSError, EOFError, tarfile.TarError, ValueError) as exc:
+                        # ValueError: tarfile's answer to a pax record such as mtime=nan.
+                        if isinstance(exc, (CheckpointRemoteError, CheckpointUnsafeArchiveError)):
                             raise
                         raise CheckpointCorruptError(
                             f"the archive of {record.url} is unreadable: {exc}", row=record.url
@@ -820,7 +826,9 @@ class RemoteCheckpoint:
                         compression=compression,
                         name=store.url,
                     )
-                except (OSError, EOFError, tarfile.TarError) as exc:
+                except (OSError, EOFError, tarfile.TarError, ValueError) as exc:
+                    if isinstance(exc, CheckpointUnsafeArchiveError):
+                        raise
                     raise CheckpointCorruptError(
                         f"the tarball {store.url} is unreadable: {exc}", row=store.url, file=store.url
                     ) from exc

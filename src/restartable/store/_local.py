@@ -126,8 +126,13 @@ class WriterLock:
 
 
 def _remove_tree(path: Path) -> None:
-    """Delete a directory tree; a link is removed itself, never followed."""
-    if path.is_symlink():
+    """Delete a directory tree; anything else there (a link, a FIFO) is removed itself, never opened."""
+    try:
+        is_directory = stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return  # gone already
+    if not is_directory:
+        # rmtree would open a FIFO, and wait for a writer forever.
         with contextlib.suppress(OSError):
             path.unlink()
         return

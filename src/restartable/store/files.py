@@ -189,6 +189,12 @@ def _address(view: memoryview) -> int:
 
 # numpy's own limit on dimensions (NPY_MAXDIMS); a header with more is not an array.
 _NPY_MAX_DIMS = 64
+# The largest a dimension can be (an empty array's other dimensions are not
+# bounded by its size): numpy indexes with a signed 64-bit integer.
+_NPY_MAX_DIMENSION = 2**63 - 1
+# The largest Unicode code point: numpy stores others in '<U' arrays, and
+# Python then fails to turn them into text.
+_MAX_CODE_POINT = 0x10FFFF
 _NPY_FIELDS = {"descr", "fortran_order", "shape"}
 # A simple dtype as ``dtype_to_descr`` writes it: '<f8', '|b1', '<U7', '|V16', '<M8[ns]', '<m8[10s]'.
 _NPY_DESCR = re.compile(r"[<>|=]?[a-zA-Z][0-9]{0,9}(\[[0-9]{0,9}[a-zA-Z]{1,3}\])?")
@@ -233,7 +239,7 @@ def read_npy_header(fh: Any) -> tuple[tuple[int, ...], bool, np.dtype]:
     if not (
         isinstance(shape, tuple)
         and len(shape) <= _NPY_MAX_DIMS
-        and all(type(n) is int and n >= 0 for n in shape)
+        and all(type(n) is int and 0 <= n <= _NPY_MAX_DIMENSION for n in shape)
         and isinstance(fortran, bool)
     ):
         raise PayloadError(f"invalid shape {shown(shape)} or fortran_order {shown(fortran)}")
@@ -561,6 +567,8 @@ def read_npy(fh: Any, actual_size: int, size: int, checksum: str | None) -> np.n
             hasher.update(chunk)
     if hasher is not None and hasher.hexdigest() != checksum:
         raise PayloadError(f"checksum {hasher.hexdigest()} does not match the manifest's {checksum}")
+    if dtype.kind == "U" and count and dtype.itemsize and int(flat.view(f"{dtype.str[0]}u4").max()) > _MAX_CODE_POINT:
+        raise PayloadError("holds text that is not Unicode (a code point past U+10FFFF)")
     if fortran:
         transposed: np.ndarray = flat.reshape(shape[::-1]).T
         return transposed
