@@ -1,6 +1,6 @@
 #!/usr/bin/env python
-"""Run bench_commit.py, bench_catalog.py, bench_workflow.py, bench_vs_earth2studio.py and bench_remote.py,
-then one summary.
+"""Run bench_commit.py, bench_catalog.py, bench_workflow.py, bench_vs_earth2studio.py, bench_remote.py and
+bench_many_arrays.py, then one summary.
 
 Each benchmark runs in its own process with ``--json``: its full table is
 shown as it runs (on stderr), its JSON is collected, and the summary lists
@@ -11,8 +11,8 @@ installed.
 
 Usage::
 
-    python benchmarks/run_all.py                  # full defaults (about 15 minutes on 2 cores)
-    python benchmarks/run_all.py --quick          # small sizes: checks that everything runs (about a minute)
+    python benchmarks/run_all.py                  # full defaults (about 20 minutes on 2 cores)
+    python benchmarks/run_all.py --quick          # small sizes: checks that everything runs (about two minutes)
     python benchmarks/run_all.py --skip workflow,vs_earth2studio   # only bench_commit and bench_catalog
     python benchmarks/run_all.py --json           # the summary as JSON on stdout
 """
@@ -50,12 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--skip",
         default="",
-        help="comma-separated benchmarks to leave out: commit,catalog,workflow,vs_earth2studio,remote",
+        help="comma-separated benchmarks to leave out: commit,catalog,workflow,vs_earth2studio,remote,many_arrays",
     )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     args = parser.parse_args(argv)
     skip = {name.strip() for name in args.skip.split(",") if name.strip()}
-    unknown = skip - {"commit", "catalog", "workflow", "vs_earth2studio", "remote"}
+    unknown = skip - {"commit", "catalog", "workflow", "vs_earth2studio", "remote", "many_arrays"}
     if unknown:
         parser.error(f"unknown benchmark(s) in --skip: {', '.join(sorted(unknown))}")
 
@@ -64,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     workflow_args: list[str] = []
     vs_args: list[str] = []
     remote_args: list[str] = []
+    many_args: list[str] = []
     if args.quick:
+        many_args.append("--quick")
         remote_args += ["--mib", "32", "--repeats", "1"]
         commit_args += ["--size-mb", "16", "--repeats", "3"]
         catalog_args += ["--sizes", "1,100,1000", "--commits", "30"]
@@ -76,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.warm_only:
         commit_args.append("--warm-only")
     if args.dir:
-        for extra in (commit_args, catalog_args, workflow_args, vs_args):
+        for extra in (commit_args, catalog_args, workflow_args, vs_args, many_args):
             extra += ["--dir", args.dir]
 
     started = time.perf_counter()
@@ -87,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         ("workflow", "bench_workflow.py", workflow_args),
         ("vs_earth2studio", "bench_vs_earth2studio.py", vs_args),
         ("remote", "bench_remote.py", remote_args),
+        ("many_arrays", "bench_many_arrays.py", many_args),
     ):
         if key in skip:
             continue
@@ -158,6 +161,15 @@ def main(argv: list[str] | None = None) -> int:
         heads.append(f"vs earth2studio {vs['meta'].get('earth2studio') or '(not installed)'}")
         for item in vs["summary"]:
             lines.append((f"vs e2s {item['measure']}", item["value"], item["target"], item["meets"]))
+
+    many = results.get("many_arrays")
+    if many is not None:
+        heads.append(f"many arrays, states {','.join(r['state'] for r in many['results'])}")
+        for r in many["results"]:
+            for item in r["ratios"]:
+                target = "(info)" if item["target"] is None else f"<= {item['target']}"
+                label = f"many arrays {r['state']}: {item['measure']} restartable/{item['peer']}"
+                lines.append((label, item["value"], target, item["meets"]))
 
     out = sys.stderr if args.json else sys.stdout
     print("\n" + "=" * 78, file=out)
