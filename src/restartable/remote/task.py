@@ -77,7 +77,7 @@ from ..errors import (
     CheckpointRemoteError,
     CheckpointUnsafeArchiveError,
 )
-from ..store.files import CHECKSUM_ALGORITHM
+from ..store.files import CHECKSUM_ALGORITHM, is_checksum
 from ..store.manifest import ManifestError, dump_manifest, load_manifest
 from ..store.objects import STREAM_BYTES, ObjectStore, RetryPolicy, is_url
 from .archive import extract_archive, tar_compression, write_archive
@@ -221,7 +221,7 @@ def _count(value: Any, what: str) -> int:
 
 
 def _checksum(value: Any) -> str:
-    if not isinstance(value, str) or not re.fullmatch(r"[0-9a-f]{16}", value):
+    if not is_checksum(value):
         raise ValueError(f"checksum {shown(value)} is not 16 hex digits")
     return value
 

@@ -21,7 +21,7 @@ import threading
 import typing
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 import numpy as np
 
@@ -56,6 +56,14 @@ def direct_io_enabled() -> bool:
         "no",
         "off",
     )
+
+
+_CHECKSUM = re.compile(r"[0-9a-f]{16}")
+
+
+def is_checksum(value: Any) -> TypeGuard[str]:
+    """Whether ``value`` is a checksum as the store records it (16 lowercase hex digits of xxh3_64)."""
+    return isinstance(value, str) and _CHECKSUM.fullmatch(value) is not None
 
 
 def new_hasher() -> Any:

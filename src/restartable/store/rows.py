@@ -8,7 +8,6 @@ manifest's checksum, its name and every listed file's size check out.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +31,7 @@ from ._layout import (
     sequence_of,
 )
 from ._open import open_store
-from .files import PayloadError
+from .files import PayloadError, is_checksum
 from .manifest import ManifestError, load_manifest
 
 __all__ = [
@@ -133,9 +132,6 @@ class Scan:
     problems: list[Problem] = field(default_factory=list)
 
 
-_HEX16 = re.compile(r"[0-9a-f]{16}")
-
-
 def _files_problem(files: Any) -> str | None:
     """What is wrong with a manifest's ``files`` list, or ``None``.
 
@@ -157,7 +153,7 @@ def _files_problem(files: Any) -> str | None:
         seen.add(name)
         if type(size) is not int or size < 0:
             return f"files[{index}] ({name}) has size {shown(size)}, not a non-negative integer"
-        if not isinstance(checksum, str) or not _HEX16.fullmatch(checksum):
+        if not is_checksum(checksum):
             return f"files[{index}] ({name}) has checksum {shown(checksum)}, not 16 hex digits"
     return None
 
