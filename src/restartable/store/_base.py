@@ -292,14 +292,6 @@ class RowStore(ABC):
     def hash_file(self, name: str, file: str) -> tuple[int, str]:
         """Size and checksum of a file, read completely."""
 
-    def read_payloads(self, name: str, entries: list[tuple[str, int, str | None]]) -> Iterator[np.ndarray]:
-        """:meth:`read_payload` of each ``(file, size, checksum)`` of one row, in order.
-
-        Stores that can read a whole row at less cost override this.
-        """
-        for file, size, checksum in entries:
-            yield self.read_payload(name, file, size, checksum)
-
     def hash_files(self, name: str, files: list[str]) -> Iterator[tuple[str, tuple[int, str] | OSError]]:
         """``(file, (size, checksum))`` for several files of one row, or ``(file, error)``, in order."""
         for file in files:

@@ -328,11 +328,6 @@ class LocalRowStore(RowStore):
                     found[file] = exc
         return found
 
-    def read_payloads(self, name: str, entries: list[tuple[str, int, str | None]]) -> Iterator[np.ndarray]:
-        with self._row_dir(name) as row:
-            for file, size, checksum in entries:
-                yield read_payload(self._check_file(file), size, checksum, dir_fd=row)
-
     def hash_files(self, name: str, files: list[str]) -> Iterator[tuple[str, tuple[int, str] | OSError]]:
         with self._row_dir(name) as row:
             for file in files:

@@ -86,17 +86,19 @@ class Row:
                 row=str(self.path),
             )
         entry = self.files[index]
+        where = self.store.file_location(self.name, entry["name"])
         try:
             return self.store.read_payload(
-                self.name, entry["name"], entry["size"], entry["checksum"] if verify else None
+                self.name, entry["name"], int(entry["size"]), entry["checksum"] if verify else None
             )
+        except FileNotFoundError as exc:
+            raise CheckpointCorruptError(
+                f"{where} is missing (row {self.commit_id})", row=str(self.path), file=where
+            ) from exc
         except (PayloadError, OSError) as exc:
-            raise self._damaged(entry["name"], exc) from exc
-
-    def _damaged(self, file: str, exc: BaseException) -> CheckpointCorruptError:
-        where = self.store.file_location(self.name, file)
-        what = "is missing" if isinstance(exc, FileNotFoundError) else f"is damaged: {exc}"
-        return CheckpointCorruptError(f"{where} {what} (row {self.commit_id})", row=str(self.path), file=where)
+            raise CheckpointCorruptError(
+                f"{where} is damaged: {exc} (row {self.commit_id})", row=str(self.path), file=where
+            ) from exc
 
     def exists(self) -> bool:
         """Whether the row is still there (a writer may retire it while it is read)."""
@@ -104,12 +106,7 @@ class Row:
 
     def load_all_payloads(self) -> Callable[[int], np.ndarray]:
         """Read and verify every payload now; return a loader over the results."""
-        arrays: list[np.ndarray] = []
-        reading = self.store.read_payloads(self.name, [(e["name"], e["size"], e["checksum"]) for e in self.files])
-        try:
-            arrays.extend(reading)
-        except (PayloadError, OSError) as exc:
-            raise self._damaged(self.files[len(arrays)]["name"], exc) from exc
+        arrays = [self.read_payload(i) for i in range(len(self.files))]
         return arrays.__getitem__
 
 
