@@ -334,7 +334,6 @@ def test_a_file_system_refusal_is_one_line_and_exit_5(store: Path, capsys: pytes
     assert ".lock" in err and "Traceback" not in err
 
 
-
 @pytest.mark.parametrize("command", [["ls"], ["verify"], ["gc"], ["show", "-1"]])
 def test_non_checkpoint_path_is_a_usage_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]
