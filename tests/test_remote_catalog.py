@@ -623,7 +623,7 @@ def test_truncated_payload_is_skipped_when_the_catalog_is_read(
         leads = [e.lead_time for e in Checkpoint("rows", path=url, mode="append").catalog]
     assert leads == [1, 3]
     code, out, _ = cli(capsys, "ls", url, "--json")
-    assert code == 0
+    assert code == 1  # a damaged row is listed: exit 1, as documented
     listed = json.loads(out)[0]
     assert [r["lead_time"] for r in listed["rows"]] == [1, 3]
     assert [d["file"] for d in listed["damaged"]] == [target]
