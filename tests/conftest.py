@@ -27,6 +27,17 @@ def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
+@pytest.fixture
+def one_file_per_array(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows with a ``.npy`` file per array (format 1), in this process and every child it starts.
+
+    For tests that damage or inspect a named payload file (``p000000.npy``):
+    the layout large arrays keep, and the one rows had before packs. Packed
+    rows have their own damage tests (``test_packs.py``, ``RowStoreTests``).
+    """
+    monkeypatch.setenv("RESTARTABLE_PACK_BELOW", "0")
+
+
 def run_python(code: str, *args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
     """Run ``code`` in a fresh Python process (same interpreter, same environment)."""
     env = dict(os.environ)

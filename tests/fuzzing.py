@@ -73,6 +73,11 @@ CATEGORIES = ("manifest", "npy-header", "payload-body", "filesystem", "archive",
 
 
 RECORD = np.dtype([("a", "<i4"), ("b", "<f8", (2,))])
+# Arrays under this many bytes share a pack (RESTARTABLE_PACK_BELOW, set
+# while cases run): every row then holds both kinds of payload file, ``.npy``
+# files of their own (values, records; buffer, table) and a pack (scalar,
+# empty, tensor, coords; flags), and both are mutated.
+PACK_BELOW = "20"
 
 
 @dataclasses.dataclass
@@ -145,6 +150,7 @@ def iterator_state_for(k: int) -> dict[str, Any]:
         "buffer": np.arange(5, dtype=np.float32) * k,
         "table": np.array([(k, (0.0, 1.0))], dtype=RECORD),
         "seed": 2**65 + k,
+        "flags": np.array([k % 2 == 0, True]),
     }
 
 
@@ -606,7 +612,9 @@ def build_pristine(root: Path) -> tuple[Pristine, Pristine]:
     iterator_pristine = _collect("iterator", it_store)
     for pristine in (state_pristine, iterator_pristine):
         assert len(pristine.rows) == ROWS, pristine.rows
-        assert all(body["files"] for body in pristine.bodies), "every row must hold payloads"
+        for body in pristine.bodies:
+            suffixes = sorted({entry["name"].rsplit(".", 1)[-1] for entry in body["files"]})
+            assert suffixes == ["bin", "npy"], f"every row must hold .npy payloads and a pack, not {suffixes}"
     return state_pristine, iterator_pristine
 
 
@@ -1060,6 +1068,15 @@ class Env:
         return [self.store / "commits" / name for name in self.pristine.rows]
 
     def payloads(self, index: int) -> list[str]:
+        """The ``.npy`` payload files of row ``index``."""
+        return [name for name in self.files(index) if name.endswith(".npy")]
+
+    def packs(self, index: int) -> list[str]:
+        """The pack files of row ``index``."""
+        return [name for name in self.files(index) if name.endswith(".bin")]
+
+    def files(self, index: int) -> list[str]:
+        """Every payload file of row ``index`` (``.npy`` files and packs)."""
         return [entry["name"] for entry in self.pristine.bodies[index]["files"]]
 
 
@@ -1273,7 +1290,7 @@ def mutate_manifest(case: Case, env: Env) -> None:
                 files[index]["name"], files[other]["name"] = files[other]["name"], files[index]["name"]
         elif what == "extra":
             stray = f"p{len(files) + rng.randrange(3):06d}.npy"
-            data = env.pristine.row_files(victim)[rng.choice(env.payloads(victim))]
+            data = env.pristine.row_files(victim)[rng.choice(env.files(victim))]
             (row / stray).write_bytes(data)
             files.append({"name": stray, "size": len(data), "checksum": checksum_bytes(data)})
         else:
@@ -1416,9 +1433,40 @@ def _fit_body(fields: dict[str, str], body: bytes, rng: random.Random) -> bytes:
     )
 
 
+def mutate_pack(case: Case, env: Env, victim: int) -> None:
+    """A pack's bytes (raw arrays and padding, no header): flips, cuts, extensions, another pack's bytes."""
+    rng = case.rng
+    path = env.rows[victim] / rng.choice(env.packs(victim))
+    data = path.read_bytes()
+    op = rng.random()
+    if op < 0.5 and data:
+        case.note(f"{path.name}: " + _flip_file(case, path))
+        data = path.read_bytes()
+    elif op < 0.62:
+        data = data[: rng.randrange(len(data))] if data else b"\x00"
+        case.note(f"{path.name}: cut to {len(data)} bytes")
+    elif op < 0.72:
+        data = data + bytes(rng.choice([1, 8, 64, 4096]))
+        case.note(f"{path.name}: extended to {len(data)} bytes")
+    elif op < 0.82:
+        data = bytes(rng.randrange(256) for _ in range(len(data))) or b"\x01"
+        case.note(f"{path.name}: random bytes of the same length")
+    elif op < 0.92:
+        other_row = rng.choice([i for i in range(ROWS) if i != victim])
+        data = env.pristine.row_files(other_row)[rng.choice(env.packs(other_row))]
+        case.note(f"{path.name}: replaced by row {other_row}'s pack")
+    else:
+        data = b""
+        case.note(f"{path.name}: emptied")
+    _finish_payload(case, env, victim, path, data, sign_probability=0.5)
+
+
 def mutate_payload_body(case: Case, env: Env) -> None:
     rng = case.rng
     victim = _pick_victim(case, env)
+    if rng.random() < 0.4:
+        mutate_pack(case, env, victim)
+        return
     path, data = _pick_payload(case, env, victim)
     end = npy_header_end(data)
     op = rng.random()
@@ -1545,7 +1593,7 @@ def mutate_filesystem(case: Case, env: Env) -> None:
     victim = ROWS - 1
     own_row(env, victim)
     row = env.rows[victim]
-    payload = row / rng.choice(env.payloads(victim))
+    payload = row / rng.choice(env.files(victim))
     ops: list[tuple[str, Callable[[], None]]] = []
 
     def payload_link(target: str | Path, resign: bool = False) -> Callable[[], None]:
@@ -1576,7 +1624,7 @@ def mutate_filesystem(case: Case, env: Env) -> None:
         ("payload -> /dev/null", payload_link("/dev/null")),
         ("payload -> /etc/passwd", payload_link("/etc/passwd")),
         ("payload -> dangling", payload_link("does-not-exist.npy")),
-        ("payload -> another payload of the row", payload_link(rng.choice(env.payloads(victim)))),
+        ("payload -> another payload of the row", payload_link(rng.choice(env.files(victim)))),
         (
             "payload -> the same payload of the previous row",
             payload_link(f"../{env.pristine.rows[victim - 1]}/{payload.name}"),

@@ -122,3 +122,11 @@ def tree_snapshot(root: Path) -> dict[str, tuple[Any, ...]]:
             else:
                 found[rel] = ("special", stat.S_IFMT(mode))
     return found
+
+
+def first_payload(row: Path) -> Path:
+    """The first payload file a row's manifest lists (its pack, when its arrays are small)."""
+    import json
+
+    body = json.loads((Path(row) / "manifest.json").read_bytes())["manifest"]
+    return Path(row) / body["files"][0]["name"]

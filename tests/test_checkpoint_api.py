@@ -26,6 +26,7 @@ from restartable import (
     NullCheckpoint,
     bind_checkpoint_state,
 )
+from restartable.store import open_row
 
 STATE_IDS_EMPTY: tuple[str, ...] = ()
 
@@ -755,9 +756,17 @@ def _wide_dtype(fields: int) -> np.dtype:
     return np.dtype([(f"a_rather_long_column_name_{i:05d}", "<f8" if i % 2 else "<i4") for i in range(fields)])
 
 
+@pytest.mark.parametrize("packed", [False, True], ids=["own-file", "packed"])
 @pytest.mark.parametrize("fields", [400, 3000], ids=["v1-header", "v2-header"])
-def test_structured_dtype_of_many_fields_round_trips(store: Path, fields: int) -> None:
-    """Headers past numpy's default 10,000-byte reading limit (and past 64 KiB: a version 2.0 header)."""
+def test_structured_dtype_of_many_fields_round_trips(
+    store: Path, fields: int, packed: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Headers past numpy's default 10,000-byte reading limit (and past 64 KiB: a version 2.0 header).
+
+    In a pack, the description is the manifest's instead, as the ``repr`` of the field list.
+    """
+    if not packed:
+        monkeypatch.setenv("RESTARTABLE_PACK_BELOW", "0")
     dtype = _wide_dtype(fields)
     rows = np.zeros(5, dtype=dtype)
     for i, name in enumerate(dtype.names[:50]):
@@ -765,8 +774,12 @@ def test_structured_dtype_of_many_fields_round_trips(store: Path, fields: int) -
     with Checkpoint("wide", path=store) as session:
         bind_checkpoint_state(Table()).rows = rows
         session.flush(lead_time=1)
-    payload = next((Path(session.entry.path)).glob("p*.npy"))
-    assert np.load(payload, max_header_size=1 << 20).dtype == dtype  # a plain .npy file still
+    if packed:
+        (entry,) = open_row(session.entry.path).arrays.entries
+        assert entry is not None and entry["descr"].startswith("[(") and entry["file"] == "pack000000.bin"
+    else:
+        payload = next((Path(session.entry.path)).glob("p*.npy"))
+        assert np.load(payload, max_header_size=1 << 20).dtype == dtype  # a plain .npy file still
     with Checkpoint("wide", path=store) as session:
         assert session.lead_time == 1, "the row was not read back"
         restored = bind_checkpoint_state(Table()).rows

@@ -151,7 +151,7 @@ def test_show_by_index_negative_index_and_commit_id(store: Path, capsys: pytest.
     assert code == 0
     assert catalog[1].commit_id in out
     assert "CliState" in out
-    assert "p000000.npy" in out
+    assert "pack000000.bin" in out and "(pack of 1 array)" in out
 
 
 def test_show_json(store: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -30,6 +30,9 @@ from restartable import (
 from restartable.cli import main as cli_main
 from restartable.store import verify_row
 
+# This module damages and inspects named .npy payload files (see conftest.one_file_per_array).
+pytestmark = pytest.mark.usefixtures("one_file_per_array")
+
 ROWS = 4
 NAME = "damage"
 

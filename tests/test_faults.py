@@ -36,6 +36,7 @@ from restartable import (
 )
 from restartable.cli import main as cli_main
 from restartable.store import verify_row
+from support import first_payload
 
 pytestmark = pytest.mark.skipif(
     not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd to map descriptors to paths"
@@ -158,6 +159,10 @@ class Injector:
             self.log = None
 
 
+# A payload file: an array's own .npy, or a pack of small arrays.
+PAYLOAD_SUFFIXES = (".npy", ".bin")
+
+
 def in_staging(path: str) -> bool:
     return "/.staging-" in path
 
@@ -169,9 +174,9 @@ def is_staging_dir(path: str) -> bool:
 # Each rule fails the calls it matches with the given errno.
 TARGETED = {
     "mkdir-staging": lambda name, path: name == "mkdir" and is_staging_dir(path),
-    "open-payload": lambda name, path: name == "open" and in_staging(path) and path.endswith(".npy"),
-    "write-payload": lambda name, path: name == "write" and in_staging(path) and path.endswith(".npy"),
-    "fsync-payload": lambda name, path: name == "fsync" and in_staging(path) and path.endswith(".npy"),
+    "open-payload": lambda name, path: name == "open" and in_staging(path) and path.endswith(PAYLOAD_SUFFIXES),
+    "write-payload": lambda name, path: name == "write" and in_staging(path) and path.endswith(PAYLOAD_SUFFIXES),
+    "fsync-payload": lambda name, path: name == "fsync" and in_staging(path) and path.endswith(PAYLOAD_SUFFIXES),
     "write-manifest": lambda name, path: name == "write" and in_staging(path) and path.endswith("manifest.json"),
     "fsync-manifest": lambda name, path: name == "fsync" and in_staging(path) and path.endswith("manifest.json"),
     "fsync-staging-dir": lambda name, path: name == "fsync" and is_staging_dir(path),
@@ -290,7 +295,7 @@ def test_failed_hard_link_falls_back_to_a_copy(store: Path, monkeypatch: pytest.
         assert hits
     for entry in (first, second):
         assert verify_row(entry.path) == []
-    assert os.stat(second.path / "p000000.npy").st_nlink == 1
+    assert os.stat(first_payload(second.path)).st_nlink == 1
     np.testing.assert_array_equal(restored(store, -1, "append")[1].data, values_for(1))
 
 

@@ -20,7 +20,8 @@ category            what is mutated
                     texts replaced (overflowing shapes, object dtypes,
                     Python expressions), re-signed 70% of the time
 ``payload-body``    the data after the header: flips, cuts, extensions,
-                    another payload's bytes, sparse terabytes
+                    another payload's bytes, sparse terabytes; and packs
+                    (40%): flips, cuts, extensions, another row's pack
 ``filesystem``      links (to a canary outside the store, to itself, to
                     ``/dev/zero``), FIFOs, directories, sockets, deleted
                     files, strays, oddly named rows, links for
@@ -115,6 +116,7 @@ import restartable.codec
 import restartable.store.rows
 from fuzzing import (
     CATEGORIES,
+    PACK_BELOW,
     AuditRecorder,
     Canary,
     CaseTimeout,
@@ -172,15 +174,18 @@ def _scratch_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def fuzz(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Fixture]:
     root = _scratch_root(tmp_path_factory)
     cache = root / "cache"
-    saved = os.environ.get("RESTARTABLE_CACHE")
-    os.environ["RESTARTABLE_CACHE"] = str(cache)
+    # Module-scoped: monkeypatch cannot serve it, so the variables are set and restored here.
+    variables = {"RESTARTABLE_CACHE": str(cache), "RESTARTABLE_PACK_BELOW": PACK_BELOW}
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
     try:
         yield prepare(root)
     finally:
-        if saved is None:
-            os.environ.pop("RESTARTABLE_CACHE", None)
-        else:
-            os.environ["RESTARTABLE_CACHE"] = saved
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
         shutil.rmtree(root, ignore_errors=True)
         if RUN_COUNTS:
             line = "fuzz cases run: " + ", ".join(f"{c} {RUN_COUNTS[c]}" for c in CATEGORIES if c in RUN_COUNTS)
@@ -414,6 +419,8 @@ def test_planted_import_is_reported(fuzz: Fixture, monkeypatch: pytest.MonkeyPat
         return original(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(restartable.codec, "decode", importing)
+    # Not imported before the case either, whatever ran earlier in this process (torch imports it lazily).
+    monkeypatch.delitem(sys.modules, "colorsys", raising=False)
     problems = _problems(fuzz, "codec", 2)
     assert any("reading imported modules: ['colorsys']" in p for p in problems), problems
 
@@ -423,7 +430,7 @@ def test_planted_row_loss_is_reported(fuzz: Fixture, monkeypatch: pytest.MonkeyP
 
     def greedy(store: LocalRowStore, *args: object, **kwargs: object) -> list[str]:
         rows = sorted((Path(store.location) / "commits").iterdir())
-        (rows[0] / "p000000.npy").unlink()
+        min(path for path in rows[0].iterdir() if path.name != "manifest.json").unlink()  # a payload file
         return original(store, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(restartable.cli, "clean_leftovers", greedy)

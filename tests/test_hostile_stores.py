@@ -34,6 +34,9 @@ from restartable.cli import main as cli_main
 from restartable.store import LocalRowStore, open_row, scan_rows, verify_row
 from restartable.store.manifest import MANIFEST_NAME, dump_manifest
 
+# This module damages and inspects named .npy payload files (see conftest.one_file_per_array).
+pytestmark = pytest.mark.usefixtures("one_file_per_array")
+
 NAME = "hostile"
 ROWS = 3
 

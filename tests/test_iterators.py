@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -40,6 +41,7 @@ from restartable.iterators import (
     StateDictAdapter,
 )
 from restartable.store import RowWriter, verify_row
+from support import first_payload
 
 HAVE_PROC_FD = os.path.isdir("/proc/self/fd")
 
@@ -663,7 +665,8 @@ def test_damaged_newest_step_falls_back_to_the_previous_with_a_warning(store: Pa
     ckpt = IteratorCheckpoint(store)
     advance_and_save(ckpt, Counter(), [0, 1, 2], keep=None)
     newest = Path(ckpt.list_checkpoints()[2])
-    flip_byte(newest / "p000000.npy")
+    payload = first_payload(newest)
+    flip_byte(payload)
     restored = Counter()
     reader = IteratorCheckpoint(store)
     with pytest.warns(CheckpointFallbackWarning, match=r"step 2 .*damaged.*falling back to step 1"):
@@ -673,7 +676,7 @@ def test_damaged_newest_step_falls_back_to_the_previous_with_a_warning(store: Pa
     with pytest.warns(CheckpointFallbackWarning, match="falling back to step 1"):
         IteratorCheckpoint(store).restore_latest(latest)
     assert latest.i == 2
-    with pytest.raises(CheckpointCorruptError, match=r"p000000\.npy") as info:
+    with pytest.raises(CheckpointCorruptError, match=re.escape(payload.name)) as info:
         IteratorCheckpoint(store).restore(Counter(), step=2)
     assert isinstance(info.value, ValueError)
     # The reader that found the damage no longer offers the step; others find it on restore.
@@ -701,7 +704,7 @@ def test_every_step_damaged(store: Path) -> None:
     ckpt = IteratorCheckpoint(store)
     advance_and_save(ckpt, Counter(), [0, 1], keep=None)
     for path in ckpt.list_checkpoints().values():
-        flip_byte(Path(path) / "p000000.npy")
+        flip_byte(first_payload(Path(path)))
     with pytest.warns(CheckpointFallbackWarning):
         with pytest.raises(CheckpointCorruptError, match="no whole iterator checkpoint"):
             IteratorCheckpoint(store).restore(Counter())
@@ -845,9 +848,9 @@ def test_state_dict_objects_work_without_wrappers(tmp_path: Path) -> None:
     stores["model"].save_to_directory(model)
     stores["optimizer"].save_to_directory(optimizer)
     stores["scheduler"].save_to_directory(scheduler)
-    for name in stores:  # pickle-free: a JSON manifest and .npy payloads only
+    for name in stores:  # pickle-free: a JSON manifest, .npy payloads and packs of raw arrays only
         files = {p.suffix for p in (tmp_path / name / "commits").rglob("*") if p.is_file()}
-        assert files <= {".json", ".npy"}
+        assert files <= {".json", ".npy", ".bin"}
 
     model2 = make_model(1)
     optimizer2 = torch.optim.Adam(model2.parameters(), lr=1e-2)
@@ -982,7 +985,7 @@ def test_cli_lists_steps_and_verifies(store: Path, capsys: pytest.CaptureFixture
     assert "step: 3000" in shown and "ShuffledArrayIterator" in shown
     assert cli_main(["verify", str(store)]) == 0
     assert "4 row(s) checked, 0 damaged" in capsys.readouterr().out
-    flip_byte(Path(ckpt.list_checkpoints()[3000]) / "p000000.npy")
+    flip_byte(first_payload(Path(ckpt.list_checkpoints()[3000])))
     assert cli_main(["verify", str(store)]) == 1
     assert "DAMAGED" in capsys.readouterr().out
 

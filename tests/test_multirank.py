@@ -48,6 +48,7 @@ import pytest
 from restartable import Checkpoint, CheckpointFallbackWarning
 from restartable.store import LocalRowStore, RowStore, list_row_dirs, open_store, scan_rows, verify_row
 from restartable.store._layout import rank_folder_name
+from support import first_payload
 
 N = 6
 PHASE_TIMEOUT = 60.0  # a hang guard for one phase of rank processes, not a timing assertion
@@ -486,7 +487,7 @@ def test_damaged_newest_common_row_on_one_rank_makes_every_rank_fall_back(tmp_pa
         assert set(range(rows - history + 1, rows + 1)) <= set(rows_on_disk(root, rank))
 
     row = dict(list_row_dirs(root / f"rank_{damaged_rank:06d}"))[rows]
-    payload = row / "p000000.npy"
+    payload = first_payload(row)
     size = payload.stat().st_size
     flip_last_byte(payload)
     assert payload.stat().st_size == size

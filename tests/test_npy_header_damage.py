@@ -16,6 +16,9 @@ import pytest
 from restartable import Checkpoint, CheckpointCorruptError, CheckpointFallbackWarning
 from restartable.store import LocalRowStore, RowWriter, Snapshot, open_row, scan_rows
 
+# This module damages and inspects named .npy payload files (see conftest.one_file_per_array).
+pytestmark = pytest.mark.usefixtures("one_file_per_array")
+
 
 def _rows(root: Path) -> list[str]:
     writer = RowWriter(LocalRowStore(root))

@@ -10,6 +10,9 @@ import pytest
 
 from restartable import Checkpoint, CheckpointFallbackWarning, bind_checkpoint_state
 
+# This module damages and inspects named .npy payload files (see conftest.one_file_per_array).
+pytestmark = pytest.mark.usefixtures("one_file_per_array")
+
 
 @dataclass
 class Slow:

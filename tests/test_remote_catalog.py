@@ -50,6 +50,9 @@ from restartable.store._layout import LOCK_NAME
 from restartable.store.manifest import MANIFEST_NAME, load_manifest
 from support import assert_same, tensor_bytes
 
+# This module damages and inspects named .npy payload files (see conftest.one_file_per_array).
+pytestmark = pytest.mark.usefixtures("one_file_per_array")
+
 TESTS_DIR = Path(__file__).resolve().parent
 CHILD_TIMEOUT = 120  # a hang guard, never a timing assertion
 LONG_LEASE = "600"  # seconds: waiting for a lease would hit CHILD_TIMEOUT
@@ -737,6 +740,7 @@ READER_WRITER_CHILD = r"""
 import sys, time
 import numpy as np
 from restartable import Checkpoint
+
 with Checkpoint("busy", path=sys.argv[1], mode="append") as session:
     for step in range(1, 31):
         session.write(lead_time=step, values=np.full(2000, float(step)), counts=np.arange(64) * step)

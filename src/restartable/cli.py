@@ -17,6 +17,7 @@ import argparse
 import json
 import signal
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -212,6 +213,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     row = open_row(store, _find_row(store, args.row))
     rank_path = store.location
     body = row.body
+    arrays = row.arrays
+    packed = Counter(file for file, entry in zip(arrays.files, arrays.entries, strict=True) if entry is not None)
     payload = {
         **_row_summary(0, row),
         "path": str(row.path),
@@ -222,6 +225,8 @@ def cmd_show(args: argparse.Namespace) -> int:
             for s in body["states"]
         ],
         "files": row.files,
+        # How many arrays each pack holds (format 2 rows; see restartable.store.packs).
+        "packed_arrays": packed,
     }
     payload.pop("row")
     lines = [
@@ -239,7 +244,11 @@ def cmd_show(args: argparse.Namespace) -> int:
         if isinstance(value, dict):
             lines.extend(f"    {k}: {v}" for k, v in value.items() if k != "__dataclass__")
     lines.append("files:")
-    lines.extend(f"  {f['name']}  {f['size']} bytes  {f['checksum']}" for f in row.files)
+    lines.extend(
+        f"  {f['name']}  {f['size']} bytes  {f['checksum']}"
+        + (f"  (pack of {packed[f['name']]} array{'s' * (packed[f['name']] != 1)})" if f["name"] in packed else "")
+        for f in row.files
+    )
     _emit(args, payload, "\n".join(lines))
     return EXIT_OK
 

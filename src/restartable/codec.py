@@ -28,6 +28,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import datetime as _dt
+import functools
 import hashlib
 import math
 import os
@@ -179,6 +180,28 @@ def _as_lists(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_as_lists(item) for item in value]
     return value
+
+
+@functools.lru_cache(maxsize=256)
+def _array_dtype_problem(dtype: np.dtype) -> str | None:
+    """Why arrays of ``dtype`` cannot be stored, or ``None``; computed once per dtype.
+
+    A state of ten thousand arrays has a handful of dtypes: checking each
+    array's own would cost more than copying it.
+    """
+    try:
+        dtype_to_json(dtype)
+    except ValueError as exc:
+        return str(exc)
+    descr = repr(np.lib.format.dtype_to_descr(dtype))
+    if len(descr) > MAX_DTYPE_DESCR_CHARS:
+        # Refused here, at the commit, rather than written and then refused
+        # as implausible by the reader.
+        return (
+            f"its dtype's description is {len(descr)} characters; at most {MAX_DTYPE_DESCR_CHARS} can be stored "
+            "(split a structured dtype with this many fields into several arrays)"
+        )
+    return None
 
 
 def dtype_to_json(dtype: np.dtype) -> Any:
@@ -468,17 +491,9 @@ class _Encoder:
             raise self.fail(path, value, "numpy array subclasses would lose their meaning")
         if value.dtype.hasobject:
             raise self.fail(path, value, "arrays with object dtype cannot be stored without pickle")
-        self.dtype_json(value.dtype, path)
-        descr = repr(np.lib.format.dtype_to_descr(value.dtype))
-        if len(descr) > MAX_DTYPE_DESCR_CHARS:
-            # Refused here, at the commit, rather than written and then
-            # refused as implausible by the reader.
-            raise self.fail(
-                path,
-                value,
-                f"its dtype's description is {len(descr)} characters; at most {MAX_DTYPE_DESCR_CHARS} can be stored "
-                "(split a structured dtype with this many fields into several arrays)",
-            )
+        problem = _array_dtype_problem(value.dtype)
+        if problem is not None:
+            raise self.fail(path, value, problem)
         return {TAG: "ndarray", "i": self.add_payload(value)}
 
     def encode_tensor(self, value: Any, path: str, torch: Any) -> Any:

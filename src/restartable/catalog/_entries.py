@@ -187,16 +187,16 @@ def fingerprint(record: dict[str, Any] | None, row: Row | None) -> str | None:
     """A state record's content, with each array reference replaced by its file's checksum."""
     if record is None or row is None:
         return None
-    files = row.files
 
     def resolve(doc: Any) -> Any:
         if isinstance(doc, list):
             return [resolve(item) for item in doc]
         if isinstance(doc, dict):
             index = doc.get("i")
-            if doc.get(codec.TAG) in ("ndarray", "tensor") and type(index) is int and 0 <= index < len(files):
-                entry = files[index]
-                return {**doc, "i": [entry["size"], entry["checksum"]]}
+            if doc.get(codec.TAG) in ("ndarray", "tensor") and type(index) is int:
+                identity = row.payload_identity(index)
+                if identity is not None:
+                    return {**doc, "i": list(identity)}
             return {key: resolve(value) for key, value in doc.items()}
         return doc
 

@@ -11,7 +11,7 @@ The operations are small on purpose, in the manner of zarr-python's
 
 reading
     :meth:`~RowStore.list_rows`, :meth:`~RowStore.read_manifests`,
-    :meth:`~RowStore.file_size`, :meth:`~RowStore.read_payload`,
+    :meth:`~RowStore.file_size`, :meth:`~RowStore.read_payload`, :meth:`~RowStore.read_file`,
     :meth:`~RowStore.hash_file`, :meth:`~RowStore.row_files`,
     :meth:`~RowStore.row_exists`, :meth:`~RowStore.read_head`
 writing (only with the :meth:`~RowStore.exclusion` held)
@@ -40,7 +40,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..errors import CheckpointError
-from .files import PreparedArray
+from .files import PayloadError, PreparedArray, empty_bytes, new_hasher
 
 __all__ = ["Capabilities", "Draft", "Exclusion", "RowPath", "RowStore", "UrlPath"]
 
@@ -287,6 +287,27 @@ class RowStore(ABC):
 
         ``FileNotFoundError`` if absent, ``PayloadError`` if it does not match.
         """
+
+    def read_file(self, name: str, file: str, size: int) -> tuple[np.ndarray, str]:
+        """The bytes of a file (a pack) in one buffer, and their checksum, computed as they are read.
+
+        The buffer starts on a 64-byte boundary. ``FileNotFoundError`` if the
+        file is absent, ``PayloadError`` if it is not ``size`` bytes long.
+        Stores that can read a file into memory directly override this.
+        """
+        buffer = empty_bytes(size)
+        hasher = new_hasher()
+        filled = 0
+        for chunk in self.read_chunks(name, file):
+            end = filled + len(chunk)
+            if end > size:
+                raise PayloadError(f"larger than the {size} bytes expected")
+            buffer[filled:end] = np.frombuffer(chunk, dtype=np.uint8)
+            hasher.update(chunk)
+            filled = end
+        if filled != size:
+            raise PayloadError(f"size {filled} bytes, expected {size}")
+        return buffer, hasher.hexdigest()
 
     @abstractmethod
     def hash_file(self, name: str, file: str) -> tuple[int, str]:

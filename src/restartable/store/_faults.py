@@ -212,6 +212,10 @@ class FaultyRowStore(RowStore):
         self._enter("read_payload")
         return self.inner.read_payload(name, file, size, checksum)
 
+    def read_file(self, name: str, file: str, size: int) -> tuple[np.ndarray, str]:
+        self._enter("read_file")
+        return self.inner.read_file(name, file, size)
+
     def hash_file(self, name: str, file: str) -> tuple[int, str]:
         self._enter("hash_file")
         return self.inner.hash_file(name, file)

@@ -44,6 +44,7 @@ from .files import (
     hash_file,
     open_directory,
     open_regular,
+    read_file,
     read_payload,
     refused_link,
     regular_size,
@@ -339,6 +340,10 @@ class LocalRowStore(RowStore):
     def read_payload(self, name: str, file: str, size: int, checksum: str | None) -> np.ndarray:
         with self._row_dir(name) as row:
             return read_payload(self._check_file(file), size, checksum, dir_fd=row)
+
+    def read_file(self, name: str, file: str, size: int) -> tuple[np.ndarray, str]:
+        with self._row_dir(name) as row:
+            return read_file(self._check_file(file), size, dir_fd=row)
 
     def hash_file(self, name: str, file: str) -> tuple[int, str]:
         with self._row_dir(name) as row:

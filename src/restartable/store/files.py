@@ -94,7 +94,7 @@ def _write_all(fd: int, view: memoryview) -> None:
         view = view[written:]
 
 
-def _array_body(array: np.ndarray) -> tuple[dict[str, Any], memoryview]:
+def array_body(array: np.ndarray) -> tuple[dict[str, Any], memoryview]:
     """The ``.npy`` header fields and a zero-copy byte view of the data."""
     if array.flags.c_contiguous:
         fortran, data = False, array
@@ -205,7 +205,7 @@ _NPY_MAX_DIMENSION = 2**63 - 1
 _MAX_CODE_POINT = 0x10FFFF
 _NPY_FIELDS = {"descr", "fortran_order", "shape"}
 # A simple dtype as ``dtype_to_descr`` writes it: '<f8', '|b1', '<U7', '|V16', '<M8[ns]', '<m8[10s]'.
-_NPY_DESCR = re.compile(r"[<>|=]?[a-zA-Z][0-9]{0,9}(\[[0-9]{0,9}[a-zA-Z]{1,3}\])?")
+SIMPLE_DESCR = re.compile(r"[<>|=]?[a-zA-Z][0-9]{0,9}(\[[0-9]{0,9}[a-zA-Z]{1,3}\])?")
 
 
 def read_npy_header(fh: Any) -> tuple[tuple[int, ...], bool, np.dtype]:
@@ -243,26 +243,49 @@ def read_npy_header(fh: Any) -> tuple[tuple[int, ...], bool, np.dtype]:
         raise PayloadError(f"header is not a literal dictionary ({type(exc).__name__})") from None
     if not isinstance(header, dict) or set(header) != _NPY_FIELDS:
         raise PayloadError("header is not a dictionary of exactly descr, fortran_order and shape")
-    shape, fortran, descr = header["shape"], header["fortran_order"], header["descr"]
-    if not (
+    shape, fortran = header["shape"], header["fortran_order"]
+    if not (is_shape(shape) and isinstance(fortran, bool)):
+        raise PayloadError(f"invalid shape {shown(shape)} or fortran_order {shown(fortran)}")
+    return shape, fortran, dtype_from_descr(header["descr"])
+
+
+def is_shape(shape: Any) -> TypeGuard[tuple[int, ...]]:
+    """Whether ``shape`` is a tuple of at most 64 dimensions, each an integer numpy can index."""
+    return (
         isinstance(shape, tuple)
         and len(shape) <= _NPY_MAX_DIMS
         and all(type(n) is int and 0 <= n <= _NPY_MAX_DIMENSION for n in shape)
-        and isinstance(fortran, bool)
-    ):
-        raise PayloadError(f"invalid shape {shown(shape)} or fortran_order {shown(fortran)}")
-    if not (isinstance(descr, list) or (isinstance(descr, str) and _NPY_DESCR.fullmatch(descr))):
+    )
+
+
+def dtype_from_descr(descr: Any) -> np.dtype:
+    """The dtype an ``.npy`` description stands for, checked strictly (:class:`PayloadError` otherwise).
+
+    A simple description (``'<f4'``, ``'<U7'``, ``'<M8[ns]'``) or a list of
+    fields, as :func:`numpy.lib.format.dtype_to_descr` makes them; never one
+    holding Python objects.
+    """
+    if not (isinstance(descr, list) or (isinstance(descr, str) and SIMPLE_DESCR.fullmatch(descr))):
         raise PayloadError(f"invalid descr {shown(descr)}")
     try:
         dtype = np.lib.format.descr_to_dtype(typing.cast(Any, descr))
     except Exception as exc:
         # numpy answers a malformed description in many ways (a SyntaxError
         # from its parser of comma-separated formats, among others); any of
-        # them means the header is damaged.
+        # them means the description is damaged.
         raise PayloadError(f"invalid descr {shown(descr)} ({type(exc).__name__})") from None
     if dtype.hasobject:
         raise PayloadError("holds an object array; refusing to unpickle it")
-    return shape, fortran, dtype
+    return dtype
+
+
+def check_text(array: np.ndarray) -> None:
+    """Refuse a ``U`` array holding a code point past U+10FFFF, which Python cannot turn into text."""
+    dtype = array.dtype
+    if dtype.kind == "U" and array.size and dtype.itemsize:
+        flat = np.ascontiguousarray(array).reshape(-1)
+        if int(flat.view(f"{dtype.str[0]}u4").max()) > _MAX_CODE_POINT:
+            raise PayloadError("holds text that is not Unicode (a code point past U+10FFFF)")
 
 
 class PreparedArray:
@@ -277,7 +300,7 @@ class PreparedArray:
     __slots__ = ("_digest", "body", "direct", "header", "size")
 
     def __init__(self, array: np.ndarray) -> None:
-        fields, self.body = _array_body(array)
+        fields, self.body = array_body(array)
         large = self.body.nbytes >= ALIGN_MIN_BYTES
         self.header = npy_header(fields, PAGE_BYTES if large else None)
         self.size = len(self.header) + self.body.nbytes
@@ -286,8 +309,25 @@ class PreparedArray:
         )
         self._digest: str | None = None
 
+    @classmethod
+    def of_bytes(cls, data: np.ndarray, digest: str | None = None) -> PreparedArray:
+        """A file of exactly the bytes of ``data`` (a contiguous ``uint8`` array), with no ``.npy`` header.
+
+        For a pack (:mod:`restartable.store.packs`): written with direct I/O
+        when its memory is page-aligned and large, like an array's data.
+        """
+        prepared = cls.__new__(cls)
+        prepared.header = b""
+        prepared.body = data.data if data.size else memoryview(b"")
+        prepared.size = data.nbytes
+        prepared.direct = data.nbytes >= ALIGN_MIN_BYTES and _address(prepared.body) % PAGE_BYTES == 0
+        prepared.direct = prepared.direct and direct_io_enabled()
+        prepared._digest = digest
+        return prepared
+
     def chunks(self) -> Iterator[memoryview]:
-        yield memoryview(self.header)
+        if self.header:
+            yield memoryview(self.header)
         for start in range(0, self.body.nbytes, CHUNK_BYTES):
             yield self.body[start : start + CHUNK_BYTES]
 
@@ -562,25 +602,59 @@ def read_npy(fh: Any, actual_size: int, size: int, checksum: str | None) -> np.n
         flat = np.empty(count, dtype=dtype)
     except MemoryError as exc:
         raise PayloadError(f"its array of {count * dtype.itemsize} bytes does not fit in memory") from exc
-    view = flat.reshape(-1).view(np.uint8).data if count else memoryview(b"")
+    read_into(fh, flat.view(np.uint8) if count * dtype.itemsize else np.empty(0, np.uint8), hasher)
+    if hasher is not None and hasher.hexdigest() != checksum:
+        raise PayloadError(f"checksum {hasher.hexdigest()} does not match the manifest's {checksum}")
+    check_text(flat)
+    if fortran:
+        transposed: np.ndarray = flat.reshape(shape[::-1]).T
+        return transposed
+    return flat.reshape(shape)
+
+
+# Buffers that whole files are read into start on this boundary, so that
+# arrays viewed at 64-byte offsets inside them are aligned for any dtype.
+BUFFER_ALIGN = 64
+
+
+def empty_bytes(size: int) -> np.ndarray:
+    """``size`` uninitialised bytes starting on a :data:`BUFFER_ALIGN` boundary."""
+    try:
+        raw = np.empty(size + BUFFER_ALIGN, dtype=np.uint8)
+    except MemoryError as exc:
+        raise PayloadError(f"{size} bytes do not fit in memory") from exc
+    start = -raw.ctypes.data % BUFFER_ALIGN
+    return raw[start : start + size]
+
+
+def read_into(fh: Any, buffer: np.ndarray, hasher: Any | None) -> None:
+    """Fill ``buffer`` from ``fh`` in chunks, hashing each (with ``hasher``) while it is in cache.
+
+    :class:`PayloadError` if the stream ends early.
+    """
+    view = buffer.data if buffer.size else memoryview(b"")
     for start in range(0, view.nbytes, CHUNK_BYTES):
         chunk = view[start : start + CHUNK_BYTES]
-        got = fh.readinto(chunk)
-        while got is not None and got < chunk.nbytes:
+        got = fh.readinto(chunk) or 0
+        while got < chunk.nbytes:
             more = fh.readinto(chunk[got:])
             if not more:
                 raise PayloadError("file ended early")
             got += more
         if hasher is not None:
             hasher.update(chunk)
-    if hasher is not None and hasher.hexdigest() != checksum:
-        raise PayloadError(f"checksum {hasher.hexdigest()} does not match the manifest's {checksum}")
-    if dtype.kind == "U" and count and dtype.itemsize and int(flat.view(f"{dtype.str[0]}u4").max()) > _MAX_CODE_POINT:
-        raise PayloadError("holds text that is not Unicode (a code point past U+10FFFF)")
-    if fortran:
-        transposed: np.ndarray = flat.reshape(shape[::-1]).T
-        return transposed
-    return flat.reshape(shape)
+
+
+def read_file(path: str | os.PathLike[str], size: int, *, dir_fd: int | None = None) -> tuple[np.ndarray, str]:
+    """The bytes of a regular file of ``size`` bytes (checked) and their checksum, hashed as they are read."""
+    fd, info = _open_regular(path, dir_fd)
+    with open(fd, "rb", buffering=0) as fh:
+        if info.st_size != size:
+            raise PayloadError(f"size {info.st_size} bytes, expected {size}")
+        buffer = empty_bytes(size)
+        hasher = new_hasher()
+        read_into(fh, buffer, hasher)
+    return buffer, hasher.hexdigest()
 
 
 def hash_file(path: str | os.PathLike[str], *, dir_fd: int | None = None) -> tuple[int, str]:

@@ -21,7 +21,10 @@ from .._text import shown
 from .files import checksum_bytes
 
 FORMAT = "restartable-row"
-FORMAT_VERSION = 1
+# The newest row format this library reads and writes: 2 added packs
+# (restartable.store.packs). A row without packs is still written as 1.
+FORMAT_VERSION = 2
+UNPACKED_FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 # A manifest of a million payloads is about 100 MB; anything far beyond is
 # not a manifest, and reading it would only exhaust memory.

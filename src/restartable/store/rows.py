@@ -8,6 +8,7 @@ manifest's checksum, its name and every listed file's size check out.
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,8 +32,9 @@ from ._layout import (
     sequence_of,
 )
 from ._open import open_store
-from .files import PayloadError, is_checksum
+from .files import PayloadError, checksum_bytes, is_checksum
 from .manifest import ManifestError, load_manifest
+from .packs import ArrayTable, array_table, member
 
 __all__ = [
     "COMMITS_DIR",
@@ -60,6 +62,7 @@ class Row:
     name: str
     sequence: int
     body: dict[str, Any]
+    _cache: dict[Any, Any] = field(default_factory=dict, repr=False)
 
     @property
     def path(self) -> RowPath:
@@ -75,38 +78,141 @@ class Row:
         files: list[dict[str, Any]] = self.body["files"]
         return files
 
+    @property
+    def arrays(self) -> ArrayTable:
+        """Where each payload is: its file, and its place in a pack (checked on first use).
+
+        Raises :class:`CheckpointCorruptError` naming the manifest if its
+        ``arrays`` are malformed.
+        """
+        table = self._cache.get("arrays")
+        if table is None:
+            try:
+                table = self._cache["arrays"] = array_table(self.body)
+            except PayloadError as exc:
+                manifest = self.store.file_location(self.name, MANIFEST_NAME)
+                raise CheckpointCorruptError(
+                    f"{manifest} is damaged: {exc}", row=str(self.path), file=manifest
+                ) from exc
+        return table
+
+    def payload_identity(self, index: int) -> tuple[int, str] | None:
+        """Size and checksum of payload ``index``'s bytes (what is equal when the array is), if it has one."""
+        arrays = self.arrays
+        if not 0 <= index < len(arrays):
+            return None
+        entry = arrays.entries[index]
+        if entry is not None:
+            return entry["size"], entry["checksum"]
+        listed = self._file_entries()[arrays.files[index]]
+        return listed["size"], listed["checksum"]
+
     def read_payload(self, index: int, verify: bool = True) -> np.ndarray:
         """Read payload ``index``, checking its size and checksum.
 
-        Raises :class:`CheckpointCorruptError` naming the row and the file.
+        A packed array is a view of its pack, which is read once and kept
+        while any array of it is alive. Raises
+        :class:`CheckpointCorruptError` naming the row and the file (and, in
+        a pack, the array) at fault.
         """
-        if type(index) is not int or not 0 <= index < len(self.files):
+        arrays = self.arrays
+        if type(index) is not int or not 0 <= index < len(arrays):
             raise CheckpointCorruptError(
                 f"row {self.path} references payload #{shown(index)}, which its manifest does not list",
                 row=str(self.path),
             )
-        entry = self.files[index]
-        where = self.store.file_location(self.name, entry["name"])
+        file, entry = arrays.files[index], arrays.entries[index]
         try:
-            return self.store.read_payload(
-                self.name, entry["name"], int(entry["size"]), entry["checksum"] if verify else None
-            )
-        except FileNotFoundError as exc:
-            raise CheckpointCorruptError(
-                f"{where} is missing (row {self.commit_id})", row=str(self.path), file=where
-            ) from exc
+            if entry is None:
+                listed = self._file_entries()[file]
+                return self.store.read_payload(self.name, file, listed["size"], listed["checksum"] if verify else None)
+            pack, viewed = self._pack(file, verify)  # its errors name the damaged arrays
+            try:
+                array = member(pack, entry)
+            except PayloadError as exc:
+                raise PayloadError(f"payload #{index} {exc}") from None
         except (PayloadError, OSError) as exc:
-            raise CheckpointCorruptError(
-                f"{where} is damaged: {exc} (row {self.commit_id})", row=str(self.path), file=where
-            ) from exc
+            # Inline rather than a context manager: restoring a state of
+            # ten thousand packed arrays takes this path ten thousand times.
+            raise self._corrupt(file, exc) from exc
+        if index in viewed:
+            # Read twice (two components bound to one state): the first
+            # caller owns the view, and two objects must never share memory.
+            copied: np.ndarray = array.copy()
+            return copied
+        viewed.add(index)
+        return array
+
+    def check_pack(self, file: str) -> None:
+        """Read pack ``file`` and check its checksum; :class:`CheckpointCorruptError` names the damaged arrays."""
+        try:
+            self._pack(file, verify=True)
+        except (PayloadError, OSError) as exc:
+            raise self._corrupt(file, exc) from exc
+
+    def _corrupt(self, file: str, exc: BaseException) -> CheckpointCorruptError:
+        """The error for ``exc``, raised reading ``file`` of this row, naming the file."""
+        where = self.store.file_location(self.name, file)
+        what = "is missing" if isinstance(exc, FileNotFoundError) else f"is damaged: {exc}"
+        return CheckpointCorruptError(f"{where} {what} (row {self.commit_id})", row=str(self.path), file=where)
+
+    def _file_entries(self) -> dict[str, dict[str, Any]]:
+        entries = self._cache.get("files")
+        if entries is None:
+            entries = self._cache["files"] = {entry["name"]: entry for entry in self.files}
+        return entries
+
+    def _pack(self, file: str, verify: bool) -> tuple[np.ndarray, set[int]]:
+        """The bytes of pack ``file``, read (and checked) once while any array viewing them is alive.
+
+        Also the payload indices already handed out as views of these bytes.
+        """
+        cached = self._cache.get(("pack", file)) or (None if verify else self._cache.get(("unverified", file)))
+        if cached is not None:
+            owner, start, size, viewed = cached
+            alive = owner()
+            if alive is not None:
+                pack: np.ndarray = alive[start : start + size]
+                return pack, viewed
+        listed = self._file_entries()[file]
+        pack, digest = self.store.read_file(self.name, file, listed["size"])
+        if verify and digest != listed["checksum"]:
+            raise PayloadError(self._pack_damage(file, pack, digest))
+        # The arrays are views of the buffer's owner: remember it only weakly,
+        # so that a row read once holds no memory its arrays do not.
+        owner = pack.base if isinstance(pack.base, np.ndarray) else pack
+        key = ("pack" if verify else "unverified", file)
+        fresh: set[int] = set()
+        self._cache[key] = (weakref.ref(owner), pack.ctypes.data - owner.ctypes.data, pack.size, fresh)
+        held = self._cache.get("held")
+        if held is not None:
+            held.append(pack)
+        return pack, fresh
+
+    def _pack_damage(self, file: str, pack: np.ndarray, digest: str) -> str:
+        """What is wrong with a pack whose checksum failed: which arrays, by their own checksums."""
+        damaged = [
+            f"payload #{index} (bytes {entry['offset']} to {entry['offset'] + entry['size']})"
+            for index, (name, entry) in enumerate(zip(self.arrays.files, self.arrays.entries, strict=True))
+            if name == file
+            and entry is not None
+            and checksum_bytes(pack[entry["offset"] : entry["offset"] + entry["size"]].data) != entry["checksum"]
+        ]
+        found = f"; damaged: {', '.join(damaged[:10])}" if damaged else "; no array's bytes changed (damage in padding)"
+        more = f" and {len(damaged) - 10} more" if len(damaged) > 10 else ""
+        return f"checksum {digest} does not match the manifest's {self._file_entries()[file]['checksum']}{found}{more}"
 
     def exists(self) -> bool:
         """Whether the row is still there (a writer may retire it while it is read)."""
         return self.store.row_exists(self.name)
 
     def load_all_payloads(self) -> Callable[[int], np.ndarray]:
-        """Read and verify every payload now; return a loader over the results."""
-        arrays = [self.read_payload(i) for i in range(len(self.files))]
+        """Read and verify every payload now (each pack once); return a loader over the results."""
+        self._cache["held"] = []  # every pack read stays alive until all its arrays are taken
+        try:
+            arrays = [self.read_payload(index) for index in range(len(self.arrays))]
+        finally:
+            del self._cache["held"]
         return arrays.__getitem__
 
 
@@ -204,6 +310,15 @@ def validate_row(store: RowStore, name: str, raw: bytes | BaseException, sequenc
     return Row(store=store, name=name, sequence=sequence, body=body)
 
 
+def _pack_problem(row: Row, file: str) -> str:
+    """Which arrays of a pack whose checksum failed are damaged (the pack is read again to tell)."""
+    try:
+        row.check_pack(file)
+    except CheckpointCorruptError as exc:
+        return str(exc.__cause__ or exc)  # the cause says what, without the path the problem names already
+    return "checksum changed while it was verified (read again, it matches)"
+
+
 def _store_and_name(target: RowStore | str | os.PathLike[str], name: str | None) -> tuple[RowStore, str]:
     """A store and row name from either, or from the path of a local row directory."""
     if name is not None:
@@ -271,6 +386,10 @@ def verify_row(target: RowStore | str | os.PathLike[str], name: str | None = Non
         if not store.row_exists(name) and not store.row_files(name):
             return []  # retired by its writer while we checked it: nothing to report
         return [Problem(row=where, file=exc.file, reason=str(exc))]
+    try:
+        packs = {file for file, entry in zip(row.arrays.files, row.arrays.entries, strict=True) if entry is not None}
+    except CheckpointCorruptError as exc:
+        return [Problem(row=where, file=exc.file, reason=str(exc))]
     problems = []
     listed = {MANIFEST_NAME, *(entry["name"] for entry in row.files)}
     try:
@@ -288,6 +407,8 @@ def verify_row(target: RowStore | str | os.PathLike[str], name: str | None = Non
         size, digest = result
         if size != entry["size"]:
             problems.append(Problem(where, file, f"is {size} bytes, the manifest says {entry['size']}"))
+        elif entry["name"] in packs:
+            problems.append(Problem(where, file, _pack_problem(row, entry["name"])))
         else:
             problems.append(
                 Problem(where, file, f"checksum {digest} does not match the manifest's {entry['checksum']}")

@@ -45,12 +45,14 @@ from ..errors import (
     CheckpointRemoteError,
     CheckpointWriteError,
 )
+from . import packs
 from ._base import RowStore
 from ._layout import MAX_SEQUENCE, PAYLOAD_NAME, row_dir_name, sequence_of
 from ._local import WriterLock
 from ._open import open_store
-from .files import CHECKSUM_ALGORITHM, PreparedArray
-from .manifest import FORMAT, FORMAT_VERSION, ManifestError, dump_manifest, load_manifest
+from .files import CHECKSUM_ALGORITHM, PreparedArray, aligned_empty
+from .manifest import FORMAT, FORMAT_VERSION, UNPACKED_FORMAT_VERSION, ManifestError, dump_manifest, load_manifest
+from .packs import PACK_NAME, fill_pack, lay_out
 from .rows import Row
 
 __all__ = ["RowWriter", "Snapshot", "WriterLock", "clean_leftovers", "row_body"]
@@ -59,13 +61,26 @@ __all__ = ["RowWriter", "Snapshot", "WriterLock", "clean_leftovers", "row_body"]
 DEFER_DELETE_BYTES = 64 << 20
 
 
-def row_body(snapshot: Snapshot, sequence: int, commit_id: str, files: list[dict[str, Any]]) -> dict[str, Any]:
-    """The manifest body of a row: the front end's fields plus what the engine records."""
+def row_body(
+    snapshot: Snapshot,
+    sequence: int,
+    commit_id: str,
+    files: list[dict[str, Any]],
+    arrays: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The manifest body of a row: the front end's fields plus what the engine records.
+
+    ``arrays`` (where each payload is, when some are packed) makes it a
+    format 2 row; without packs a row stays in format 1, which every
+    release reads.
+    """
     body = dict(snapshot.body)
+    if arrays is not None:
+        body["arrays"] = arrays
     body.update(
         pinned=snapshot.pin,
         format=FORMAT,
-        format_version=FORMAT_VERSION,
+        format_version=FORMAT_VERSION if arrays is not None else UNPACKED_FORMAT_VERSION,
         library_version=__version__,
         sequence=sequence,
         commit_id=commit_id,
@@ -144,6 +159,11 @@ class RowWriter:
     head:
         Publish the newest committed sequence in ``HEAD`` after each commit,
         for the other ranks' ``floor``.
+    pack_below:
+        Arrays smaller than this many bytes share pack files
+        (:mod:`restartable.store.packs`); ``0`` gives every array a file of
+        its own. ``None``: ``$RESTARTABLE_PACK_BELOW`` when set, else
+        :data:`~restartable.store.packs.PACK_BELOW_BYTES` (1 MiB).
     """
 
     def __init__(
@@ -155,7 +175,11 @@ class RowWriter:
         link_unchanged: bool = False,
         floor: Callable[[], int | None] | None = None,
         head: bool = False,
+        pack_below: int | None = None,
     ) -> None:
+        self.pack_below = packs.default_pack_below() if pack_below is None else pack_below
+        if type(self.pack_below) is not int or self.pack_below < 0:
+            raise ValueError(f"pack_below must be a non-negative number of bytes, got {pack_below!r}")
         self.store = open_store(store, durable=durable)
         self.floor = floor
         self.head = head
@@ -179,7 +203,10 @@ class RowWriter:
         # its lease may still publish it): the next row is numbered after both.
         numbered = [sequence for item in leftovers if (sequence := sequence_of(item.rstrip("/").rsplit("/", 1)[-1]))]
         self._next_sequence = max([existing[-1][0] if existing else 0, *numbered]) + 1
-        self._previous_files: list[dict[str, Any]] = []
+        self._previous_files: dict[str, dict[str, Any]] = {}
+        # The buffers packs are laid out in, reused from one commit to the next.
+        self._pack_buffers: list[np.ndarray] = []
+        self._writing = ""  # the payload file being written, for messages
         self._previous_name: str | None = None
         self._undeleted: list[Any] = []
         self._reaper: tuple[threading.Thread, list[Any]] | None = None
@@ -271,14 +298,11 @@ class RowWriter:
         draft = None
         try:
             draft = self.store.stage(name)
-            files = []
-            for index, array in enumerate(snapshot.payloads):
-                file = PAYLOAD_NAME.format(index)
-                step = f"writing {file}"
-                files.append(self._write_payload(draft, file, index, PreparedArray(array)))
+            step = "writing the payload files"
+            files, arrays = self._write_payloads(draft, snapshot.payloads)
             step = "writing and syncing the payload files"
             draft.finish_payloads()
-            body = row_body(snapshot, sequence, name, files)
+            body = row_body(snapshot, sequence, name, files, arrays)
             step = "checking the writer's lock"
             self.exclusion.check()
             step = "publishing the row"
@@ -290,6 +314,8 @@ class RowWriter:
         except (OSError, CheckpointRemoteError) as exc:
             if draft is not None:
                 draft.abandon()
+            if step == "writing the payload files":
+                step = f"writing {self._writing}"
             raise self.store.write_error(
                 f"could not commit row {sequence} to {self.store} while {step}: {exc}. Earlier rows are intact.", exc
             ) from exc
@@ -301,7 +327,7 @@ class RowWriter:
         self._row_bytes[name] = sum(record["size"] for record in files)
         if snapshot.pin:
             self._pinned = name
-        self._previous_files, self._previous_name = files, name
+        self._previous_files, self._previous_name = {record["name"]: record for record in files}, name
         try:
             draft.settle()
         except OSError as exc:
@@ -313,8 +339,45 @@ class RowWriter:
         self._retire()
         return Row(store=self.store, name=name, sequence=sequence, body=body)
 
-    def _write_payload(self, draft: Any, file: str, index: int, prepared: PreparedArray) -> dict[str, Any]:
-        previous = self._previous_files[index] if index < len(self._previous_files) else None
+    def _write_payloads(
+        self, draft: Any, payloads: list[np.ndarray]
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+        """Write the payload files of a row: ``files`` for the manifest, and ``arrays`` when some are packed."""
+        layout = lay_out(payloads, self.pack_below)
+        files = [
+            self._write_file(draft, PAYLOAD_NAME.format(index), PreparedArray(payloads[index])) for index in layout.own
+        ]
+        if not layout.packs:
+            return files, None  # a format 1 row: payload i is files[i]
+        arrays: list[dict[str, Any]] = [{"file": PAYLOAD_NAME.format(index)} for index in range(len(payloads))]
+        for number, (members, size) in enumerate(zip(layout.packs, layout.sizes, strict=True)):
+            file = PACK_NAME.format(number)
+            buffer = self._pack_buffer(number, size)
+            for index, entry in fill_pack(buffer, payloads, members, file):
+                arrays[index] = entry
+            files.append(self._write_file(draft, file, PreparedArray.of_bytes(buffer)))
+        del self._pack_buffers[len(layout.packs) :]
+        return files, arrays
+
+    def _pack_buffer(self, number: int, size: int) -> np.ndarray:
+        """``size`` bytes for pack ``number``: the previous commit's buffer when it is large enough.
+
+        Page-aligned, so that a large pack is written with direct I/O; reused,
+        so that a commit does not fault in fresh pages every time.
+        """
+        if number < len(self._pack_buffers) and self._pack_buffers[number].size >= size:
+            return self._pack_buffers[number][:size]
+        buffer = aligned_empty((size,), np.dtype(np.uint8))
+        if number < len(self._pack_buffers):
+            self._pack_buffers[number] = buffer
+        else:
+            self._pack_buffers.append(buffer)
+        return buffer
+
+    def _write_file(self, draft: Any, file: str, prepared: PreparedArray) -> dict[str, Any]:
+        """Write one payload file, or link it to the previous row's copy when its bytes are unchanged."""
+        self._writing = file
+        previous = self._previous_files.get(file)
         if (
             self.link_unchanged
             and previous is not None
@@ -396,7 +459,10 @@ class RowWriter:
         fetched = self.store.read_manifests(names)
         for name in names:
             raw = fetched.get(name)
-            if not isinstance(raw, bytes):
+            # A manifest is canonical JSON: a pinned row's holds these bytes.
+            # Parsing only those that do keeps opening a store of large
+            # manifests (thousands of packed arrays each) cheap.
+            if not isinstance(raw, bytes) or b'"pinned":true' not in raw:
                 continue
             try:
                 if load_manifest(raw).get("pinned"):

@@ -70,6 +70,12 @@ def _arrays(step: int) -> list[np.ndarray]:
     ]
 
 
+def _writer(store: RowStore, **options: Any) -> RowWriter:
+    """A writer whose rows hold both kinds of payload file: the (4, 3) float64 array of
+    :func:`_arrays` gets a file of its own, the smaller ones share a pack."""
+    return RowWriter(store, pack_below=64, **options)
+
+
 def _snapshot(step: int, pin: bool = False) -> Snapshot:
     return Snapshot(body={"step": step}, payloads=_arrays(step), pin=pin)
 
@@ -93,7 +99,7 @@ def _assert_whole(store: RowStore) -> None:
 def _commit_two_rows(store: RowStore, keep: int | None) -> int:
     """Commit rows 1 and 2; return how many store operations the second commit took."""
     counting = FaultyRowStore(store)
-    writer = RowWriter(counting, keep=keep)
+    writer = _writer(counting, keep=keep)
     try:
         writer.persist(_snapshot(1))
         start = len(counting.log)
@@ -110,12 +116,13 @@ _KILL_CHILD = textwrap.dedent(
     from restartable.store import RowWriter, Snapshot, open_store
 
     location, options = sys.argv[1], json.loads(sys.argv[2])
-    writer = RowWriter(open_store(location, options), keep=2)
+    writer = RowWriter(open_store(location, options), keep=2, pack_below=64)
     step = 0
     while True:
         step += 1
         payload = np.full(1 << 20, step, dtype=np.float64)  # 8 MiB: long enough to be killed inside
-        writer.persist(Snapshot(body={"step": step}, payloads=[payload]))
+        packed = [np.full(4, step + i, dtype=np.float32) for i in range(100)]
+        writer.persist(Snapshot(body={"step": step}, payloads=[payload, *packed]))
         print(step, flush=True)
     """
 )
@@ -141,7 +148,7 @@ class RowStoreTests:
     # ------------------------------------------------------------------ commit and read
 
     def test_commit_and_read_back(self, store: RowStore) -> None:
-        writer = RowWriter(store)
+        writer = _writer(store)
         try:
             rows = [writer.persist(_snapshot(step)) for step in (1, 2, 3)]
         finally:
@@ -155,7 +162,7 @@ class RowStoreTests:
 
     def test_sequences_continue_across_writers(self, store: RowStore) -> None:
         for step in (1, 2):
-            writer = RowWriter(store)
+            writer = _writer(store)
             try:
                 writer.persist(_snapshot(step))
             finally:
@@ -168,7 +175,7 @@ class RowStoreTests:
         operations = _commit_two_rows(store, keep=None)
         for k in range(1, operations + 1):
             faulty = FaultyRowStore(store)
-            writer = RowWriter(faulty)
+            writer = _writer(faulty)
             try:
                 faulty.arm(k)
                 with pytest.raises((CheckpointError, OSError)):
@@ -188,7 +195,7 @@ class RowStoreTests:
         step = 2
         for k in range(1, operations + 1):
             faulty = FaultyRowStore(store)
-            writer = RowWriter(faulty, keep=2)
+            writer = _writer(faulty, keep=2)
             faulty.arm(k, crash=True)
             step += 1
             try:
@@ -204,7 +211,7 @@ class RowStoreTests:
             # A new writer removes what the crash left and goes on.
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", CheckpointCleanupWarning)
-                writer = RowWriter(store, keep=2)
+                writer = _writer(store, keep=2)
             try:
                 step += 1
                 writer.persist(_snapshot(step))
@@ -242,9 +249,10 @@ class RowStoreTests:
         for row in scan.rows:
             assert verify_row(store, row.name) == []
             assert row.read_payload(0)[0] == row.body["step"]
+            assert row.read_payload(100)[0] == row.body["step"] + 99  # from the pack
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", CheckpointCleanupWarning)
-            writer = RowWriter(store, keep=2)  # the dead writer's lock or lease is taken over
+            writer = _writer(store, keep=2)  # the dead writer's lock or lease is taken over
         try:
             row = writer.persist(_snapshot(1000))
         finally:
@@ -254,7 +262,7 @@ class RowStoreTests:
     # ------------------------------------------------------------------ damage
 
     def _committed(self, store: RowStore, count: int = 2) -> list[Any]:
-        writer = RowWriter(store)
+        writer = _writer(store)
         try:
             return [writer.persist(_snapshot(step)) for step in range(1, count + 1)]
         finally:
@@ -349,7 +357,7 @@ class RowStoreTests:
         rows = self._committed(store)
         last = f"{'9' * 12}-{'a' * 32}"
         self.replace_file(store, last, MANIFEST_NAME, b"not a manifest")
-        writer = RowWriter(store, keep=1)
+        writer = _writer(store, keep=1)
         try:
             with pytest.raises(CheckpointWriteError, match="largest a row name can hold"):
                 writer.persist(_snapshot(3))
@@ -361,20 +369,20 @@ class RowStoreTests:
     # ------------------------------------------------------------------ exclusion
 
     def test_a_second_writer_is_refused(self, store: RowStore) -> None:
-        first = RowWriter(store)
+        first = _writer(store)
         try:
             first.persist(_snapshot(1))
             with pytest.raises(CheckpointLockedError):
-                RowWriter(store)
+                _writer(store)
         finally:
             first.close()
-        second = RowWriter(store)  # released: the next writer gets in
+        second = _writer(store)  # released: the next writer gets in
         second.close()
 
     # ------------------------------------------------------------------ retention and HEAD
 
     def test_retention_keeps_the_newest_rows_and_the_pinned_one(self, store: RowStore) -> None:
-        writer = RowWriter(store, keep=2)
+        writer = _writer(store, keep=2)
         try:
             writer.persist(_snapshot(1))
             writer.persist(_snapshot(2, pin=True))
@@ -383,7 +391,7 @@ class RowStoreTests:
         finally:
             writer.close()
         assert _steps(store) == [2, 5, 6]
-        writer = RowWriter(store, keep=2)  # a new writer finds the pinned row again
+        writer = _writer(store, keep=2)  # a new writer finds the pinned row again
         try:
             writer.persist(_snapshot(7))
         finally:
@@ -393,7 +401,7 @@ class RowStoreTests:
 
     def test_a_floor_holds_retention_back(self, store: RowStore) -> None:
         floor = [1]
-        writer = RowWriter(store, keep=1, floor=lambda: floor[0], head=True)
+        writer = _writer(store, keep=1, floor=lambda: floor[0], head=True)
         try:
             for step in range(1, 5):
                 writer.persist(_snapshot(step))
@@ -406,7 +414,7 @@ class RowStoreTests:
         assert _steps(store) == [3, 4, 5]
 
     def test_restart_after_retires_newer_rows_and_aligns_the_sequence(self, store: RowStore) -> None:
-        writer = RowWriter(store, head=True)
+        writer = _writer(store, head=True)
         try:
             for step in range(1, 5):
                 writer.persist(_snapshot(step))
@@ -422,7 +430,7 @@ class RowStoreTests:
 
     def test_the_cost_of_a_commit_does_not_grow_with_the_rows_kept(self, store: RowStore) -> None:
         counting = FaultyRowStore(store, operations=frozenset(ALL_OPERATIONS))
-        writer = RowWriter(counting)
+        writer = _writer(counting)
         try:
             costs = []
             for step in range(1, 41):
@@ -434,7 +442,7 @@ class RowStoreTests:
         assert len(set(costs[1:])) == 1, f"operations per commit changed with the number of rows: {costs}"
 
     def test_readers_running_beside_a_writer_always_see_whole_rows(self, store: RowStore) -> None:
-        writer = RowWriter(store, keep=1)
+        writer = _writer(store, keep=1)
         writer.persist(_snapshot(1))
         done = threading.Event()
         failures: list[BaseException] = []
