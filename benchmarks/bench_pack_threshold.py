@@ -36,7 +36,7 @@ def measure(size_kib: int, total_mib: int, repeats: int, root: Path) -> dict[str
     count = max(1, total_mib * 1024 // size_kib)
     arrays = [np.random.default_rng(i).random(size_kib * 256, dtype=np.float32) for i in range(count)]
     writers = {
-        "own": RowWriter(root / f"own-{size_kib}", keep=1),
+        "own": RowWriter(root / f"own-{size_kib}", keep=1, pack_below=0),
         "packed": RowWriter(root / f"packed-{size_kib}", keep=1, pack_below=size_kib * 1024 + 1),
     }
     commits: dict[str, list[float]] = {kind: [] for kind in writers}

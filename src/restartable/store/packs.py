@@ -77,10 +77,12 @@ __all__ = [
 
 PACK_NAME = "pack{:06d}.bin"
 # Arrays smaller than this go into packs. Below it, the cost of a file of its
-# own (create, fsync, open) outweighs the copy into a pack; from it on, an
-# array's own page-aligned file is written with direct I/O at full speed and
-# can be linked when unchanged. Measured in benchmarks/bench_pack_threshold.py.
-PACK_BELOW_BYTES = 1 << 20
+# own (create, fsync, open) outweighs the copy into a pack (a pack of 1 to 4
+# MiB arrays commits in 0.5-0.95x and restores in 0.3-0.5x the time of a file
+# each: benchmarks/bench_pack_threshold.py); from it on, an array's own file
+# is written with direct I/O straight from its memory, can be linked when
+# unchanged, and keeps alive only its own memory once restored.
+PACK_BELOW_BYTES = 4 << 20
 # Overrides PACK_BELOW_BYTES for every writer of the process that does not
 # set ``pack_below`` itself (``0``: rows in format 1, which 0.1.0 reads).
 PACK_BELOW_VARIABLE = "RESTARTABLE_PACK_BELOW"

@@ -163,7 +163,7 @@ class RowWriter:
         Arrays smaller than this many bytes share pack files
         (:mod:`restartable.store.packs`); ``0`` gives every array a file of
         its own. ``None``: ``$RESTARTABLE_PACK_BELOW`` when set, else
-        :data:`~restartable.store.packs.PACK_BELOW_BYTES` (1 MiB).
+        :data:`~restartable.store.packs.PACK_BELOW_BYTES` (4 MiB).
     """
 
     def __init__(
