@@ -23,6 +23,7 @@ from restartable import (
     CheckpointEntry,
     CheckpointSerializationError,
     CheckpointSession,
+    CheckpointWarning,
     NullCheckpoint,
     bind_checkpoint_state,
 )
@@ -381,7 +382,9 @@ def test_overwrite_mode_keeps_exactly_one_row(store: Path) -> None:
 
 
 def test_overwrite_mode_ignores_history_size(store: Path) -> None:
-    checkpoint = Checkpoint("ow", path=store, mode="overwrite", history_size=5)
+    # Warned about (tests/test_argument_checks.py), and ignored, as in earth2studio.
+    with pytest.warns(CheckpointWarning, match="history_size=5 is ignored"):
+        checkpoint = Checkpoint("ow", path=store, mode="overwrite", history_size=5)
     with checkpoint as session:
         for step in range(4):
             session.write(lead_time=step)

@@ -41,6 +41,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from warm_python import WarmProcess, WarmPython
+
 _RANK_VARS = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "WORLD_SIZE", "SLURM_NTASKS")
 # A guard against hangs, not a measure of speed: children wait for a CPU
 # (see _SLOTS) before they start, so this bounds one child's own run.
@@ -225,6 +227,7 @@ class Child:
         env: dict[str, str],
         cwd: Path,
         kill_when: Callable[[list[list[str]]], bool] | None = None,
+        warm: WarmPython | None = None,
     ) -> None:
         env = dict(env)
         if kill_when is not None:
@@ -235,15 +238,14 @@ class Child:
         self.writes: list[list[str]] = []
         self.killed = False
         _SLOTS.acquire()  # released by the reader once the process has ended
+        stdin = subprocess.PIPE if kill_when is not None else subprocess.DEVNULL
         try:
-            self.proc = subprocess.Popen(
-                argv,
-                cwd=cwd,
-                env=env,
-                stdin=subprocess.PIPE if kill_when is not None else subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
+            self.proc: subprocess.Popen[str] | WarmProcess = (
+                subprocess.Popen(
+                    argv, cwd=cwd, env=env, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+                )
+                if warm is None
+                else warm.popen(argv, env=env, cwd=cwd, stdin=stdin)
             )
         except BaseException:
             _SLOTS.release()
@@ -315,6 +317,14 @@ class Child:
 
 def _kill_at(tag: str, count: int) -> Callable[[list[list[str]]], bool]:
     return lambda writes: sum(1 for w in writes if w[0] == tag) >= count
+
+
+# What FORECAST imports, for the warm interpreters its runs are forked from.
+_PRELOAD = """
+import numpy, torch, xarray
+import earth2studio.run, earth2studio.io, earth2studio.models.px, earth2studio.perturbation
+import earth2studio.utils.checkpoint
+"""
 
 
 def _forecast(script: Path, out: Path, what: str, ckpt: Path | None = None, bridge: bool = False) -> list[str]:
@@ -408,6 +418,18 @@ class _Runs:
         self.script.write_text(FORECAST)
         self.children: list[Child] = []
         self.closed = False
+        # Every run is a fresh process forked from an interpreter that has
+        # imported earth2studio already (see warm_python): earth2studio's own
+        # runs from one that never saw restartable, bridged runs from one
+        # where the bridge was installed first, as `python -m
+        # restartable.earth2studio` does. Their children would otherwise
+        # spend ~20 s of CPU each importing earth2studio.
+        self.warm = {
+            False: WarmPython(_PRELOAD, self.env, root),
+            True: WarmPython(
+                "import restartable.earth2studio\nrestartable.earth2studio.install()\n" + _PRELOAD, self.env, root
+            ),
+        }
         self.chains = {
             name: _Chain(name, steps)
             for name, steps in (
@@ -428,7 +450,8 @@ class _Runs:
     def child(self, argv: list[str], kill_when: Callable[[list[list[str]]], bool] | None = None) -> Child:
         if self.closed:
             raise RuntimeError("the module's runs were torn down")
-        child = Child(argv, self.env, self.root, kill_when)
+        bridged = argv[1:3] == ["-m", "restartable.earth2studio"]
+        child = Child(argv, self.env, self.root, kill_when, warm=self.warm[bridged])
         self.children.append(child)
         return child
 
@@ -438,6 +461,8 @@ class _Runs:
             if child.proc.poll() is None:
                 child.proc.kill()
                 child.proc.wait()
+        for server in self.warm.values():
+            server.close()
 
     def _reference(self) -> Path:
         # Uninterrupted earth2studio: no bridge, no checkpoint. What every resumed run must equal.

@@ -14,27 +14,37 @@ command works on a :class:`~restartable.store.RowStore`, whatever its backend.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 import signal
 import sys
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from . import codec
+from ._extras import MissingExtraError
 from ._text import escaped
 from ._version import __version__
 from .checkpoint import _entry_from_row, format_table
 from .errors import CheckpointCorruptError, CheckpointLockedError, CheckpointRemoteError, CheckpointWriteError
 from .store import Problem, RowStore, Scan, clean_leftovers, open_row, open_store, rank_stores, scan_rows, verify_row
-from .store._layout import MANIFEST_NAME, is_url, rank_folder_name
+from .store._layout import MANIFEST_NAME, is_url, rank_folder_name, sequence_of
 
 EXIT_OK, EXIT_DAMAGED, EXIT_USAGE, EXIT_LOCKED, EXIT_REMOTE, EXIT_IO = 0, 1, 2, 3, 4, 5
 
 
 class UsageError(Exception):
     pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, as every other failure of the command."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def location(text: str) -> str:
@@ -55,6 +65,19 @@ def _rank_stores(args: argparse.Namespace) -> list[RowStore]:
 
 def _scans(args: argparse.Namespace) -> list[tuple[str, Scan]]:
     return [(store.location, scan_rows(store)) for store in _rank_stores(args)]
+
+
+def _leftovers(store: RowStore) -> list[dict[str, Any]]:
+    """What interrupted commits left in ``store``, listed only (``restartable gc`` removes it)."""
+    interrupted, retired = store.clean_leftovers(dry_run=True)
+    found: list[dict[str, Any]] = [{"path": p, "kind": "interrupted commit"} for p in interrupted]
+    found += [{"path": p, "kind": "retired row not yet deleted"} for p in retired]
+    for item in found:
+        # An object store's interrupted upload is named by its row; a local
+        # staging folder is not, until it is renamed.
+        name = item["path"].rstrip("/").rsplit("/", 1)[-1]
+        item["commit_id"] = name if sequence_of(name) is not None else None
+    return found
 
 
 def _emit(args: argparse.Namespace, payload: Any, text: str) -> None:
@@ -119,14 +142,23 @@ def _rank_summary(scans: list[tuple[str, Any]]) -> tuple[list[dict[str, Any]], s
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
+    if args.plot is not None:
+        from ._timeline import PlotError, check_plot_target
+
+        try:
+            check_plot_target(args.plot)  # before any work: a wrong name or a missing extra
+        except PlotError as exc:
+            raise UsageError(str(exc)) from None
     report: list[dict[str, Any]] = []
     blocks: list[str] = []
-    scans = _scans(args)
+    stores = _rank_stores(args)
+    scans = [(store.location, scan_rows(store)) for store in stores]
+    leftovers = [_leftovers(store) for store in stores]
     summary, summary_text = _rank_summary(scans)
     if summary_text:
         blocks.append(summary_text)
     any_damaged = False
-    for rank_path, scan in scans:
+    for (rank_path, scan), leftover in zip(scans, leftovers, strict=True):
         rows: list[dict[str, Any]] = []
         damaged = [{"row": p.row, "file": p.file, "reason": p.reason} for p in scan.problems]
         for row in scan.rows:
@@ -135,12 +167,12 @@ def cmd_ls(args: argparse.Namespace) -> int:
             except CheckpointCorruptError as exc:  # a whole row whose catalog record is not
                 damaged.append({"row": str(row.path), "file": exc.file, "reason": str(exc)})
         any_damaged = any_damaged or bool(damaged)
-        report.append({"path": str(rank_path), "rows": rows, "damaged": damaged})
+        report.append({"path": str(rank_path), "rows": rows, "damaged": damaged, "leftovers": leftover})
         # Iterator checkpoints (restartable.iterators) key their rows by step:
         # the step column replaces lead_time and write_count, which they do not use.
         by_step = bool(rows) and all(r["step"] is not None for r in rows)
         if by_step:
-            table = [["row", "sequence", "step", "metadata", "bytes", "saved_at"]]
+            table = [["row", "sequence", "step", "metadata", "bytes", "saved_at", "commit_id"]]
             for r in rows:
                 table.append(
                     [
@@ -150,10 +182,13 @@ def cmd_ls(args: argparse.Namespace) -> int:
                         _short_metadata(r["metadata"]),
                         str(r["bytes"]),
                         r["saved_at"][:19],
+                        r["commit_id"],
                     ]
                 )
         else:
-            table = [["row", "sequence", "lead_time", "write_count", "level", "states", "bytes", "saved_at"]]
+            table = [
+                ["row", "sequence", "lead_time", "write_count", "level", "states", "bytes", "saved_at", "commit_id"]
+            ]
             for r in rows:
                 table.append(
                     [
@@ -165,6 +200,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
                         str(len(r["states"])),
                         str(r["bytes"]),
                         r["saved_at"][:19],
+                        r["commit_id"],
                     ]
                 )
         text = f"{rank_path}: {len(rows)} row(s)"
@@ -172,6 +208,9 @@ def cmd_ls(args: argparse.Namespace) -> int:
             text += "\n" + format_table(table)
         for d in damaged:
             text += f"\n  DAMAGED {d['reason']}"
+        for item in leftover:
+            owner = f" (row {item['commit_id']})" if item["commit_id"] else ""
+            text += f"\n  LEFTOVER {item['path']}: {item['kind']}{owner}; `restartable gc` removes it"
         blocks.append(text)
     if summary:
         flags = {item["sequence"]: item for item in summary}
@@ -179,6 +218,18 @@ def cmd_ls(args: argparse.Namespace) -> int:
             for row in block["rows"]:
                 row["all_ranks"] = flags[row["sequence"]]["all_ranks"]
                 row["restart_point"] = flags[row["sequence"]]["restart_point"]
+    if args.plot is not None:
+        from ._timeline import timeline_from_scans, write_plot
+
+        scanned = [(store, scan) for store, (_, scan) in zip(stores, scans, strict=True)]
+        data = timeline_from_scans(
+            [
+                (store, scan, [i["path"] for i in found if i["kind"] == "interrupted commit"])
+                for (store, scan), found in zip(scanned, leftovers, strict=True)
+            ]
+        )
+        write_plot(data, args.plot)
+        blocks.append(f"timeline written to {args.plot}")
     _emit(args, report, "\n\n".join(blocks))
     return EXIT_DAMAGED if any_damaged else EXIT_OK
 
@@ -288,6 +339,8 @@ def cmd_gc(args: argparse.Namespace) -> int:
         lock.acquire()  # a running writer makes this raise CheckpointLockedError
         try:
             removed.extend(clean_leftovers(store, warn=False, dry_run=args.dry_run))
+            if not args.dry_run:
+                _check_removed(store)
             for _, name in store.list_rows():
                 try:
                     listed = {f["name"] for f in open_row(store, name).files} | {MANIFEST_NAME}
@@ -305,6 +358,19 @@ def cmd_gc(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _check_removed(store: RowStore) -> None:
+    """Raise if leftovers are still there after removing them (the file system refused quietly)."""
+    interrupted, retired = store.clean_leftovers(dry_run=True)
+    remaining = interrupted + retired
+    if remaining:
+        others = f" and {len(remaining) - 1} more" if len(remaining) > 1 else ""
+        raise OSError(
+            errno.EACCES,
+            f"could not remove {remaining[0]}{others} (check that the store is writable: "
+            "permissions, a read-only mount)",
+        )
+
+
 def _sync_command(args: argparse.Namespace, direction: str) -> int:
     from .remote.sync import pull, push
 
@@ -316,10 +382,15 @@ def _sync_command(args: argparse.Namespace, direction: str) -> int:
     if is_url(local):
         raise UsageError(f"{local!r} must be a local directory, not a URL")
     try:
+        # Progress on stderr (a bar on a terminal, a line per row in a log);
+        # stdout keeps only the report.
+        verbose = not args.quiet
         if direction == "push":
-            report = push(Path(local), remote, storage_options=args.storage_options)
+            report = push(Path(local), remote, storage_options=args.storage_options, verbose=verbose)
         else:
-            report = pull(remote, Path(local), storage_options=args.storage_options, verify=args.verify)
+            report = pull(
+                remote, Path(local), storage_options=args.storage_options, verify=args.verify, verbose=verbose
+            )
     except FileNotFoundError as exc:
         raise UsageError(str(exc)) from None
     lines = [f"copied  {row}" for row in report.copied]
@@ -330,6 +401,10 @@ def _sync_command(args: argparse.Namespace, direction: str) -> int:
         f"{len(report.copied)} row(s) copied ({report.bytes_copied} bytes), {len(report.present)} already present"
         f"{repaired}, {len(report.damaged)} damaged and skipped"
     )
+    if args.quiet and not args.json:
+        lines = [line for line in lines if line.startswith("DAMAGED ")]
+        if not lines:
+            return EXIT_OK  # quiet: nothing at all to say
     _emit(args, report.as_dict(), "\n".join(lines))
     return EXIT_DAMAGED if report.damaged else EXIT_OK
 
@@ -361,11 +436,12 @@ def _storage_option(text: str) -> tuple[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="restartable",
         description="Inspect, verify and clean restartable checkpoints.",
         epilog=(
-            "Exit codes: 0 ok, 1 damage found, 2 usage error, 3 checkpoint locked by a writer, 4 object store failed."
+            "Exit codes: 0 ok, 1 damage found, 2 usage error, 3 checkpoint locked by a writer, 4 object store failed, "
+            "5 local file system refused."
         ),
     )
     parser.add_argument("--version", action="version", version=f"restartable {__version__}")
@@ -395,7 +471,15 @@ def build_parser() -> argparse.ArgumentParser:
         options(p)
         return p
 
-    add("ls", "List the committed rows of a checkpoint as a table.").set_defaults(func=cmd_ls)
+    ls = add("ls", "List the committed rows of a checkpoint as a table, with damaged rows and leftovers.")
+    ls.add_argument(
+        "--plot",
+        metavar="FILE",
+        default=None,
+        help="also draw the rows on a timeline, per rank: FILE.html (no dependency) or FILE.png "
+        "(needs matplotlib: pip install 'restartable[plot]')",
+    )
+    ls.set_defaults(func=cmd_ls)
     show = add("show", "Show the metadata, states and files of one row.")
     show.add_argument("row", metavar="ROW", help="row index (negative counts from the newest) or commit id")
     show.add_argument("--rank", type=int, default=None, help="rank folder to read (default: the first)")
@@ -427,6 +511,12 @@ def build_parser() -> argparse.ArgumentParser:
         )
         sync.add_argument("source", metavar=source[0], help=source[1])
         sync.add_argument("destination", metavar=destination[0], help=destination[1])
+        sync.add_argument(
+            "-q",
+            "--quiet",
+            action="store_true",
+            help="no progress and no report, only damaged rows (the exit status says the rest)",
+        )
         if direction == "pull":
             sync.add_argument(
                 "--verify",
@@ -473,20 +563,48 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.func(args)
         return code
     except UsageError as exc:
-        print(f"restartable {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail(args, str(exc), EXIT_USAGE)
+    except MissingExtraError as exc:  # an optional dependency of this command (fsspec, s3fs, torch)
+        return _fail(args, str(exc), EXIT_USAGE)
     except CheckpointLockedError as exc:
-        print(f"restartable {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_LOCKED
+        return _fail(args, str(exc), EXIT_LOCKED)
     except CheckpointCorruptError as exc:
-        print(f"restartable {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_DAMAGED
+        return _fail(args, str(exc), EXIT_DAMAGED)
     except CheckpointRemoteError as exc:
-        print(f"restartable {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_REMOTE
+        return _fail(args, str(exc), EXIT_REMOTE)
     except (OSError, CheckpointWriteError) as exc:
-        print(f"restartable {args.command}: error: {escaped(str(exc))}", file=sys.stderr)
-        return EXIT_IO
+        return _fail(args, _io_message(exc, args), EXIT_IO)
+
+
+def _fail(args: argparse.Namespace, message: str, code: int) -> int:
+    """Report a failure as one line on stderr; return its exit code."""
+    line = " ".join(part.strip() for part in message.splitlines() if part.strip())
+    print(f"restartable {args.command}: error: {escaped(line)}", file=sys.stderr)
+    return code
+
+
+# What to check when the file system refuses, by errno.
+_IO_HINTS = {
+    errno.EACCES: "check the permissions (write access is needed to change the store)",
+    errno.EPERM: "check the permissions (write access is needed to change the store)",
+    errno.EROFS: "the file system is mounted read-only",
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is exceeded",
+}
+
+
+def _io_message(exc: BaseException, args: argparse.Namespace) -> str:
+    """A file system refusal as ``FILE: reason; what to check``."""
+    if not isinstance(exc, OSError) or not exc.strerror:
+        return str(exc)
+    if exc.filename is None:
+        return exc.strerror
+    name = os.fsdecode(exc.filename)
+    base = getattr(args, "path", None)
+    # Lower layers name files relative to the folder they opened (dir_fd).
+    where = f" (in {base})" if base and not os.path.isabs(name) and not is_url(name) else ""
+    hint = _IO_HINTS.get(exc.errno or 0)
+    return f"{name}{where}: {exc.strerror}" + (f"; {hint}" if hint else "")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -976,7 +976,17 @@ class _Decoder:
                 raise self.corrupt(path, f"payload of dtype {array.dtype} does not hold a torch.{doc['dtype']} tensor")
             tensor = tensor.view(dtype)
         if self.device is not None:
-            tensor = tensor.to(self.device)
+            try:
+                tensor = tensor.to(self.device)
+            except Exception as exc:
+                # The bytes were read and verified: a failure now is the
+                # device's (unknown, absent, out of memory), never damage, so
+                # it must not be reported as CheckpointCorruptError (a user
+                # might delete a good row).
+                raise CheckpointError(
+                    f"cannot place {path} on device {str(self.device)!r}: {_clip(' '.join(str(exc).split()))}. "
+                    "The row is not damaged: restore with a device this process can use (device='cpu')"
+                ) from exc
         if requires_grad:
             tensor.requires_grad_(True)
         return tensor
@@ -1098,6 +1108,10 @@ def decode(
     CheckpointCorruptError
         The document is malformed, or nested more than :data:`MAX_NESTING`
         containers deep.
+    CheckpointError
+        A tensor cannot be placed on ``device`` (an unknown device, one this
+        process cannot use, or out of its memory). The document is sound:
+        this is not a :class:`CheckpointCorruptError`.
     """
     if nested_dataclasses not in ("resolve", "in_place"):
         raise ValueError(f"nested_dataclasses must be 'resolve' or 'in_place', got {nested_dataclasses!r}")

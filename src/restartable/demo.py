@@ -24,7 +24,8 @@ SHA-256 of the bytes). The exit status is 0 when they are identical, 1
 otherwise.
 
 Only the standard library and numpy are imported at module level; torch,
-xarray and zarr are imported when the demo runs.
+xarray and zarr are imported when the demo runs, and checked for before it
+starts any run (``pip install 'restartable[workflows]'`` installs them).
 
 Run ``restartable demo --help`` for the options; ``python -m
 restartable.demo`` is the same command.
@@ -51,7 +52,7 @@ from typing import IO, Any, cast
 
 import numpy as np
 
-from .workflows._run import completed_members, format_members
+from ._extras import MissingExtraError, require
 
 __all__ = ["DemoConfig", "DemoError", "DemoUsageError", "add_arguments", "compare_stores", "main", "run_demo"]
 
@@ -422,6 +423,13 @@ def _events(process: subprocess.Popen[str]) -> Iterator[dict[str, Any]]:
             yield json.loads(line[len(_EVENT) :])
 
 
+def _draws_bars() -> bool:
+    """Whether the children draw progress bars (they inherit our stderr) rather than log lines."""
+    from ._progress import draws_bars
+
+    return draws_bars()
+
+
 def _run_phase(role: str, config: DemoConfig, workdir: Path, verbose: bool, kill_after: int | None = None) -> _Phase:
     phase = _Phase(role)
     start = time.perf_counter()
@@ -442,10 +450,11 @@ def _run_phase(role: str, config: DemoConfig, workdir: Path, verbose: bool, kill
         phase.startup_seconds = None if ready is None else ready - start
         errors.seek(0)
         phase.stderr_tail = errors.read()[-4000:]
-    if verbose and kill_after is not None:
+    if verbose and kill_after is not None and _draws_bars():
         # The killed child left its cursor on the first of its two progress
         # bars (members batches, then members of the batch): move below them.
-        sys.stderr.write("\n\n" if sys.stderr.isatty() else "\n")
+        # Without bars its lines (progress logged, one per event) are whole.
+        sys.stderr.write("\n\n")
         sys.stderr.flush()
     expected = -signal.SIGKILL if kill_after is not None else 0
     if phase.returncode != expected:
@@ -456,6 +465,8 @@ def _run_phase(role: str, config: DemoConfig, workdir: Path, verbose: bool, kill
 
 
 def _catalog_facts(workdir: Path) -> tuple[str, dict[str, Any]]:
+    from .workflows._run import completed_members
+
     checkpoint = _checkpoint(workdir / CHECKPOINT_DIR)
     entries = checkpoint.catalog
     latest = entries[-1] if entries else None
@@ -531,6 +542,9 @@ def run_demo(
         Print the summary as JSON instead (no progress bars).
     stream:
         Where the report goes (default ``sys.stdout``).
+
+    Raises :class:`ModuleNotFoundError`, naming the extra to install, before
+    any run starts when torch, xarray or zarr is missing.
     """
     stream = sys.stdout if stream is None else stream
     config = DemoConfig(members=members, steps=steps, nlat=nlat, nlon=nlon, batch_size=batch_size, seed=seed)
@@ -542,6 +556,9 @@ def run_demo(
         raise DemoUsageError(
             f"kill-after must be between 1 and {total - 1} (the forecast makes {total} step writes), got {kill_after!r}"
         )
+    # In the parent, before the working directory or any child: a child
+    # without them would crash, and its crash would read as a failed kill.
+    require("torch", "xarray", "zarr", extra="workflows", feature="the demo")
     progress = verbose and not json_output
     say = _Reporter(stream, progress)
     path, temporary = _prepare_workdir(workdir)
@@ -560,6 +577,8 @@ def run_demo(
 
 
 def _demo(config: DemoConfig, workdir: Path, kill_after: int, progress: bool, say: _Reporter) -> dict[str, Any]:
+    from .workflows._run import format_members
+
     total = config.total_writes
     batch = min(config.batch_size, config.members)
     say("restartable demo: an ensemble forecast killed with SIGKILL, resumed, and compared bit for bit")
@@ -721,6 +740,8 @@ def _sample(workdir: Path, config: DemoConfig) -> dict[str, Any] | None:
 
 
 def _finish(summary: dict[str, Any], stream: IO[str], verbose: bool, json_output: bool, say: _Reporter) -> None:
+    from .workflows._run import format_members
+
     if json_output:
         json.dump(summary, stream, indent=2, default=str)
         stream.write("\n")
@@ -805,7 +826,10 @@ DESCRIPTION = (
     "level-2 checkpoint) in a child process, kill it with SIGKILL partway, resume it, run the same "
     "forecast uninterrupted, and compare the two outputs bit for bit."
 )
-EPILOG = "Exit status: 0 the outputs are identical, 1 they differ or a run failed, 2 usage error, 130 interrupted."
+EPILOG = (
+    "Exit status: 0 the outputs are identical, 1 they differ or a run failed, "
+    "2 usage error or a missing optional dependency, 130 interrupted."
+)
 
 
 def run_from_args(args: argparse.Namespace) -> int:
@@ -824,7 +848,7 @@ def run_from_args(args: argparse.Namespace) -> int:
             json_output=args.json,
             seed=args.seed,
         )
-    except DemoUsageError as exc:
+    except (DemoUsageError, MissingExtraError) as exc:
         print(f"restartable demo: error: {exc}", file=sys.stderr)
         return 2
     except DemoError as exc:

@@ -10,6 +10,7 @@ the background persist of ``async_commit``.
 
 from __future__ import annotations
 
+import warnings
 import weakref
 from pathlib import Path
 from typing import Any, Literal
@@ -17,9 +18,9 @@ from typing import Any, Literal
 import numpy as np
 
 from .. import codec
-from .._device import resolve_device
+from .._device import check_device, resolve_device
 from ..distributed import detect_rank_and_world_size
-from ..errors import CheckpointCorruptError, CheckpointWriteError
+from ..errors import CheckpointCorruptError, CheckpointWarning, CheckpointWriteError
 from ..state import ACTIVE_SESSION, CURRENT_CHECKPOINT
 from ..store import Row, RowStore, RowWriter, open_store
 from ..store._layout import rank_folder_name
@@ -35,7 +36,9 @@ from ._table import entries_table, format_table
 CheckpointLevel = Literal[0, 1, 2]
 
 
-def _validate(name: str, mode: str, flush_interval: int | None, history_size: int | None, level: int) -> None:
+def _validate(
+    name: str, mode: str, flush_interval: int | None, history_size: int | None, level: int, warn_history: bool
+) -> None:
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"name must be a non-empty string, got {name!r}")
     if name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
@@ -53,6 +56,15 @@ def _validate(name: str, mode: str, flush_interval: int | None, history_size: in
         raise ValueError(f"history_size must be a positive integer or None, got {history_size!r}")
     if level not in (0, 1, 2) or isinstance(level, bool):
         raise ValueError(f"level must be 0, 1 or 2, got {level!r}")
+    if warn_history and mode == "overwrite" and history_size is not None and history_size > 1:
+        # earth2studio accepts the pair and ignores history_size (its docs say
+        # so): warned about, not refused, so that code written for it still runs.
+        warnings.warn(
+            f"history_size={history_size} is ignored: mode='overwrite' keeps one row; "
+            f"use mode='append' to keep a history of {history_size} rows",
+            CheckpointWarning,
+            stacklevel=3,  # the caller of Checkpoint(...), past _validate and __init__
+        )
 
 
 class Checkpoint:
@@ -77,7 +89,10 @@ class Checkpoint:
         Number of ``write`` calls between durable commits; ``None`` commits
         only on ``flush()``.
     history_size:
-        Rows kept in append mode (``None``: all). Ignored in overwrite mode.
+        Rows kept in append mode (``None``: all). Overwrite mode keeps one
+        row: a ``history_size`` above 1 there is ignored with a
+        :class:`CheckpointWarning` (earth2studio, and the bridge, ignore it
+        silently).
     level:
         0 records progress and metadata only; 1 adds component state needed to
         restart workflow items (ensemble members); 2 adds state needed to
@@ -87,7 +102,12 @@ class Checkpoint:
         ``world_size > 1`` each rank writes ``rank_<rank:06d>/``.
     device:
         Device on which components stage tensor state, and on which restored
-        tensors are placed.
+        tensors are placed: ``"cpu"`` (the default), ``"cuda"``,
+        ``"cuda:<index>"``, ``"meta"`` (shapes and dtypes only), another
+        torch device type, or a ``torch.device``. Checked here: a name torch
+        does not know, or a device this process cannot use (``"cuda"``
+        where ``torch.cuda.is_available()`` is false, an index beyond the
+        devices visible), raises ``ValueError`` naming the value.
     durable:
         fsync every file and directory of a commit (the default). Turn off
         only for throw-away data.
@@ -144,6 +164,13 @@ class Checkpoint:
     # (str keys only; a dataclass only into a dataclass the field holds).
     _int_keys = True
     _nested_dataclasses: Literal["resolve", "in_place"] = "resolve"
+    # Metadata: restartable keeps every value as given but lead_time (a
+    # one-element array or tensor there is recorded as its element); the
+    # bridge unwraps one-element values of every key, as earth2studio does.
+    _unwrap_one_element_metadata = False
+    # Whether mode="overwrite" with a history_size above 1 is warned about;
+    # earth2studio documents the pair as accepted, and the bridge keeps quiet.
+    _warn_ignored_history_size = True
 
     def __init__(
         self,
@@ -163,7 +190,8 @@ class Checkpoint:
         storage_options: dict[str, Any] | None = None,
         consistent: bool = True,
     ) -> None:
-        _validate(name, mode, flush_interval, history_size, level)
+        _validate(name, mode, flush_interval, history_size, level, self._warn_ignored_history_size)
+        check_device(device)
         if rank is None or world_size is None:
             detected_rank, detected_world = detect_rank_and_world_size(self._initialize_physicsnemo)
             rank = detected_rank if rank is None else rank

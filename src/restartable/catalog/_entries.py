@@ -1,8 +1,10 @@
 """Catalog entries: :class:`CheckpointEntry`, read from a committed row's manifest.
 
-Also the two value helpers the session needs to compare what it wrote with
-what it restored: :func:`normalize_value` (a one-element array or tensor is
-recorded as its element) and :func:`fingerprint` (a state record's content).
+Also the value helpers of the session: :func:`normalize_metadata` (metadata
+as the catalog records it: ``lead_time`` given as a one-element array or
+tensor becomes its element, object arrays are refused) and
+:func:`fingerprint` (a state record's content, to compare what it wrote
+with what it restored).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 
 from .. import codec
 from .._text import shown
-from ..errors import CheckpointCorruptError
+from ..errors import CheckpointCorruptError, CheckpointSerializationError
 from ..store import RowPath
 
 if TYPE_CHECKING:
@@ -171,10 +173,41 @@ def _record_problem(body: Mapping[str, Any]) -> str | None:
     return None
 
 
+def normalize_metadata(metadata: Mapping[str, Any], every_key: bool = False) -> dict[str, Any]:
+    """Metadata as the catalog records it, checked as ``write()`` receives it.
+
+    Every value is kept as given, except ``lead_time`` (with ``every_key``:
+    any key, as earth2studio does): a one-element array or tensor there is
+    recorded as its element, since workflows pass ``coords["lead_time"]``
+    and the catalog shows and compares lead times as scalars.
+
+    Raises
+    ------
+    CheckpointSerializationError
+        A value is an array of dtype ``object``: its items could only be
+        stored with pickle, and unwrapping a one-element one would store its
+        item instead (``np.array([None], dtype=object)`` as ``None``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> normalize_metadata({"lead_time": np.array([6]), "step": np.array([3])})
+    {'lead_time': np.int64(6), 'step': array([3])}
+    """
+    normalized = {}
+    for key, value in metadata.items():
+        if isinstance(value, np.ndarray) and value.dtype.hasobject:
+            raise CheckpointSerializationError(
+                f"Invalid checkpoint metadata {key!r}: an array of dtype {value.dtype} cannot be stored without "
+                "pickle; store a list, or an array of a plain dtype",
+                path=f"metadata[{key!r}]",
+            )
+        normalized[key] = normalize_value(value) if every_key or key == "lead_time" else value
+    return normalized
+
+
 def normalize_value(value: Any) -> Any:
-    """A metadata value as the catalog records it."""
-    # Workflows pass coords["lead_time"], a one-element array; the catalog
-    # records the element.
+    """A one-element array or tensor as its element; any other value as it is."""
     if isinstance(value, np.ndarray) and value.size == 1:
         return value.reshape(-1)[0]
     torch = sys.modules.get("torch")

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from .. import codec
 from ..errors import CheckpointLateBindWarning, CheckpointStateCollision, CheckpointStateSchemaError
 from ..state import ACTIVE_SESSION, CheckpointState, buffer_pending, state_id, states_of, take_pending
-from ._entries import CheckpointEntry, fingerprint, normalize_value
+from ._entries import CheckpointEntry, fingerprint, normalize_metadata
 
 if TYPE_CHECKING:
     from ..store import Row
@@ -188,11 +188,28 @@ class CheckpointSession:
         Keyword metadata (for example ``lead_time=...``) is merged into the
         metadata of the previous row. Returns the committed entry, or
         ``None`` when the commit is deferred.
+
+        Metadata values come back from the catalog as they were given (type,
+        dtype, shape), except ``lead_time``: a one-element array or tensor
+        there is recorded as its element. A value that cannot be kept so
+        raises :class:`CheckpointSerializationError` naming its key: an
+        array of dtype ``object`` at once, any other unsupported value when
+        the row is committed (here, unless the commit is deferred). Nothing
+        is committed then, and a write that raises is not counted.
+
+        >>> import tempfile
+        >>> import numpy as np
+        >>> from restartable import Checkpoint
+        >>> with Checkpoint("doc", path=tempfile.mkdtemp()) as session:
+        ...     entry = session.write(lead_time=np.array([6]), step=np.array([3]))
+        >>> entry.lead_time, entry.metadata["step"]
+        (np.int64(6), array([3]))
         """
         self.checkpoint._poll_background()  # a failure already known is raised now
+        normalized = self._normalize(metadata)  # before anything changes: a refused write is not counted
         before = (self.write_count, dict(self._metadata), self._dirty)
         self.write_count += 1
-        self._metadata.update(self._normalize(metadata))
+        self._metadata.update(normalized)
         self._dirty = True
         interval = self.checkpoint.flush_interval
         if interval is not None and self.write_count % interval == 0:
@@ -307,11 +324,11 @@ class CheckpointSession:
         self.checkpoint._settle()
         return self._entry
 
-    @staticmethod
-    def _normalize(metadata: dict[str, Any]) -> dict[str, Any]:
-        # One-element arrays and tensors (a workflow's coords["lead_time"])
-        # are recorded as their element, as earth2studio does.
-        return {key: normalize_value(value) for key, value in metadata.items()}
+    def _normalize(self, metadata: dict[str, Any]) -> dict[str, Any]:
+        # lead_time given as a one-element array or tensor (a workflow's
+        # coords["lead_time"]) is recorded as its element; the bridge does so
+        # for every key, as earth2studio does.
+        return normalize_metadata(metadata, every_key=self.checkpoint._unwrap_one_element_metadata)
 
     # ------------------------------------------------------------------ for Checkpoint
 

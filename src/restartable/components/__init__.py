@@ -10,14 +10,20 @@
 - :class:`MemoryIO` and :class:`ZarrIO`: IO backends that can be resumed
   into without clobbering what was written.
 
-They need torch and xarray (``pip install 'restartable[workflows]'``);
-:class:`ZarrIO` needs zarr.
+They need torch and xarray, and :class:`ZarrIO` needs zarr: ``pip install
+'restartable[workflows]'`` installs all three. Importing this package without
+torch or xarray raises a :class:`ModuleNotFoundError` that says so.
 """
 
-from .data import SyntheticData
-from .diagnostic import WindSpeed
-from .io import MemoryIO, ZarrIO
-from .perturbation import GaussianPerturbation
-from .prognostic import Lorenz96, Persistence
+from .._extras import require
+
+# Before the modules below import torch, so that a missing one is named with its extra.
+require("torch", "xarray", extra="workflows", feature="restartable.components")
+
+from .data import SyntheticData  # noqa: E402
+from .diagnostic import WindSpeed  # noqa: E402
+from .io import MemoryIO, ZarrIO  # noqa: E402
+from .perturbation import GaussianPerturbation  # noqa: E402
+from .prognostic import Lorenz96, Persistence  # noqa: E402
 
 __all__ = ["GaussianPerturbation", "Lorenz96", "MemoryIO", "Persistence", "SyntheticData", "WindSpeed", "ZarrIO"]

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
+from .._extras import require
+
 if TYPE_CHECKING:
     import zarr
 
@@ -116,6 +118,7 @@ class ZarrIO:
     """
 
     def __init__(self, path: str | Path, chunks: dict[str, int] | None = None) -> None:
+        require("zarr", extra="workflows", feature="ZarrIO")
         import zarr
 
         self.path = Path(path)

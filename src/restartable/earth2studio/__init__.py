@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 from types import FunctionType, ModuleType
 from typing import Any
 
+from .._extras import require
+
 __all__ = ["install", "installed", "uninstall"]
 
 MODULE = "earth2studio.utils.checkpoint"
@@ -93,8 +95,7 @@ def install(workflows: bool = True) -> None:
                 if run is not None:
                     _route_workflows(run, _installation)
             return
-        if importlib.util.find_spec("earth2studio") is None:
-            raise ImportError("earth2studio is not installed: pip install 'restartable[earth2studio]'")
+        require("earth2studio", extra="earth2studio", feature="restartable.earth2studio.install()")
         from . import checkpoint as bridged
 
         original = sys.modules.get(MODULE)

@@ -89,10 +89,16 @@ class Checkpoint(_engine.Checkpoint):
       (restartable also accepts ``int`` keys);
     - a saved dataclass is restored as a dataclass only into a field that
       holds one; elsewhere (an untyped field, a list item) it comes back as
-      a ``dict`` of its fields (restartable restores the class).
+      a ``dict`` of its fields (restartable restores the class);
+    - a one-element array or tensor in metadata is recorded as its element,
+      under every key (restartable does so for ``lead_time`` only);
+    - ``mode="overwrite"`` with a ``history_size`` ignores it silently
+      (restartable warns).
     """
 
     _default_path = staticmethod(default_checkpoint_path)
     _initialize_physicsnemo = True
     _int_keys = False
     _nested_dataclasses = "in_place"
+    _unwrap_one_element_metadata = True
+    _warn_ignored_history_size = False

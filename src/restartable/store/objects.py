@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import importlib
 import os
 import random
 import tempfile
@@ -40,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
+from .._extras import EXTRAS, MissingExtraError, import_optional, require
 from ..errors import CheckpointRemoteError
 from ._layout import LOCAL_PROTOCOLS, is_url, join_url, url_protocol
 from ._open import local_path_of
@@ -129,17 +129,19 @@ def open_filesystem(url: str, storage_options: dict[str, Any]) -> tuple[Any, str
     adlfs), even where another library re-registered the protocol with
     fsspec; see :data:`STANDARD_FILESYSTEMS`. Options embedded in the URL
     and fsspec's configuration apply as with ``fsspec.core.url_to_fs``.
+    A missing fsspec or protocol library raises :class:`ModuleNotFoundError`
+    naming it and what to install.
     """
+    require("fsspec", extra="remote", feature=url)
     import fsspec
 
     standard = STANDARD_FILESYSTEMS.get(url_protocol(url))
     if standard is None or "::" in url:
         return cast("tuple[Any, str]", fsspec.core.url_to_fs(url, **storage_options))
     module, name = standard
-    try:
-        cls = getattr(importlib.import_module(module), name)
-    except ImportError as exc:
-        raise ImportError(f"{url_protocol(url)}:// needs {module}: pip install {module}") from exc
+    # s3fs comes with the remote extra; gcsfs and adlfs with no extra of restartable.
+    extra = "remote" if module in EXTRAS["remote"] else None
+    cls = getattr(import_optional(module, extra=extra, feature=url), name)
     options = {**cls._get_kwargs_from_urls(url), **storage_options}
     return cls(**options), cls._strip_protocol(url)
 
@@ -165,10 +167,6 @@ class ObjectStore:
     ) -> None:
         if not is_url(url):
             raise ValueError(f"not a URL: {url!r} (expected protocol://...)")
-        try:
-            import fsspec  # noqa: F401 - only whether it is installed
-        except ImportError as exc:  # pragma: no cover - fsspec is a dependency of the remote extra
-            raise ImportError(f"{url} needs fsspec (and s3fs for s3://): pip install 'restartable[remote]'") from exc
         self.url = url.rstrip("/")
         self.protocol = url_protocol(url)
         self.retry = retry or RetryPolicy()
@@ -179,6 +177,8 @@ class ObjectStore:
         self.storage_options.setdefault("use_listings_cache", False)
         try:
             self.fs, root = open_filesystem(self.url, self.storage_options)
+        except MissingExtraError:
+            raise  # it names the URL already
         except ImportError as exc:
             raise ImportError(f"{url}: {exc}") from exc
         except Exception as exc:

@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 
+from .._extras import require
 from ..catalog import Checkpoint
 from ._run import (
     PREEMPTED_EXIT_CODE,
@@ -68,6 +69,10 @@ from ._run import (
     to_device,
 )
 from .coords import fetch_data, lead_times, map_coords, to_time_array
+
+# Checked at import, before any run starts: every workflow moves torch
+# tensors and reads its data source's xarray.DataArray.
+require("torch", "xarray", extra="workflows", feature="restartable.workflows")
 
 __all__ = ["PREEMPTED_EXIT_CODE", "WorkflowPreempted", "deterministic", "diagnostic", "ensemble"]
 
@@ -154,7 +159,7 @@ def _single_rollout(
     io.add_array(total, list(variables))
     done = session.lead_time if getattr(session, "exists", False) else None
     start = 0 if done is None else int(np.searchsorted(leads, done, side="right"))
-    with progress(len(leads), name, verbose, initial=start) as bar:
+    with progress(len(leads), name, verbose, "lead times", initial=start) as bar:
         if start < len(leads):
             rollout(
                 prognostic.create_iterator(x, coords),
@@ -332,7 +337,8 @@ def ensemble(
             todo.pop(0)
         resume_at = todo[0] if todo else nensemble
         drawn = _drawn_before(restored, done, leads[-1], completed, resume_at, batch_size)
-        with progress(len(mine), "ensemble batches", verbose, initial=len(mine) - len(todo)) as batches:
+        name = "ensemble" if world_size == 1 else f"ensemble rank {rank}"
+        with progress(len(mine), name, verbose, "member batches", initial=len(mine) - len(todo)) as batches:
             for first in starts if todo else ():
                 members = np.arange(first, min(first + batch_size, nensemble))
                 coords = OrderedDict(ensemble=members, **coords0)
@@ -360,7 +366,9 @@ def ensemble(
                     done = None
                 finished = sorted(completed.union(int(m) for m in members))
                 step_metadata = {"completed_ensembles": sorted(completed), "batch_row": batch_row, "workflow": identity}
-                with progress(len(leads), f"members {members[0]}-{members[-1]}", verbose, leave=False) as bar:
+                span = f"members {members[0]}-{members[-1]}" if len(members) > 1 else f"member {members[0]}"
+                written = 0 if done is None else int(np.searchsorted(leads, done, side="right"))
+                with progress(len(leads), f"{name} {span}", verbose, "lead times", initial=written, leave=False) as bar:
                     rollout(
                         iterator,
                         leads[-1],
@@ -375,7 +383,7 @@ def ensemble(
                     )
                 completed.update(finished)
                 done = None
-                batches.update(1)
+                batches.update(1, f"{span} complete")
         session.flush()
     return io
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import signal
-import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -13,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from .._progress import Progress, announce
 from ..catalog import Checkpoint, NullCheckpoint
 from ..distributed import detect_rank_and_world_size
 from ..state import states_of
@@ -23,6 +23,7 @@ __all__ = ["PREEMPTED_EXIT_CODE", "WorkflowPreempted"]
 #: Exit status of a workflow stopped by SIGTERM/SIGUSR1 after committing its
 #: progress (EX_TEMPFAIL: "try again later" — resume by running it again).
 PREEMPTED_EXIT_CODE = 75
+LOGGER = "restartable.workflows"
 _STOP_SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None)) if s is not None)
 
 
@@ -114,7 +115,9 @@ def stop_now(session: Any, request: StopRequest, where: str) -> None:
         f"restartable: {name} received; stopped after {where}, progress committed ({committed}). "
         "Run the same command again to resume."
     )
-    print(message, file=sys.stderr, flush=True)
+    # On stderr whatever ``verbose`` says (it explains exit status 75), on a
+    # line of its own even while progress bars are drawn.
+    announce(message)
     raise WorkflowPreempted(message)
 
 
@@ -151,21 +154,9 @@ def io_coords(
     return total, variables
 
 
-def progress(total: int, desc: str, verbose: bool, initial: int = 0, leave: bool = True) -> Any:
-    """A tqdm bar when ``verbose`` and tqdm is installed, else a no-op."""
-    if verbose:
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:
-            pass
-        else:
-            return tqdm(total=total, desc=desc, initial=initial, leave=leave)
-    return contextlib.nullcontext(_NoBar())
-
-
-class _NoBar:
-    def update(self, n: int = 1) -> None:
-        pass
+def progress(total: int, desc: str, verbose: bool, unit: str, initial: int = 0, leave: bool = True) -> Progress:
+    """The workflows' progress: a bar on a terminal, lines through the ``restartable.workflows`` logger elsewhere."""
+    return Progress(desc, total, unit=unit, initial=initial, verbose=verbose, leave=leave, logger=LOGGER)
 
 
 def rollout(
@@ -175,7 +166,7 @@ def rollout(
     write: Any,
     session: Any,
     stop: StopRequest,
-    bar: Any,
+    bar: Progress,
     extra_metadata: dict[str, Any] | None = None,
     rewrite: bool = False,
     final_metadata: dict[str, Any] | None = None,
@@ -197,9 +188,10 @@ def rollout(
         if done_lead is None or lead > done_lead:
             write(x, coords)
             metadata = {**extra, **(final_metadata or {})} if lead >= final_lead else extra
-            session.write(lead_time=lead, **metadata)
-            bar.update(1)
+            entry = session.write(lead_time=lead, **metadata)
+            bar.update(1, f"lead time {lead} {'committed' if entry is not None else 'written'}")
             if stop:
+                bar.flush()  # the line of the last step before the notice that follows it
                 stop_now(session, stop, f"lead time {lead}")
         elif rewrite:
             write(x, coords)
