@@ -108,3 +108,20 @@ def s3_bucket(s3_server: str) -> str:
     fs = s3fs.S3FileSystem(skip_instance_cache=True)
     fs.mkdir(name)
     return f"s3://{name}"
+
+
+# --------------------------------------------------------------------------- stress
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip tests marked ``stress`` unless the run selects them (``-m stress``).
+
+    The default run keeps one case of each behaviour; ``pytest.param(...,
+    marks=pytest.mark.stress)`` puts the rest of a matrix in the stress run.
+    """
+    if "stress" in (config.getoption("markexpr", "") or ""):
+        return
+    skip = pytest.mark.skip(reason="stress run: select it with -m stress")
+    for item in items:
+        if item.get_closest_marker("stress") is not None:
+            item.add_marker(skip)

@@ -14,7 +14,9 @@ Everything a fuzz case needs apart from the tests themselves:
 - the mutations, one generator per category (:data:`MUTATORS`), each
   drawing everything from a ``random.Random`` seeded by the case id;
 - :func:`run_case`, which copies the store, mutates it, runs every reader
-  under the guards and returns what went wrong.
+  under the guards and returns what went wrong; :func:`draw_case`, which
+  only mutates (to tell which kind of mutation a seed draws,
+  :func:`mutation_kind`).
 
 Nothing here imports pytest.
 """
@@ -2469,6 +2471,40 @@ def run_case(
         shutil.rmtree(case_dir, ignore_errors=True)
     problems += releaser.found + fixture.canary.check() + fixture.check_pristine()
     return case, [f"{case.id} [{'; '.join(case.description)}]: {p}" for p in problems]
+
+
+def draw_case(fixture: Fixture, category: str, flavor: str, seed: int) -> Case:
+    """The case :func:`run_case` would run, mutated but not read: what its mutation is, at a fraction of the cost."""
+    case = Case(category, "state" if category == "archive" else flavor, seed)
+    pristine = fixture.state if case.flavor == "state" else fixture.iterator
+    fixture.counter += 1
+    case_dir = fixture.root / "draws" / str(fixture.counter)
+    env = Env(pristine, fixture.canary, case_dir, case_dir / "store", case_dir / "work")
+    try:
+        env.work.mkdir(parents=True)
+        if category == "archive":
+            mutate_archive(case, env, fixture.archive)
+        else:
+            populate(env)
+            MUTATORS[category](case, env)
+    finally:
+        _release_fifos(case_dir)
+        shutil.rmtree(case_dir, ignore_errors=True)
+    return case
+
+
+def mutation_kind(case: Case) -> tuple[str, str, bool, str | None]:
+    """What sets a case's mutation apart from another's, values aside.
+
+    The flavor read (Checkpoint or IteratorCheckpoint rows), the first three
+    words of its first description (``manifest of row``, ``files order
+    edited``, ``payload -> canary``, ``tar header at uname``, ``set ... to``),
+    quoted names and numbers left out; whether the damage is unsigned (found
+    by the checksums) or re-signed (found by validation); the writer after it.
+    """
+    first = case.description[0] if case.description else ""
+    words = re.findall(r"[A-Za-z][A-Za-z_]*", re.sub(r"b?'[^']*'|\"[^\"]*\"", "", first))
+    return case.flavor, " ".join(words[:3]), case.must_detect, case.writer
 
 
 class _FifoReleaser:

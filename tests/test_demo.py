@@ -6,8 +6,11 @@ import json
 import re
 import subprocess
 import sys
+import types
 from collections import OrderedDict
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,20 +19,65 @@ pytest.importorskip("torch")
 pytest.importorskip("xarray")
 zarr = pytest.importorskip("zarr")
 
-from restartable import Checkpoint  # noqa: E402
+from restartable import Checkpoint, cli, demo  # noqa: E402
 from restartable.components import ZarrIO  # noqa: E402
 from restartable.demo import CHECKPOINT_DIR, CHECKPOINT_NAME, REFERENCE_STORE, RESUMED_STORE, compare_stores  # noqa: E402
+from warm_python import WarmProcess, WarmPython  # noqa: E402
 
 SMALL = ["--members", "3", "--steps", "5", "--nlat", "4", "--nlon", "8"]
 
 
 def run_demo_cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    """``python -m restartable.cli demo ARGS``: a real process whose runs are real processes too."""
     return subprocess.run(
         [sys.executable, "-m", "restartable.cli", "demo", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
     )
+
+
+def run_cli_here(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """``restartable ARGS`` in this process (what ``python -m restartable.cli`` runs): exit status, stdout, stderr.
+
+    For the tests that start no forecast run: the CLI's entry point, as a
+    process, is test_demo_json_end_to_end's.
+    """
+    capsys.readouterr()
+    try:
+        code = cli.main(list(args))
+    except SystemExit as exc:  # argparse: --help, usage errors
+        code = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def warm_runs(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The demo's runs forked from an interpreter that imported what they import.
+
+    Each run is still a new process (SIGKILLed alone, resumed from what is on
+    disk) started with the demo's own command line and environment; only the
+    ~3 s of CPU that a fresh interpreter spends importing torch, xarray and
+    zarr is saved. test_demo_json_end_to_end runs the demo with fresh
+    interpreters, as users do.
+    """
+    # The environment the demo gives its runs (tqdm reads TQDM_* at import).
+    server = WarmPython(
+        "import numpy, torch, xarray, zarr, restartable.components, restartable.workflows", demo._child_env()
+    )
+
+    def popen(command: list[str], **kwargs: Any) -> WarmProcess:
+        assert kwargs["stdout"] == subprocess.PIPE and kwargs["text"], kwargs
+        # The verbose demo lets its runs' stderr through (stderr=None), as does a warm child.
+        assert kwargs["stderr"] is None, kwargs
+        return server.popen(command, env=kwargs["env"], stdin=kwargs["stdin"], stderr=None)
+
+    monkeypatch.setattr(demo, "subprocess", types.SimpleNamespace(Popen=popen, PIPE=subprocess.PIPE))
+    try:
+        yield
+    finally:
+        server.close()
 
 
 def test_demo_json_end_to_end(tmp_path: Path) -> None:
@@ -77,10 +125,11 @@ def test_demo_json_end_to_end(tmp_path: Path) -> None:
     assert catalog[-1].metadata["completed_ensembles"] == [0, 1, 2]
 
 
-def test_demo_human_output_and_temporary_workdir() -> None:
-    result = run_demo_cli("--members", "2", "--steps", "3", "--nlat", "4", "--nlon", "8", "--batch-size", "1")
-    assert result.returncode == 0, result.stderr
-    out = result.stdout
+def test_demo_human_output_and_temporary_workdir(warm_runs: None, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_cli_here(
+        capsys, "demo", "--members", "2", "--steps", "3", "--nlat", "4", "--nlon", "8", "--batch-size", "1"
+    )
+    assert code == 0, err
     assert "exit status -9 (SIGKILL)" in out
     assert "IDENTICAL" in out
     assert "bitwise equal" in out and " NO" not in out
@@ -91,9 +140,9 @@ def test_demo_human_output_and_temporary_workdir() -> None:
     assert not Path(match.group(1)).exists()
 
 
-def test_demo_help() -> None:
-    result = run_demo_cli("--help", timeout=60)
-    assert result.returncode == 0
+def test_demo_help(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli_here(capsys, "demo", "--help")
+    assert code == 0
     for option in (
         "--members",
         "--steps",
@@ -106,25 +155,23 @@ def test_demo_help() -> None:
         "--quiet",
         "--kill-after",
     ):
-        assert option in result.stdout
-    top = subprocess.run(
-        [sys.executable, "-m", "restartable.cli", "--help"], capture_output=True, text=True, timeout=60
-    )
-    assert top.returncode == 0 and "demo" in top.stdout
+        assert option in out
+    code, out, _ = run_cli_here(capsys, "--help")
+    assert code == 0 and "demo" in out
 
 
 @pytest.mark.parametrize("args", [["--members", "0"], ["--steps", "2", "--members", "1", "--kill-after", "3"]])
-def test_demo_usage_errors(args: list[str]) -> None:
-    result = run_demo_cli(*args, timeout=60)
-    assert result.returncode == 2
-    assert "restartable demo: error:" in result.stderr
+def test_demo_usage_errors(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli_here(capsys, "demo", *args)
+    assert code == 2
+    assert "restartable demo: error:" in err
 
 
-def test_demo_refuses_a_workdir_it_did_not_write(tmp_path: Path) -> None:
+def test_demo_refuses_a_workdir_it_did_not_write(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / RESUMED_STORE).mkdir()
-    result = run_demo_cli(*SMALL, "--workdir", str(tmp_path), timeout=60)
-    assert result.returncode == 2
-    assert "not written by the demo" in result.stderr
+    code, _, err = run_cli_here(capsys, "demo", *SMALL, "--workdir", str(tmp_path))
+    assert code == 2
+    assert "not written by the demo" in err
     assert (tmp_path / RESUMED_STORE).is_dir()
 
 

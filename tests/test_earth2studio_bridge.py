@@ -53,6 +53,9 @@ _TIMEOUT = 600
 _SLOTS = threading.BoundedSemaphore(max(1, os.cpu_count() or 1))
 
 pytestmark = [
+    # One worker runs the whole module: its forecast runs and warm
+    # interpreters are module-scoped (the README's -n auto --dist loadgroup).
+    pytest.mark.xdist_group("earth2studio-bridge"),
     pytest.mark.skipif(
         importlib.util.find_spec("earth2studio") is None or importlib.util.find_spec("zarr") is None,
         reason="earth2studio and zarr are needed",
@@ -337,8 +340,8 @@ def _forecast(script: Path, out: Path, what: str, ckpt: Path | None = None, brid
     return argv
 
 
-def _python(code: str, *args: str, env: dict[str, str], cwd: Path) -> Child:
-    return Child([sys.executable, "-c", textwrap.dedent(code), *args], env, cwd)
+def _python(code: str, *args: str, env: dict[str, str], cwd: Path, warm: WarmPython | None = None) -> Child:
+    return Child([sys.executable, "-c", textwrap.dedent(code), *args], env, cwd, warm=warm)
 
 
 def _cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
@@ -721,15 +724,20 @@ print("SCRIPT-OK")
 def test_install_and_uninstall_before_and_after_importing_earth2studio(
     tmp_path: Path, env: dict[str, str], runs: _Runs
 ) -> None:
-    # ``runs`` is not used here: asking for it starts the module's forecast runs
-    # now, so that they overlap with this test's children.
+    # Asking for ``runs`` starts the module's forecast runs now, so that they
+    # overlap with this test's children. Installing after earth2studio was
+    # imported runs in a child of the interpreter that imported it for
+    # earth2studio's own runs (it never saw restartable); installing before
+    # needs an interpreter that has imported nothing.
     script = tmp_path / "no_workflows.py"
     script.write_text(_NO_WORKFLOWS_SCRIPT)
     children = {
         "install before import": _python(
             _INSTALL_BEFORE_IMPORT, str(tmp_path / "after-uninstall"), env=env, cwd=tmp_path
         ),
-        "install after import": _python(_INSTALL_AFTER_IMPORT, str(script), env=env, cwd=tmp_path),
+        "install after import": _python(
+            _INSTALL_AFTER_IMPORT, str(script), env=env, cwd=tmp_path, warm=runs.warm[False]
+        ),
         "import restartable": _python(
             """
             import sys
@@ -977,9 +985,13 @@ def _import(src: Path, dest: Path, env: dict[str, str], cwd: Path) -> tuple[int,
     return result.returncode, json.loads(result.stdout), result.stderr
 
 
-def test_import_earth2studio_store_then_resume_with_restartable(tmp_path: Path, env: dict[str, str]) -> None:
+def test_import_earth2studio_store_then_resume_with_restartable(
+    tmp_path: Path, env: dict[str, str], runs: _Runs
+) -> None:
     src = tmp_path / "e2s-store"
-    written = _result(_python(_E2S_WRITER, str(src), env=env, cwd=tmp_path))
+    # earth2studio's own checkpoint writes the store, in a child of the
+    # interpreter that imported earth2studio for its own runs.
+    written = _result(_python(_E2S_WRITER, str(src), env=env, cwd=tmp_path, warm=runs.warm[False]))
     rows = written["rows"]
     assert [r["write_count"] for r in rows] == [1, 2, 3, 4, 5]
     commits = [r["commit"] for r in rows]

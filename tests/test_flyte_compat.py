@@ -48,11 +48,30 @@ from restartable.store.objects import RetryPolicy
 # --------------------------------------------------------------------------- backends and raw access
 
 
-@pytest.fixture(params=["s3", "file", "memory"])
+BACKENDS = ["s3", "file", "memory"]
+
+
+@pytest.fixture(scope="module")
+def module_bucket(s3_server: str) -> str:
+    """One bucket for the module's s3 cases; each case works below its own fresh prefix (``run-<uuid>``)."""
+    import s3fs
+
+    name = f"test-{uuid.uuid4().hex[:16]}"
+    s3fs.S3FileSystem(skip_instance_cache=True).mkdir(name)
+    return f"s3://{name}"
+
+
+@pytest.fixture
+def s3_bucket(module_bucket: str) -> str:
+    """A fresh, empty prefix in the module's bucket (conftest's ``s3_bucket`` makes a bucket per test)."""
+    return f"{module_bucket}/{uuid.uuid4().hex}"
+
+
+@pytest.fixture(params=BACKENDS)
 def base(request: pytest.FixtureRequest, tmp_path: Path):
     """A fresh URL prefix on one backend."""
     if request.param == "s3":
-        yield f"{request.getfixturevalue('s3_bucket')}/run-{uuid.uuid4().hex[:8]}"
+        yield f"{request.getfixturevalue('module_bucket')}/run-{uuid.uuid4().hex[:16]}"
     elif request.param == "file":
         yield f"file://{tmp_path}/remote/run"
     else:
@@ -61,6 +80,19 @@ def base(request: pytest.FixtureRequest, tmp_path: Path):
         fs = fsspec.filesystem("memory")
         if fs.exists(f"/{name}"):
             fs.rm(f"/{name}", recursive=True)
+
+
+def _on_backends(values: list[str], keep: set[tuple[str, str]]) -> list:
+    """``(base, value)`` cases for ``indirect=["base"]``: every value on ``memory://``,
+    on ``s3`` and ``file`` those in ``keep``; the other s3 and file cases repeat a
+    code path the kept ones cover and run in the stress run."""
+    cases = []
+    for backend in BACKENDS:
+        for value in values:
+            default = backend == "memory" or (backend, value) in keep
+            marks = () if default else (pytest.mark.stress,)
+            cases.append(pytest.param(backend, value, marks=marks, id=f"{backend}-{value}"))
+    return cases
 
 
 def _raw(url: str):
@@ -289,7 +321,10 @@ def test_an_attempt_that_never_touched_its_checkpoint_leaves_no_link(base: str) 
 # --------------------------------------------------------------------------- flyte's layout
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
+# Default: both modes on memory://, one on s3 and the other on file.
+@pytest.mark.parametrize(
+    "base, mode", _on_backends(["sync", "async"], keep={("s3", "sync"), ("file", "async")}), indirect=["base"]
+)
 def test_loads_bytes_saved_in_flyte_layout(base: str, mode: str) -> None:
     src = f"{base}/flyte-attempt-0"
     _put_object(src, b"\x00hello-checkpoint\xff")
@@ -316,7 +351,10 @@ def test_loads_a_large_file_saved_in_flyte_layout(base: str, tmp_path: Path) -> 
     assert RemoteCheckpoint(f"{base}/a1", src).read() == data
 
 
-@pytest.mark.parametrize("compression", ["gz", "", "xz", "bz2"])
+# Default: every compression on memory://; gz (flyte's default) on s3, xz on file (unpacked locally).
+@pytest.mark.parametrize(
+    "base, compression", _on_backends(["gz", "", "xz", "bz2"], keep={("s3", "gz"), ("file", "xz")}), indirect=["base"]
+)
 def test_loads_a_directory_saved_in_flyte_layout(base: str, tree: Path, compression: str) -> None:
     src = f"{base}/flyte-attempt-0"
     _put_object(src, _flyte_directory_tarball(tree, compression))
@@ -408,7 +446,13 @@ _HOSTILE = {
 }
 
 
-@pytest.mark.parametrize("kind", sorted(_HOSTILE))
+# Default: every hostile member on memory:// (the tarball is checked locally, after the download);
+# one on s3 and two on file.
+@pytest.mark.parametrize(
+    "base, kind",
+    _on_backends(sorted(_HOSTILE), keep={("s3", "tar-slip"), ("file", "symlink-out"), ("file", "hardlink-out")}),
+    indirect=["base"],
+)
 def test_a_hostile_flyte_tarball_is_refused(base: str, tmp_path: Path, kind: str) -> None:
     src = f"{base}/flyte-attempt-0"
     _put_object(src, _tarball(_HOSTILE[kind]))
@@ -758,7 +802,9 @@ _FLYTE_TASK = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("where", ["file", "s3"])
+# Default: the s3 run (retries, and s3fs reaching the endpoint through flyte's own settings); local
+# destinations from a task context are covered in-process (test_from_flyte_context_with_flyte_context_objects).
+@pytest.mark.parametrize("where", [pytest.param("file", marks=pytest.mark.stress), "s3"])
 def test_from_flyte_context_in_a_retried_flyte_task(where: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     """A real local flyte run: every attempt gets the same destination; each resumes from the last save."""
     pytest.importorskip("flyte")

@@ -27,6 +27,7 @@ import sys
 import textwrap
 import threading
 import time
+import types
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +37,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_python
 from restartable import (
     Checkpoint,
     CheckpointCleanupWarning,
@@ -46,9 +46,11 @@ from restartable import (
 )
 from restartable.cli import main as cli_main
 from restartable.store import _fsspec as object_rows
+from restartable.store import objects
 from restartable.store._layout import LOCK_NAME
 from restartable.store.manifest import MANIFEST_NAME, load_manifest
 from support import assert_same, tensor_bytes
+from warm_python import WarmProcess, WarmPython
 
 # This module damages and inspects named .npy payload files (see conftest.one_file_per_array).
 pytestmark = pytest.mark.usefixtures("one_file_per_array")
@@ -56,6 +58,40 @@ pytestmark = pytest.mark.usefixtures("one_file_per_array")
 TESTS_DIR = Path(__file__).resolve().parent
 CHILD_TIMEOUT = 120  # a hang guard, never a timing assertion
 LONG_LEASE = "600"  # seconds: waiting for a lease would hit CHILD_TIMEOUT
+
+# What the children import (the writers, the round-trip reader that imports
+# this module, the workflow harness's child), imported once by a warm server.
+# The server's environment has RESTARTABLE_LEASE_SECONDS=LONG_LEASE, read at
+# import by restartable.store._fsspec: every child here runs with it.
+_PRELOAD = f"""
+import sys
+sys.path.insert(0, {str(TESTS_DIR)!r})
+import json, numpy, torch, s3fs, fsspec, xarray, zarr
+import restartable, restartable.cli, restartable.store.objects, restartable.components, restartable.workflows
+import test_remote_catalog
+"""
+
+
+@pytest.fixture(scope="module")
+def warm(s3_server: str) -> Any:
+    """A warm interpreter that forks this module's children (see tests/warm_python.py)."""
+    env = dict(os.environ, RESTARTABLE_LEASE_SECONDS=LONG_LEASE, RESTARTABLE_PACK_BELOW="0")
+    server = WarmPython(_PRELOAD, env, TESTS_DIR)
+    yield server
+    server.close()
+
+
+def _run_child(warm: WarmPython, code: str, *args: str) -> tuple[int, str]:
+    """Run ``code`` in a warm child to its end; its exit code and output (stdout and stderr merged)."""
+    proc = warm.popen([sys.executable, "-c", code, *args], env=dict(os.environ))
+    watchdog = threading.Timer(CHILD_TIMEOUT, proc.kill)  # a hang guard
+    watchdog.start()
+    try:
+        out = proc.stdout.read()
+        return proc.wait(CHILD_TIMEOUT), out
+    finally:
+        watchdog.cancel()
+        proc.stdout.close()
 
 
 # --------------------------------------------------------------------------- state
@@ -200,6 +236,22 @@ def assert_whole_rows_only(url: str, commit_ids: list[str]) -> None:
         assert files == {MANIFEST_NAME, *(entry["name"] for entry in body["files"])}, name
 
 
+@pytest.fixture(scope="module")
+def module_bucket(s3_server: str) -> str:
+    """One bucket for the module's s3 cases; each case works below its own fresh prefix."""
+    import s3fs
+
+    name = f"test-{uuid.uuid4().hex[:16]}"
+    s3fs.S3FileSystem(skip_instance_cache=True).mkdir(name)
+    return f"s3://{name}"
+
+
+@pytest.fixture
+def s3_bucket(module_bucket: str) -> str:
+    """A fresh, empty prefix in the module's bucket (conftest's ``s3_bucket`` makes a bucket per test)."""
+    return f"{module_bucket}/{uuid.uuid4().hex}"
+
+
 @pytest.fixture(params=["s3", "memory"])
 def catalog_url(request: pytest.FixtureRequest) -> Any:
     """A fresh catalog prefix on S3 (moto) or on fsspec's in-process memory store."""
@@ -223,7 +275,7 @@ def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 # --------------------------------------------------------------------------- 1. round trip
 
 
-def test_catalog_round_trip_on_an_object_store(catalog_url: str) -> None:
+def test_catalog_round_trip_on_an_object_store(catalog_url: str, request: pytest.FixtureRequest) -> None:
     url = catalog_url
     checkpoint = Checkpoint("roundtrip", path=url, mode="append", history_size=3, level=2)
     assert checkpoint.remote and checkpoint.rank_path == url
@@ -284,7 +336,9 @@ def test_catalog_round_trip_on_an_object_store(catalog_url: str) -> None:
         }}))
         """
     )
-    seen = json.loads(run_python(code, timeout=CHILD_TIMEOUT).stdout.strip().splitlines()[-1])
+    rc, out = _run_child(request.getfixturevalue("warm"), code)
+    assert rc == 0, out
+    seen = json.loads(out.strip().splitlines()[-1])
     assert seen["catalog"] == [[e.commit_id, str(e.lead_time), e.write_count, e.metadata["tag"]] for e in catalog]
     assert seen["session"] == catalog[-1].commit_id
     assert seen["state"] == state_record(state_at(6))
@@ -350,48 +404,63 @@ def _reference(steps: int) -> np.ndarray:
     return x
 
 
-def _start_until(code: str, argv: list[str], ready: Any) -> tuple[subprocess.Popen, list[dict[str, Any]]]:
-    """Start a child and read its JSON lines until ``ready(lines)``; it is left running."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code, *argv],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=dict(os.environ),
-    )
+def _start_until(warm: WarmPython, code: str, argv: list[str], ready: Any) -> tuple[WarmProcess, list[dict[str, Any]]]:
+    """Start a warm child and read its JSON lines until ``ready(lines)``; it is left running.
+
+    Its stderr comes merged into its stdout: lines that are not JSON are kept for messages.
+    """
+    proc = warm.popen([sys.executable, "-c", code, *argv], env=dict(os.environ), stdin=subprocess.PIPE)
     watchdog = threading.Timer(CHILD_TIMEOUT, proc.kill)  # a hang guard
     watchdog.start()
     lines: list[dict[str, Any]] = []
+    other: list[str] = []
     try:
         while not ready(lines):
             line = proc.stdout.readline()
             if not line:
                 proc.wait()
-                raise AssertionError(f"child ended early (rc {proc.returncode}):\n{lines}\n{proc.stderr.read()}")
+                raise AssertionError(f"child ended early (rc {proc.returncode}):\n{lines}\n{''.join(other)}")
             if line.startswith("{"):
                 lines.append(json.loads(line))
+            else:
+                other.append(line)
     except BaseException:
         proc.kill()
-        proc.communicate()
+        _finish(proc)
         raise
     finally:
         watchdog.cancel()
     return proc, lines
 
 
-def _sigkill(proc: subprocess.Popen) -> None:
-    """SIGKILL the child and reap it (a zombie's pid would still look alive to the lease)."""
+def _finish(proc: WarmProcess, stdin: str = "") -> str:
+    """Write ``stdin`` to the child, read the rest of its output and wait for its end (reaped by the server)."""
+    if proc.stdin is not None:
+        with contextlib.suppress(BrokenPipeError):
+            proc.stdin.write(stdin)
+            proc.stdin.close()
+    out = proc.stdout.read()
+    proc.stdout.close()
+    proc.wait(CHILD_TIMEOUT)
+    return out
+
+
+def _sigkill(proc: WarmProcess) -> None:
+    """SIGKILL the child and wait until it is reaped (a zombie's pid would still look alive to the lease)."""
     os.kill(proc.pid, signal.SIGKILL)
-    proc.communicate(timeout=CHILD_TIMEOUT)
+    _finish(proc)
     assert proc.returncode == -signal.SIGKILL, proc.returncode
 
 
-def test_catalog_of_a_killed_process_is_resumed_by_another(s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_catalog_of_a_killed_process_is_resumed_by_another(
+    s3_bucket: str, monkeypatch: pytest.MonkeyPatch, warm: WarmPython
+) -> None:
     monkeypatch.setenv("RESTARTABLE_LEASE_SECONDS", LONG_LEASE)
     url = f"{s3_bucket}/loop"
     min_rows = 4
-    proc, lines = _start_until(LOOP_CHILD, [url, "0"], lambda lines: sum("committed" in r for r in lines) >= min_rows)
+    proc, lines = _start_until(
+        warm, LOOP_CHILD, [url, "0"], lambda lines: sum("committed" in r for r in lines) >= min_rows
+    )
     _sigkill(proc)  # at whatever point of its next commit it is
     assert lines[0]["start"] == 0 and lines[0]["commit_id"] is None
     reported = max(r["committed"] for r in lines if "committed" in r)
@@ -407,8 +476,9 @@ def test_catalog_of_a_killed_process_is_resumed_by_another(s3_bucket: str, monke
 
     # A second process resumes from the newest row with that row's state and finishes the run.
     total = newest.lead_time + 4
-    result = run_python(LOOP_CHILD, url, str(total), timeout=CHILD_TIMEOUT)
-    out = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    code, stdout = _run_child(warm, LOOP_CHILD, url, str(total))
+    assert code == 0, stdout
+    out = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
     start, final = out[0], out[-1]
     assert start["commit_id"] == newest.commit_id
     assert start["start"] == start["lead_time"] == newest.lead_time
@@ -495,10 +565,11 @@ def test_kill_mid_commit_leaves_whole_rows_and_the_next_writer_removes_leftovers
     capsys: pytest.CaptureFixture[str],
     stage: str,
     whole_rows: list[int],
+    warm: WarmPython,
 ) -> None:
     monkeypatch.setenv("RESTARTABLE_LEASE_SECONDS", LONG_LEASE)
     url = f"{s3_bucket}/hang"
-    proc, lines = _start_until(HANG_CHILD, [url, stage, "3"], lambda lines: any("hang" in r for r in lines))
+    proc, lines = _start_until(warm, HANG_CHILD, [url, stage, "3"], lambda lines: any("hang" in r for r in lines))
     _sigkill(proc)
     assert [r["committed"] for r in lines if "committed" in r] == [1, 2]
 
@@ -539,17 +610,19 @@ def test_kill_mid_commit_leaves_whole_rows_and_the_next_writer_removes_leftovers
 
 
 def test_rows_committed_after_a_reader_saw_the_commit_in_progress_are_seen(
-    s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+    s3_bucket: str, monkeypatch: pytest.MonkeyPatch, warm: WarmPython
 ) -> None:
     monkeypatch.setenv("RESTARTABLE_LEASE_SECONDS", LONG_LEASE)
     url = f"{s3_bucket}/stale"
-    proc, _lines = _start_until(HANG_CHILD, [url, "manifest", "2", "2"], lambda lines: any("hang" in r for r in lines))
+    proc, _lines = _start_until(
+        warm, HANG_CHILD, [url, "manifest", "2", "2"], lambda lines: any("hang" in r for r in lines)
+    )
     try:
         # Row 1 is whole; row 2's payloads are uploaded, its manifest is not: a reader sees row 1.
         assert [e.lead_time for e in Checkpoint("hang", path=url, mode="append").catalog] == [1]
     finally:
-        out, err = proc.communicate("go\n", timeout=CHILD_TIMEOUT)  # row 2 is committed, the writer exits
-    assert proc.returncode == 0, err
+        out = _finish(proc, "go\n")  # row 2 is committed, the writer exits
+    assert proc.returncode == 0, out
     assert '{"committed": 2}' in out
     assert sorted(row_objects(url)) and all(MANIFEST_NAME in files for files in row_objects(url).values())
     # Row 2 is committed now: every reader, in this process too, must see it.
@@ -651,17 +724,31 @@ def test_second_writer_waits_one_lease_period_then_is_refused(
         holder = _lease_record(url)
         assert holder["pid"] == os.getpid() and holder["host"] == socket.gethostname()
         # The holder is alive (this very process): no takeover, a refusal naming the URL.
-        with pytest.raises(CheckpointLockedError) as info:
-            with second:
-                pytest.fail("a second writer entered while the first holds the lease")  # pragma: no cover
-        assert url in str(info.value)
-        # The heartbeat kept the first lease alive through the wait; the refusal left it alone.
-        assert _lease_record(url)["owner"] == holder["owner"]
-        assert _lease_record(url)["expires"] > holder["expires"]
+        # The second writer waits out its lease period in a thread while `restartable
+        # push` waits out its own in this one: two refusals for the price of one wait.
+        entered: list[bool] = []
+        refused: list[BaseException] = []
+
+        def enter_second() -> None:
+            try:
+                with second:
+                    entered.append(True)  # pragma: no cover - a failure, reported below
+            except CheckpointLockedError as exc:
+                refused.append(exc)
+
+        waiter = threading.Thread(target=enter_second)
+        waiter.start()
         # `restartable push` into a prefix with a running writer: exit 3, nothing copied.
         local = tmp_path / "local"
         _write_rows(str(local), range(10, 12))
         code, out, err = cli(capsys, "push", str(local), url)
+        waiter.join(CHILD_TIMEOUT)
+        assert not waiter.is_alive()
+        assert not entered, "a second writer entered while the first holds the lease"
+        assert len(refused) == 1 and url in str(refused[0])
+        # The heartbeat kept the first lease alive through the waits; the refusals left it alone.
+        assert _lease_record(url)["owner"] == holder["owner"]
+        assert _lease_record(url)["expires"] > holder["expires"]
         assert code == 3, (out, err)
         assert url in err
         assert len(row_objects(url)) == 1
@@ -742,15 +829,17 @@ import numpy as np
 from restartable import Checkpoint
 
 with Checkpoint("busy", path=sys.argv[1], mode="append") as session:
-    for step in range(1, 31):
+    for step in range(1, int(sys.argv[2]) + 1):
         session.write(lead_time=step, values=np.full(2000, float(step)), counts=np.arange(64) * step)
         print(step, flush=True)
         time.sleep(0.02)  # leave the readers some commits to overlap
 """
 
 
+# Default: 10 commits overlapped by readers; the stress run races them over 30.
+@pytest.mark.parametrize("rows", [10, pytest.param(30, marks=pytest.mark.stress)])
 def test_readers_never_see_a_partial_row_while_a_writer_commits(
-    s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+    s3_bucket: str, monkeypatch: pytest.MonkeyPatch, warm: WarmPython, rows: int
 ) -> None:
     # Readers take no lease: they list, read manifests and payloads while the
     # writer uploads payloads and publishes manifests. No retention here (see
@@ -759,13 +848,13 @@ def test_readers_never_see_a_partial_row_while_a_writer_commits(
     monkeypatch.setenv("RESTARTABLE_LEASE_SECONDS", LONG_LEASE)
     url = f"{s3_bucket}/busy"
     options = {"use_listings_cache": False}
-    proc, _ = _start_until(READER_WRITER_CHILD, [url], lambda lines: True)
+    proc, _ = _start_until(warm, READER_WRITER_CHILD, [url, str(rows)], lambda lines: True)
     watchdog = threading.Timer(CHILD_TIMEOUT, proc.kill)
     watchdog.start()
     seen: list[int] = []
     try:
         first = proc.stdout.readline()  # the first row is committed
-        assert first.strip() == "1", first + proc.stderr.read()
+        assert first.strip() == "1", first + _finish(proc)
         while proc.poll() is None:
             # Any CheckpointWarning is an error here (pyproject): no damaged row may ever show.
             leads = [e.lead_time for e in Checkpoint("busy", path=url, mode="append", storage_options=options).catalog]
@@ -776,16 +865,16 @@ def test_readers_never_see_a_partial_row_while_a_writer_commits(
             assert session.metadata["values"].tobytes() == np.full(2000, float(step)).tobytes()
             assert session.metadata["counts"].tobytes() == (np.arange(64) * step).tobytes()
             seen.append(step)
-        _out, err = proc.communicate(timeout=CHILD_TIMEOUT)
+        out = _finish(proc)
     finally:
         watchdog.cancel()
         if proc.poll() is None:
             proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, err
+            _finish(proc)
+    assert proc.returncode == 0, out
     assert seen == sorted(seen), "a reader went back in time"
     assert len(set(seen)) > 1, f"the readers did not overlap the commits: {seen}"
-    assert [e.lead_time for e in Checkpoint("busy", path=url).catalog] == list(range(1, 31))
+    assert [e.lead_time for e in Checkpoint("busy", path=url).catalog] == list(range(1, rows + 1))
 
 
 def test_reader_racing_a_retirement_rescans(s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -1091,7 +1180,7 @@ def test_push_over_a_damaged_remote_copy_of_a_row(
 
 
 def test_sync_usage_errors_and_unreachable_store(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], s3_bucket: str
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], s3_bucket: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     local = tmp_path / "local"
     _write_rows(str(local), range(1, 2))
@@ -1103,6 +1192,9 @@ def test_sync_usage_errors_and_unreachable_store(
     assert code == 2 and str(tmp_path / "missing") in err
 
     url = f"{s3_bucket}/unreachable"
+    # The retries' back-off delays are recorded, not slept: the failures are the same.
+    sleeps: list[float] = []
+    monkeypatch.setattr(objects, "time", types.SimpleNamespace(sleep=sleeps.append))
     code, out, err = cli(
         capsys,
         "pull",
@@ -1115,6 +1207,7 @@ def test_sync_usage_errors_and_unreachable_store(
     )
     assert code == 4, (out, err)
     assert url in err
+    assert sleeps, "the unreachable store was not retried"
     assert not (tmp_path / "pulled" / "commits").exists() or not any((tmp_path / "pulled" / "commits").iterdir())
 
 
@@ -1122,14 +1215,15 @@ def test_sync_usage_errors_and_unreachable_store(
 
 
 def test_deterministic_workflow_with_an_s3_checkpoint_resumes_bit_for_bit(
-    s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, warm: WarmPython
 ) -> None:
     pytest.importorskip("zarr")
     pytest.importorskip("xarray")
     harness = importlib.import_module("test_workflows")  # the kill-and-resume harness of the local tests
     monkeypatch.setenv("RESTARTABLE_LEASE_SECONDS", LONG_LEASE)
-    child = tmp_path / "wfchild.py"
-    child.write_text(harness.CHILD_SOURCE, encoding="utf-8")
+    script = tmp_path / "wfchild.py"
+    script.write_text(harness.CHILD_SOURCE, encoding="utf-8")
+    child = harness.Child(script, warm)  # its runs fork from this module's warm server
 
     a = harness.run_a(tmp_path / "a.zarr", "deterministic", "lorenz96")
     harness.assert_reference_complete(a, "deterministic")

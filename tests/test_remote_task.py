@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import json
 import os
 import queue
@@ -56,12 +57,28 @@ _PAYLOAD = re.compile(r"^payloads/([0-9a-f]{32})\.(bin|tar\.gz)(\.\d{6})?$")
 # --------------------------------------------------------------------------- backends and raw access
 
 
+@pytest.fixture(scope="module")
+def module_bucket(s3_server: str) -> str:
+    """One bucket for the module's s3 cases; each case works below its own fresh prefix (``run-<uuid>``)."""
+    import s3fs
+
+    name = f"test-{uuid.uuid4().hex[:16]}"
+    s3fs.S3FileSystem(skip_instance_cache=True).mkdir(name)
+    return f"s3://{name}"
+
+
+@pytest.fixture
+def s3_bucket(module_bucket: str) -> str:
+    """A fresh, empty prefix in the module's bucket (conftest's ``s3_bucket`` makes a bucket per test)."""
+    return f"{module_bucket}/{uuid.uuid4().hex}"
+
+
 @pytest.fixture(params=BACKENDS)
 def base(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A fresh, empty URL prefix on one backend; attempts live below it."""
     if request.param == "s3":
-        bucket = request.getfixturevalue("s3_bucket")
-        return f"{bucket}/run-{uuid.uuid4().hex[:8]}"
+        bucket = request.getfixturevalue("module_bucket")
+        return f"{bucket}/run-{uuid.uuid4().hex[:16]}"
     if request.param == "file":
         return f"file://{tmp_path}/remote/run"
     name = uuid.uuid4().hex
@@ -73,8 +90,23 @@ def base(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 def durable_base(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A prefix that another process can see (memory:// is per process)."""
     if request.param == "s3":
-        return f"{request.getfixturevalue('s3_bucket')}/run-{uuid.uuid4().hex[:8]}"
+        return f"{request.getfixturevalue('module_bucket')}/run-{uuid.uuid4().hex[:16]}"
     return f"file://{tmp_path}/remote/run"
+
+
+def _on_backends(*axes: list, keep: set[tuple]) -> list:
+    """``(base, *axes)`` cases for ``indirect=["base"]``: every combination on ``memory://``,
+    on ``s3`` and ``file`` those in ``keep`` (``(backend, *ids)``); the other
+    s3 and file combinations repeat a code path the kept ones cover and run in
+    the stress run."""
+    cases = []
+    for backend in BACKENDS:
+        for combo in itertools.product(*axes):
+            ids = [getattr(value, "__name__", str(value)) for value in combo]
+            default = backend == "memory" or (backend, *ids) in keep
+            marks = () if default else (pytest.mark.stress,)
+            cases.append(pytest.param(backend, *combo, marks=marks, id="-".join([backend, *ids])))
+    return cases
 
 
 def _drop_memory(name: str) -> None:
@@ -219,8 +251,21 @@ def _load(cp: RemoteCheckpoint, mode: str) -> Path | None:
 # --------------------------------------------------------------------------- 1. round trips
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
-@pytest.mark.parametrize("kind", ["empty-bytes", "bytes-5mb", "bytearray", "memoryview"])
+# Default: every kind and mode on memory://; on s3 and file the empty and the large payload, one mode each.
+@pytest.mark.parametrize(
+    "base, kind, mode",
+    _on_backends(
+        ["empty-bytes", "bytes-5mb", "bytearray", "memoryview"],
+        ["sync", "async"],
+        keep={
+            ("s3", "empty-bytes", "sync"),
+            ("s3", "bytes-5mb", "async"),
+            ("file", "empty-bytes", "async"),
+            ("file", "bytes-5mb", "sync"),
+        },
+    ),
+    indirect=["base"],
+)
 def test_bytes_round_trip(base: str, kind: str, mode: str) -> None:
     data = {
         "empty-bytes": b"",
@@ -246,8 +291,21 @@ def test_bytes_round_trip(base: str, kind: str, mode: str) -> None:
     assert _payload_bytes(f"{base}/attempt-1", _records(f"{base}/attempt-1")[-1]) == bytes(data)
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
-@pytest.mark.parametrize("kind", ["str-path", "pathlib-path", "17mb-multipart"])
+# Default: every kind and mode on memory://; on s3 and file the multipart upload and one plain file, one mode each.
+@pytest.mark.parametrize(
+    "base, kind, mode",
+    _on_backends(
+        ["str-path", "pathlib-path", "17mb-multipart"],
+        ["sync", "async"],
+        keep={
+            ("s3", "17mb-multipart", "sync"),
+            ("s3", "str-path", "async"),
+            ("file", "pathlib-path", "sync"),
+            ("file", "17mb-multipart", "async"),
+        },
+    ),
+    indirect=["base"],
+)
 def test_file_round_trip(base: str, tmp_path: Path, kind: str, mode: str) -> None:
     # 17 MB is more than one 16 MB upload part: the payload is streamed in parts.
     data = _random_bytes((17 << 20) if kind == "17mb-multipart" else 3 << 20, 4)
@@ -269,7 +327,10 @@ def test_file_round_trip(base: str, tmp_path: Path, kind: str, mode: str) -> Non
     assert source.read_bytes() == data  # the source is left alone
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
+# Default: both modes on memory://, one on s3 and the other on file.
+@pytest.mark.parametrize(
+    "base, mode", _on_backends(["sync", "async"], keep={("s3", "sync"), ("file", "async")}), indirect=["base"]
+)
 def test_directory_round_trip(base: str, tree: Path, mode: str) -> None:
     expected = _snapshot(tree)
     assert expected["sub/deeper/weights-link"] == ("symlink", "../../weights.bin")
@@ -563,8 +624,20 @@ def _damage(dest: str, record: str, how: str, part: int = 0) -> str:
     return f"{dest}/{payload}"
 
 
+# Default: every damage on memory://, and each one on s3 or on file.
 @pytest.mark.parametrize(
-    "how", ["payload-garbage", "payload-truncated", "payload-deleted", "record-flipped-byte", "record-truncated"]
+    "base, how",
+    _on_backends(
+        ["payload-garbage", "payload-truncated", "payload-deleted", "record-flipped-byte", "record-truncated"],
+        keep={
+            ("s3", "payload-garbage"),
+            ("s3", "payload-deleted"),
+            ("s3", "record-truncated"),
+            ("file", "payload-truncated"),
+            ("file", "record-flipped-byte"),
+        },
+    ),
+    indirect=["base"],
 )
 def test_damaged_newest_save_falls_back_to_the_previous_one(base: str, how: str) -> None:
     dest, records = _three_saves(base)
@@ -807,7 +880,10 @@ def test_missing_bucket_on_load(s3_server: str, tmp_path: Path) -> None:
     assert info.value.url.startswith(src)
 
 
-@pytest.mark.parametrize("as_type", [str, Path])
+# Default: both types on memory://, one on s3 and the other on file (refused before anything is uploaded).
+@pytest.mark.parametrize(
+    "base, as_type", _on_backends([str, Path], keep={("s3", "str"), ("file", "Path")}), indirect=["base"]
+)
 def test_saving_a_missing_path(base: str, tmp_path: Path, as_type) -> None:
     missing = tmp_path / "no-such-checkpoint.pt"
     cp = RemoteCheckpoint(f"{base}/attempt-1")
@@ -816,7 +892,12 @@ def test_saving_a_missing_path(base: str, tmp_path: Path, as_type) -> None:
     assert _keys(f"{base}/attempt-1") == set()
 
 
-@pytest.mark.parametrize("value", [42, 4.2, None, ["a"], {"a": b"x"}])
+# Default: every value on memory://, one each on s3 and file (refused before anything is uploaded).
+@pytest.mark.parametrize(
+    "base, value",
+    _on_backends([42, 4.2, None, ["a"], {"a": b"x"}], keep={("s3", "None"), ("file", "42")}),
+    indirect=["base"],
+)
 def test_saving_a_non_path_non_bytes(base: str, value) -> None:
     cp = RemoteCheckpoint(f"{base}/attempt-1")
     with pytest.raises(TypeError):
@@ -912,7 +993,15 @@ def _unsafe_tree(root: Path, what: str) -> str:
     return "abs-link"
 
 
-@pytest.mark.parametrize("what", ["fifo", "relative-link-out", "absolute-link"])
+# Default: every kind on memory://, and each one on s3 or on file.
+@pytest.mark.parametrize(
+    "base, what",
+    _on_backends(
+        ["fifo", "relative-link-out", "absolute-link"],
+        keep={("s3", "relative-link-out"), ("file", "fifo"), ("file", "absolute-link")},
+    ),
+    indirect=["base"],
+)
 def test_unsafe_directory_is_refused_at_save(base: str, tmp_path: Path, what: str) -> None:
     if what == "fifo" and not hasattr(os, "mkfifo"):  # pragma: no cover
         pytest.skip("no FIFOs here")
@@ -935,7 +1024,12 @@ def test_unsafe_directory_is_refused_at_save(base: str, tmp_path: Path, what: st
     assert RemoteCheckpoint(f"{base}/attempt-2", checkpoint_src=dest).read() == b"older 2"
 
 
-@pytest.mark.parametrize("what", ["fifo", "relative-link-out"])
+# Default: both kinds on memory://, one on s3 and the other on file.
+@pytest.mark.parametrize(
+    "base, what",
+    _on_backends(["fifo", "relative-link-out"], keep={("s3", "fifo"), ("file", "relative-link-out")}),
+    indirect=["base"],
+)
 def test_unsafe_directory_as_first_save_publishes_nothing(base: str, tmp_path: Path, what: str) -> None:
     source = tmp_path / "model"
     _unsafe_tree(source, what)

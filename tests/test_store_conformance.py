@@ -4,6 +4,15 @@ Local directories, memory, fsspec's ``memory://`` and a real S3-protocol
 server (moto) run the same checks: commit and read back, a failure or a
 crash at every operation of a commit, SIGKILL mid-commit, damage, the
 second writer, retention and HEAD, commit cost, readers beside a writer.
+
+On S3 each store operation is a request to the moto server, which makes it
+the slowest backend by far. Its default run keeps every check but repeats
+of code that does not depend on the backend: one case of each hostile-row
+matrix (the validation that refuses them is the same for every store; the
+local and memory stores run all of them), and the failure and the crash at
+every operation of a commit run in the stress run only (``fsspec``'s
+``memory://`` store runs them by default through the same
+:class:`FsspecRowStore` code, operation for operation).
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ import pytest
 
 from restartable.store import FsspecRowStore, LocalRowStore, MemoryRowStore, RowStore
 from restartable.testing import RowStoreTests
+from restartable.testing._store import BAD_FILE_NAMES, WRONG_SHAPES
 
 
 class TestLocalRowStore(RowStoreTests):
@@ -67,10 +77,34 @@ class TestFsspecMemoryRowStore(RowStoreTests):
         _replace_object(store, name, file, data)
 
 
+def _first_by_default(values: dict[str, Any]) -> list[Any]:
+    """The first value in the default run, the others in the stress run."""
+    return [
+        pytest.param(value, id=key, marks=() if k == 0 else pytest.mark.stress)
+        for k, (key, value) in enumerate(values.items())
+    ]
+
+
 class TestS3RowStore(RowStoreTests):
     @pytest.fixture
     def store(self, s3_bucket: str) -> FsspecRowStore:
         return FsspecRowStore(f"{s3_bucket}/rank", lease_wait=0)
+
+    @pytest.mark.parametrize("bad_name", _first_by_default({name: name for name in BAD_FILE_NAMES}))
+    def test_a_manifest_naming_a_file_outside_its_row_is_damage(self, store: RowStore, bad_name: str) -> None:
+        super().test_a_manifest_naming_a_file_outside_its_row_is_damage(store, bad_name)
+
+    @pytest.mark.parametrize("edit", _first_by_default(WRONG_SHAPES))
+    def test_a_resigned_manifest_of_the_wrong_shape_is_damage(self, store: RowStore, edit: Any) -> None:
+        super().test_a_resigned_manifest_of_the_wrong_shape_is_damage(store, edit)
+
+    @pytest.mark.stress
+    def test_a_failure_at_any_operation_of_a_commit_keeps_every_earlier_row(self, store: RowStore) -> None:
+        super().test_a_failure_at_any_operation_of_a_commit_keeps_every_earlier_row(store)
+
+    @pytest.mark.stress
+    def test_a_crash_at_any_operation_of_a_commit_leaves_only_whole_rows(self, store: RowStore) -> None:
+        super().test_a_crash_at_any_operation_of_a_commit_leaves_only_whole_rows(store)
 
     def replace_file(self, store: RowStore, name: str, file: str, data: bytes) -> None:
         _replace_object(store, name, file, data)

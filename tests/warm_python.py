@@ -319,7 +319,9 @@ class WarmPython:
 
     def close(self) -> None:
         """Stop the server (children still running go on; kill them first if they must not)."""
+        # Shut down first: the server sees the end of its requests and exits,
+        # and the reader's recv returns empty; close once the reader is done.
         self._control.shutdown(socket.SHUT_RDWR)
-        self._control.close()
         self._proc.wait(timeout=60)
         self._reader.join(10)
+        self._control.close()

@@ -238,14 +238,19 @@ class RowWriter:
         committed beyond it belong to a future the other ranks never reached,
         and the sequence numbers of the ranks must stay aligned.
         """
+        # HEAD down first: other ranks' retention keeps every row at or above
+        # the lowest HEAD, so until it says `sequence` they could retire the
+        # agreed row while this rank still holds rows of the abandoned run
+        # (a kill between the two steps would then leave ranks whose rows
+        # numbered alike hold different runs).
+        if self.head:
+            self._publish_head(sequence)
         # Newest first: a rank reading meanwhile never sees a gap below a newer row.
         newer = [self.store.row_path(name) for seq, name in reversed(self._rows) if seq > sequence]
         failed = self.retire(newer)
         if failed:
             return failed
         self._next_sequence = sequence + 1
-        if self.head:
-            self._publish_head(sequence)
         return []
 
     def _publish_head(self, sequence: int) -> None:

@@ -128,6 +128,22 @@ _KILL_CHILD = textwrap.dedent(
 )
 
 
+# Names a manifest may not give a file of its row, and edits that give a
+# manifest the wrong shape: the cases of the two hostile-row tests below
+# (a subclass may run a subset of them on a slow backend; the validation
+# that refuses them is the same for every store).
+BAD_FILE_NAMES = ["../p000000.npy", "/etc/passwd", "sub/p000000.npy", "./p000000.npy", "manifest.json", ".lock", ""]
+WRONG_SHAPES = {
+    "files-object": lambda body: body.update(files={"p000000.npy": 1}),
+    "size-text": lambda body: body["files"][0].update(size="1"),
+    "size-bool": lambda body: body["files"][0].update(size=True),
+    "size-negative": lambda body: body["files"][0].update(size=-1),
+    "checksum-none": lambda body: body["files"][0].update(checksum=None),
+    "duplicate": lambda body: body["files"].append(dict(body["files"][0])),
+    "version-text": lambda body: body.update(format_version="1"),
+}
+
+
 class RowStoreTests:
     """Conformance tests every row store passes. Subclass and provide:
 
@@ -309,9 +325,7 @@ class RowStoreTests:
         edit(body)
         self.replace_file(store, name, MANIFEST_NAME, dump_manifest(body))
 
-    @pytest.mark.parametrize(
-        "bad_name", ["../p000000.npy", "/etc/passwd", "sub/p000000.npy", "./p000000.npy", "manifest.json", ".lock", ""]
-    )
+    @pytest.mark.parametrize("bad_name", BAD_FILE_NAMES)
     def test_a_manifest_naming_a_file_outside_its_row_is_damage(self, store: RowStore, bad_name: str) -> None:
         rows = self._committed(store)
         self._resign(store, rows[-1].name, lambda body: body["files"][0].update(name=bad_name))
@@ -321,19 +335,7 @@ class RowStoreTests:
         assert "not a plain file name inside the row" in problem.reason
         assert "not a plain file name" in verify_row(store, rows[-1].name)[0].reason
 
-    @pytest.mark.parametrize(
-        "edit",
-        [
-            lambda body: body.update(files={"p000000.npy": 1}),
-            lambda body: body["files"][0].update(size="1"),
-            lambda body: body["files"][0].update(size=True),
-            lambda body: body["files"][0].update(size=-1),
-            lambda body: body["files"][0].update(checksum=None),
-            lambda body: body["files"].append(dict(body["files"][0])),
-            lambda body: body.update(format_version="1"),
-        ],
-        ids=["files-object", "size-text", "size-bool", "size-negative", "checksum-none", "duplicate", "version-text"],
-    )
+    @pytest.mark.parametrize("edit", list(WRONG_SHAPES.values()), ids=list(WRONG_SHAPES))
     def test_a_resigned_manifest_of_the_wrong_shape_is_damage(self, store: RowStore, edit: Any) -> None:
         rows = self._committed(store)
         self._resign(store, rows[-1].name, lambda body: None)
@@ -425,6 +427,23 @@ class RowStoreTests:
         assert row.sequence == 3
         assert _steps(store) == [1, 2, 10]
         assert store.read_head() == 3
+
+    def test_restart_after_lowers_head_before_it_retires_a_row(self, store: RowStore) -> None:
+        # Other ranks keep every row at or above the lowest HEAD: a rank that
+        # dies while it retires the rows of an abandoned run must already say
+        # that it went back, or they could retire the row it went back to.
+        writer = _writer(store, head=True)
+        try:
+            for step in range(1, 5):
+                writer.persist(_snapshot(step))
+        finally:
+            writer.close()
+        crashing = FaultyRowStore(store, fail_at=1, crash=True, operations=frozenset({"retire"}))
+        writer = _writer(crashing, head=True)
+        with pytest.raises(SimulatedCrash):
+            writer.restart_after(2)
+        assert store.read_head() == 2
+        assert _steps(store) == [1, 2, 3, 4]  # the crash came before any row was retired
 
     # ------------------------------------------------------------------ cost and concurrency
 
