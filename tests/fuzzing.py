@@ -285,7 +285,7 @@ def _hook(event: str, args: tuple[Any, ...]) -> None:
         return
     if event != "open" and event not in _PATH_EVENTS and event not in _FORBIDDEN_EVENTS:
         return
-    if getattr(_HOOK_LOCAL, "busy", False):
+    if getattr(_HOOK_LOCAL, "busy", False) or threading.get_ident() in recorder.bystanders:
         return
     _HOOK_LOCAL.busy = True
     try:
@@ -331,11 +331,17 @@ class AuditRecorder:
         self.events = 0
         self.paused = False
         self.judged: set[tuple[str, bool, bool]] = set()
+        # Threads that ran before the case (an earlier test's lease heartbeat,
+        # an S3 client's event loop): not the case's doing. Threads the case
+        # starts are watched like its own.
+        self.bystanders: frozenset[int] = frozenset()
 
     @contextlib.contextmanager
     def active(self) -> Iterator[AuditRecorder]:
         global _ACTIVE
         install_audit_hook()
+        me = threading.get_ident()
+        self.bystanders = frozenset(t.ident for t in threading.enumerate() if t.ident is not None and t.ident != me)
         previous, _ACTIVE = _ACTIVE, self
         try:
             yield self

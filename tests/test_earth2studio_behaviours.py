@@ -30,9 +30,6 @@ import pytest
 import restartable
 from restartable.earth2studio import checkpoint as e2c
 
-# One worker runs the whole module: its scenarios run once, in a module-scoped child.
-pytestmark = pytest.mark.xdist_group("earth2studio-behaviours")
-
 needs_earth2studio = pytest.mark.skipif(
     importlib.util.find_spec("earth2studio") is None or importlib.util.find_spec("zarr") is None,
     reason="earth2studio and zarr are needed",

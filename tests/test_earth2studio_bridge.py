@@ -53,9 +53,6 @@ _TIMEOUT = 600
 _SLOTS = threading.BoundedSemaphore(max(1, os.cpu_count() or 1))
 
 pytestmark = [
-    # One worker runs the whole module: its forecast runs and warm
-    # interpreters are module-scoped (the README's -n auto --dist loadgroup).
-    pytest.mark.xdist_group("earth2studio-bridge"),
     pytest.mark.skipif(
         importlib.util.find_spec("earth2studio") is None or importlib.util.find_spec("zarr") is None,
         reason="earth2studio and zarr are needed",
