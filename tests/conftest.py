@@ -97,17 +97,29 @@ def s3_server():
 _S3_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_MAX_ATTEMPTS")
 
 
-@pytest.fixture
-def s3_bucket(s3_server: str) -> str:
-    """A fresh, empty bucket on the test S3 server, as ``s3://<bucket>``."""
+@pytest.fixture(scope="module")
+def s3_module_bucket(s3_server: str) -> str:
+    """One bucket on the test S3 server per test module, as ``s3://<bucket>``."""
     import uuid
 
     import s3fs
 
     name = f"test-{uuid.uuid4().hex[:16]}"
-    fs = s3fs.S3FileSystem(skip_instance_cache=True)
-    fs.mkdir(name)
+    s3fs.S3FileSystem(skip_instance_cache=True).mkdir(name)
     return f"s3://{name}"
+
+
+@pytest.fixture
+def s3_bucket(s3_module_bucket: str) -> str:
+    """A fresh, empty prefix on the test S3 server, as ``s3://<bucket>/<uuid>``.
+
+    A prefix of the module's bucket rather than a bucket per test: creating
+    a bucket costs moto up to a second and a half under load, and every
+    test uses its URL as a prefix anyway.
+    """
+    import uuid
+
+    return f"{s3_module_bucket}/{uuid.uuid4().hex}"
 
 
 # --------------------------------------------------------------------------- stress

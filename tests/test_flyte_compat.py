@@ -51,27 +51,11 @@ from restartable.store.objects import RetryPolicy
 BACKENDS = ["s3", "file", "memory"]
 
 
-@pytest.fixture(scope="module")
-def module_bucket(s3_server: str) -> str:
-    """One bucket for the module's s3 cases; each case works below its own fresh prefix (``run-<uuid>``)."""
-    import s3fs
-
-    name = f"test-{uuid.uuid4().hex[:16]}"
-    s3fs.S3FileSystem(skip_instance_cache=True).mkdir(name)
-    return f"s3://{name}"
-
-
-@pytest.fixture
-def s3_bucket(module_bucket: str) -> str:
-    """A fresh, empty prefix in the module's bucket (conftest's ``s3_bucket`` makes a bucket per test)."""
-    return f"{module_bucket}/{uuid.uuid4().hex}"
-
-
 @pytest.fixture(params=BACKENDS)
 def base(request: pytest.FixtureRequest, tmp_path: Path):
     """A fresh URL prefix on one backend."""
     if request.param == "s3":
-        yield f"{request.getfixturevalue('module_bucket')}/run-{uuid.uuid4().hex[:16]}"
+        yield f"{request.getfixturevalue('s3_module_bucket')}/run-{uuid.uuid4().hex[:16]}"
     elif request.param == "file":
         yield f"file://{tmp_path}/remote/run"
     else:

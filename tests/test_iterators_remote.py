@@ -25,27 +25,11 @@ fsspec = pytest.importorskip("fsspec")
 DATA = np.arange(200, dtype=np.int64)
 
 
-@pytest.fixture(scope="module")
-def module_bucket(s3_server: str) -> str:
-    """One bucket for the module's s3 cases; each case works below its own fresh prefix."""
-    import s3fs
-
-    name = f"test-{uuid.uuid4().hex[:16]}"
-    s3fs.S3FileSystem(skip_instance_cache=True).mkdir(name)
-    return f"s3://{name}"
-
-
-@pytest.fixture
-def s3_bucket(module_bucket: str) -> str:
-    """A fresh, empty prefix in the module's bucket (conftest's ``s3_bucket`` makes a bucket per test)."""
-    return f"{module_bucket}/{uuid.uuid4().hex}"
-
-
 @pytest.fixture(params=["s3", "memory"])
 def url(request: pytest.FixtureRequest) -> Any:
     """A fresh prefix on S3 (moto) or on fsspec's in-process memory store."""
     if request.param == "s3":
-        yield f"{request.getfixturevalue('module_bucket')}/{uuid.uuid4().hex}/pipeline/iterator"
+        yield f"{request.getfixturevalue('s3_module_bucket')}/{uuid.uuid4().hex}/pipeline/iterator"
         return
     root = f"memory://{uuid.uuid4().hex}"
     yield f"{root}/pipeline/iterator"

@@ -236,22 +236,6 @@ def assert_whole_rows_only(url: str, commit_ids: list[str]) -> None:
         assert files == {MANIFEST_NAME, *(entry["name"] for entry in body["files"])}, name
 
 
-@pytest.fixture(scope="module")
-def module_bucket(s3_server: str) -> str:
-    """One bucket for the module's s3 cases; each case works below its own fresh prefix."""
-    import s3fs
-
-    name = f"test-{uuid.uuid4().hex[:16]}"
-    s3fs.S3FileSystem(skip_instance_cache=True).mkdir(name)
-    return f"s3://{name}"
-
-
-@pytest.fixture
-def s3_bucket(module_bucket: str) -> str:
-    """A fresh, empty prefix in the module's bucket (conftest's ``s3_bucket`` makes a bucket per test)."""
-    return f"{module_bucket}/{uuid.uuid4().hex}"
-
-
 @pytest.fixture(params=["s3", "memory"])
 def catalog_url(request: pytest.FixtureRequest) -> Any:
     """A fresh catalog prefix on S3 (moto) or on fsspec's in-process memory store."""

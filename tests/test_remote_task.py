@@ -57,27 +57,11 @@ _PAYLOAD = re.compile(r"^payloads/([0-9a-f]{32})\.(bin|tar\.gz)(\.\d{6})?$")
 # --------------------------------------------------------------------------- backends and raw access
 
 
-@pytest.fixture(scope="module")
-def module_bucket(s3_server: str) -> str:
-    """One bucket for the module's s3 cases; each case works below its own fresh prefix (``run-<uuid>``)."""
-    import s3fs
-
-    name = f"test-{uuid.uuid4().hex[:16]}"
-    s3fs.S3FileSystem(skip_instance_cache=True).mkdir(name)
-    return f"s3://{name}"
-
-
-@pytest.fixture
-def s3_bucket(module_bucket: str) -> str:
-    """A fresh, empty prefix in the module's bucket (conftest's ``s3_bucket`` makes a bucket per test)."""
-    return f"{module_bucket}/{uuid.uuid4().hex}"
-
-
 @pytest.fixture(params=BACKENDS)
 def base(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A fresh, empty URL prefix on one backend; attempts live below it."""
     if request.param == "s3":
-        bucket = request.getfixturevalue("module_bucket")
+        bucket = request.getfixturevalue("s3_module_bucket")
         return f"{bucket}/run-{uuid.uuid4().hex[:16]}"
     if request.param == "file":
         return f"file://{tmp_path}/remote/run"
@@ -90,7 +74,7 @@ def base(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 def durable_base(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A prefix that another process can see (memory:// is per process)."""
     if request.param == "s3":
-        return f"{request.getfixturevalue('module_bucket')}/run-{uuid.uuid4().hex[:16]}"
+        return f"{request.getfixturevalue('s3_module_bucket')}/run-{uuid.uuid4().hex[:16]}"
     return f"file://{tmp_path}/remote/run"
 
 
