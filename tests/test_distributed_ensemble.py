@@ -183,11 +183,8 @@ from restartable.workflows import ensemble
 
 @pytest.fixture(scope="module")
 def warm() -> Iterator[WarmPython]:
-    server = WarmPython(PRELOAD, env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"))
-    try:
+    with WarmPython(PRELOAD, env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1")) as server:
         yield server
-    finally:
-        server.close()
 
 
 class Child:

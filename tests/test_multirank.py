@@ -186,11 +186,8 @@ from restartable import Checkpoint
 
 @pytest.fixture(scope="module")
 def warm() -> Iterator[WarmPython]:
-    server = WarmPython(PRELOAD, env=dict(os.environ, OMP_NUM_THREADS="1"))
-    try:
+    with WarmPython(PRELOAD, env=dict(os.environ, OMP_NUM_THREADS="1")) as server:
         yield server
-    finally:
-        server.close()
 
 
 @dataclass

@@ -76,9 +76,8 @@ import test_remote_catalog
 def warm(s3_server: str) -> Any:
     """A warm interpreter that forks this module's children (see tests/warm_python.py)."""
     env = dict(os.environ, RESTARTABLE_LEASE_SECONDS=LONG_LEASE, RESTARTABLE_PACK_BELOW="0")
-    server = WarmPython(_PRELOAD, env, TESTS_DIR)
-    yield server
-    server.close()
+    with WarmPython(_PRELOAD, env, TESTS_DIR) as server:
+        yield server
 
 
 def _run_child(warm: WarmPython, code: str, *args: str) -> tuple[int, str]:

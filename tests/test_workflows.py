@@ -258,9 +258,8 @@ def warm() -> Iterator[WarmPython]:
     # from what is on disk) forked from an interpreter that has imported
     # torch, zarr and restartable but run nothing: a fresh interpreter would
     # spend ~3 s of CPU importing them for each of the module's children.
-    server = WarmPython(CHILD_PRELOAD, _env())
-    yield server
-    server.close()
+    with WarmPython(CHILD_PRELOAD, _env()) as server:
+        yield server
 
 
 @pytest.fixture

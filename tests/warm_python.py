@@ -202,10 +202,9 @@ class WarmPython:
 
     Example::
 
-        server = WarmPython("import torch", env=os.environ)
-        child = server.popen([sys.executable, "-c", "import torch; print(torch.ones(2).sum())"])
-        assert child.stdout.read() == "tensor(2.)\\n" and child.wait() == 0
-        server.close()
+        with WarmPython("import torch", env=os.environ) as server:
+            child = server.popen([sys.executable, "-c", "import torch; print(torch.ones(2).sum())"])
+            assert child.stdout.read() == "tensor(2.)\\n" and child.wait() == 0
     """
 
     def __init__(self, preload: str, env: Mapping[str, str], cwd: Path | str | None = None) -> None:
@@ -316,6 +315,12 @@ class WarmPython:
             os.fdopen(in_w, "w") if in_w != -1 else None,
             os.fdopen(out_r, "r"),
         )
+
+    def __enter__(self) -> WarmPython:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def close(self) -> None:
         """Stop the server (children still running go on; kill them first if they must not)."""
