@@ -9,6 +9,12 @@ from pathlib import Path
 
 import pytest
 
+# Every Python process a test starts runs tests/site/sitecustomize.py at
+# start-up: it makes importing earth2studio cost seconds instead of half a
+# minute of CPU (see that module for why and how).
+_SITE = Path(__file__).resolve().parent / "site"
+os.environ["PYTHONPATH"] = os.pathsep.join([str(_SITE), *filter(None, [os.environ.get("PYTHONPATH")])])
+
 
 @pytest.fixture
 def store(tmp_path: Path) -> Path:
