@@ -29,21 +29,25 @@ _EARTH2STUDIO_HELPERS = "earth2studio.utils.imports"
 
 
 class _FirstEarth2StudioImport:
-    """A meta-path entry that finds nothing: it wraps ``inspect.stack`` on first sight of earth2studio."""
+    """A meta-path entry that finds nothing: it wraps ``inspect.stack`` on first sight of earth2studio.
+
+    It stays on ``sys.meta_path`` afterwards (a string comparison per import):
+    the import system and the earth2studio bridge iterate that very list, and
+    an entry removing itself would make them skip the finder after it.
+    """
+
+    def __init__(self) -> None:
+        self.wrapped = False
 
     def find_spec(self, fullname: str, path: object = None, target: object = None) -> None:
-        if fullname == "earth2studio" or fullname.startswith("earth2studio."):
-            if self in sys.meta_path:
-                sys.meta_path.remove(self)
+        if fullname == "earth2studio" and not self.wrapped:
+            self.wrapped = True
             _wrap_inspect_stack()
         return None
 
 
 def _wrap_inspect_stack() -> None:
     import inspect
-
-    if getattr(inspect.stack, "__wrapped_for_earth2studio__", False):
-        return
 
     def stack(context: int = 1) -> list[inspect.FrameInfo]:
         caller = sys._getframe(1)
@@ -58,7 +62,6 @@ def _wrap_inspect_stack() -> None:
         return frames
 
     stack.__doc__ = inspect.stack.__doc__
-    stack.__wrapped_for_earth2studio__ = True  # type: ignore[attr-defined]
     inspect.stack = stack
 
 
