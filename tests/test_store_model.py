@@ -155,6 +155,30 @@ class StoreModel(RuleBasedStateMachine):
             shutil.rmtree(self.directory, ignore_errors=True)
 
 
+def test_an_older_pinned_row_is_kept_again_once_a_restart_retires_the_newer_pin() -> None:
+    """The case Hypothesis found: pins made while retention was off, then a restart before the newer pin."""
+    name = f"model-{uuid.uuid4().hex}"
+    store = MemoryRowStore(name)
+    try:
+
+        def commit(writer: RowWriter, step: int, pin: bool) -> int:
+            snapshot = Snapshot(body={"step": step}, payloads=[np.full(3, step, dtype=np.int32)], pin=pin)
+            return writer.persist(snapshot).sequence
+
+        writer = RowWriter(store, keep=None)
+        first_pin = commit(writer, 1, pin=True)
+        middle = commit(writer, 2, pin=False)
+        commit(writer, 3, pin=True)
+        writer.close()
+        writer = RowWriter(store, keep=1)
+        assert writer.restart_after(middle) == []
+        newest = commit(writer, 4, pin=False)
+        writer.close()
+        assert [row.sequence for row in scan_rows(store).rows] == [first_pin, newest]
+    finally:
+        MemoryRowStore.forget(name)
+
+
 class LocalStoreModel(StoreModel):
     backend = "local"
 

@@ -453,8 +453,10 @@ class RowWriter:
                 continue
             self._rows = deque(item for item in self._rows if item[1] != name)
             self._row_bytes.pop(name, None)
-            if self._pinned == name:
-                self._pinned = None
+        if self._pinned is not None and all(name != self._pinned for _, name in self._rows):
+            # An older pinned row (kept while retention was off) is again the
+            # newest one: a restart from before the retired pin needs it.
+            self._pinned = self._find_pinned()
         self._empty_trash(wait=True)
         return failed
 
