@@ -188,7 +188,7 @@ def test_a_second_writer_on_the_same_url_is_refused_once_the_lease_wait_is_over(
     url = f"{s3_bucket}/locked/iterator"
     with Checkpoint("other", path=url, mode="append") as session:  # holds the prefix's lease, renewing it
         session.flush(lead_time=1)
-        monkeypatch.setenv("RESTARTABLE_LEASE_SECONDS", "0.1")  # the child waits 0.1 + 5 s, not 35
+        monkeypatch.setenv("RESTARTABLE_LEASE_WAIT", "0.5")  # the child waits 0.5 s, not 35
         done = run_python(SAVE_CHILD, url, check=False, timeout=120)
         assert done.returncode == 3, done.stderr
         assert url in done.stdout and "being written by another writer" in done.stdout

@@ -695,10 +695,12 @@ def _lease_record(url: str) -> dict[str, Any]:
     return json.loads(read_object(f"{url}/{LOCK_NAME}"))
 
 
-def test_second_writer_waits_one_lease_period_then_is_refused(
+def test_second_writer_waits_out_its_lease_wait_then_is_refused(
     s3_bucket: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setattr(object_rows, "LEASE_SECONDS", 1.0)
+    # Longer than a lease period (the holder's heartbeat must renew meanwhile), shorter than the default 6 s.
+    monkeypatch.setenv("RESTARTABLE_LEASE_WAIT", "1.5")
     url = f"{s3_bucket}/locked"
     first = Checkpoint("locked", path=url, mode="append")
     second = Checkpoint("locked", path=url, mode="append")
@@ -741,6 +743,32 @@ def test_second_writer_waits_one_lease_period_then_is_refused(
         assert session.lead_time == 2
         session.write(lead_time=3)
     assert [e.lead_time for e in Checkpoint("locked", path=url).catalog] == [1, 2, 3]
+
+
+def test_lease_wait_zero_refuses_at_once_and_a_malformed_one_is_named(
+    s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"{s3_bucket}/no-queue"
+    with Checkpoint("rows", path=url, mode="append") as session:
+        session.write(lead_time=1)
+        monkeypatch.setenv("RESTARTABLE_LEASE_WAIT", "0")
+        started = time.monotonic()
+        with (
+            pytest.raises(CheckpointLockedError, match="being written by another writer"),
+            Checkpoint("rows", path=url, mode="append"),
+        ):
+            pass  # pragma: no cover - refused on entry
+        # Refused without waiting out the 30 s lease (the default wait would be 35 s).
+        assert time.monotonic() - started < object_rows.LEASE_SECONDS
+        for bad in ("soon", "-1", "nan"):
+            monkeypatch.setenv("RESTARTABLE_LEASE_WAIT", bad)
+            with (
+                pytest.raises(ValueError, match=f"RESTARTABLE_LEASE_WAIT .*{bad!r}"),
+                Checkpoint("rows", path=url, mode="append"),
+            ):
+                pass  # pragma: no cover - refused on entry
+        session.write(lead_time=2)
+    assert [e.lead_time for e in Checkpoint("rows", path=url).catalog] == [1, 2]
 
 
 def test_lease_of_a_writer_on_another_host_is_taken_once_expired(

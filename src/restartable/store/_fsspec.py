@@ -46,13 +46,31 @@ __all__ = [
 LEASE_SECONDS = float(os.environ.get("RESTARTABLE_LEASE_SECONDS", "30"))
 
 
+def _default_wait() -> float | None:
+    """How long a writer waits for a lease held by another: ``RESTARTABLE_LEASE_WAIT``, if set.
+
+    Read when a lease is made, not at import, so that a job (or a test) can
+    set it for the writers it starts.
+    """
+    text = os.environ.get("RESTARTABLE_LEASE_WAIT", "").strip()
+    if not text:
+        return None
+    try:
+        wait = float(text)
+    except ValueError:
+        wait = -1.0
+    if not wait >= 0:  # also refuses nan
+        raise ValueError(f"RESTARTABLE_LEASE_WAIT must be a number of seconds >= 0, got {text!r}")
+    return wait
+
+
 class Lease:
     """Exclusive, expiring ownership of a prefix on an object store."""
 
     def __init__(self, store: ObjectStore, seconds: float | None = None, wait: float | None = None) -> None:
         self.store = store
         self.seconds = LEASE_SECONDS if seconds is None else seconds
-        self.wait = wait
+        self.wait = _default_wait() if wait is None else wait
         self.owner = uuid.uuid4().hex
         self.host = socket.gethostname()
         self._held = False
@@ -91,9 +109,12 @@ class Lease:
         return False
 
     def acquire(self, wait: float | None = None) -> None:
-        """Take the lease, waiting up to ``wait`` seconds (default: one lease
-        period, so that the lease of a writer killed on another node expires
-        and a restarted job goes on by itself)."""
+        """Take the lease, waiting up to ``wait`` seconds.
+
+        The default is the store's ``lease_wait``, else ``RESTARTABLE_LEASE_WAIT``,
+        else one lease period and 5 s, so that the lease of a writer killed on
+        another node expires and a restarted job goes on by itself.
+        """
         if wait is None:
             wait = self.wait if self.wait is not None else self.seconds + 5
         deadline = time.monotonic() + wait
@@ -210,8 +231,8 @@ class FsspecRowStore(RowStore):
     retry:
         How transient failures are retried.
     lease_wait:
-        How long a writer waits for another writer's lease (default: one
-        lease period).
+        How long a writer waits for another writer's lease (default:
+        ``RESTARTABLE_LEASE_WAIT`` if set, else one lease period and 5 s).
     """
 
     capabilities = Capabilities(rename=False, hard_links=False, durable_on_return=True, lease=True)
