@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from warm_python import WarmPython
+
 # Every Python process a test starts runs tests/site/sitecustomize.py at
 # start-up: it makes importing earth2studio cost seconds instead of half a
 # minute of CPU (see that module for why and how).
@@ -44,19 +46,53 @@ def one_file_per_array(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RESTARTABLE_PACK_BELOW", "0")
 
 
-def run_python(code: str, *args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
-    """Run ``code`` in a fresh Python process (same interpreter, same environment)."""
+_warm: WarmPython | None = None
+_WARM_PRELOAD = """
+import numpy
+try:
+    import torch
+except ImportError:
+    pass
+"""
+
+
+def run_python(
+    code: str, *args: str, timeout: float = 120, check: bool = True, warm: bool = False
+) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh Python process (same interpreter, same environment).
+
+    ``warm=True`` forks the process from an interpreter of this worker that
+    has imported numpy and torch (and nothing else): 2 s of CPU less per
+    child. For children whose test is not about what gets imported.
+    """
+    global _warm
     env = dict(os.environ)
-    result = subprocess.run(
-        [sys.executable, "-c", code, *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
+    argv = [sys.executable, "-c", code, *args]
+    if warm:
+        if _warm is None:
+            _warm = WarmPython(_WARM_PRELOAD, env=env)
+        result = _warm.run(argv, env=env, timeout=timeout)
+    else:
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
     if check and result.returncode != 0:
         raise AssertionError(f"subprocess failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto``: one worker more than CPUs.
+
+    About a sixth of a worker's time is spent waiting (fsync, rank processes
+    holding for a signal, object-store round trips); a third worker on two
+    CPUs fills it. Measured on 2 CPUs: 2 workers 4 min 52 s, 3 workers
+    4 min 15 s, 4 workers 4 min 29 s.
+    """
+    return len(os.sched_getaffinity(0)) + 1
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _warm is not None:
+        _warm.close()
 
 
 # --------------------------------------------------------------------------- S3

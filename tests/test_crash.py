@@ -379,8 +379,9 @@ def _assert_clean(summary: dict, kills: int) -> None:
 
 
 def test_sigkill_append_every_reported_commit_survives(tmp_path: Path) -> None:
-    summary = _run_zygote(tmp_path, "append", kills=200, kills_per_store=100, seed=20240601, timeout=240)
-    _assert_clean(summary, 200)
+    # 100 kills take half the time of 200; the stress run does 2,000.
+    summary = _run_zygote(tmp_path, "append", kills=100, kills_per_store=100, seed=20240601, timeout=240)
+    _assert_clean(summary, 100)
     assert summary["rows_total"] > 0
 
 

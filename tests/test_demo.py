@@ -22,7 +22,7 @@ zarr = pytest.importorskip("zarr")
 from restartable import Checkpoint, cli, demo  # noqa: E402
 from restartable.components import ZarrIO  # noqa: E402
 from restartable.demo import CHECKPOINT_DIR, CHECKPOINT_NAME, REFERENCE_STORE, RESUMED_STORE, compare_stores  # noqa: E402
-from warm_python import WarmProcess, WarmPython  # noqa: E402
+from warm_python import XARRAY_WARMUP, WarmProcess, WarmPython  # noqa: E402
 
 SMALL = ["--members", "3", "--steps", "5", "--nlat", "4", "--nlon", "8"]
 
@@ -64,7 +64,8 @@ def warm_runs(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """
     # The environment the demo gives its runs (tqdm reads TQDM_* at import).
     server = WarmPython(
-        "import numpy, torch, xarray, zarr, restartable.components, restartable.workflows", demo._child_env()
+        "import numpy, torch, xarray, zarr, restartable.components, restartable.workflows\n" + XARRAY_WARMUP,
+        demo._child_env(),
     )
 
     def popen(command: list[str], **kwargs: Any) -> WarmProcess:

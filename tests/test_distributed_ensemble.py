@@ -45,7 +45,7 @@ import pytest
 from restartable import Checkpoint, CheckpointWorldSizeError
 from restartable.components import GaussianPerturbation, Lorenz96, MemoryIO, Persistence, SyntheticData, ZarrIO
 from restartable.workflows import ensemble
-from warm_python import WarmPython
+from warm_python import XARRAY_WARMUP, WarmPython
 
 NLAT, NLON = 4, 8
 NSTEPS = 4
@@ -170,7 +170,8 @@ if __name__ == "__main__":
 
 
 # What every rank child imports, and no more (zarr: ZarrIO imports it when it opens a store).
-PRELOAD = """
+PRELOAD = (
+    """
 import contextvars, json, os, sys, time, warnings
 import numpy
 import torch
@@ -179,6 +180,8 @@ from restartable import Checkpoint
 from restartable.components import GaussianPerturbation, Lorenz96, Persistence, SyntheticData, ZarrIO
 from restartable.workflows import ensemble
 """
+    + XARRAY_WARMUP
+)  # SyntheticData makes DataArrays
 
 
 @pytest.fixture(scope="module")

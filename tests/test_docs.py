@@ -165,6 +165,9 @@ def test_doc_blocks_run(doc: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.setenv("RESTARTABLE_CACHE", str(work / ".cache" / "restartable"))
+    # The examples' tempfile.mkdtemp() folders go where pytest removes them.
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
     monkeypatch.setenv("EARTH2STUDIO_CACHE", str(work / ".cache" / "earth2studio"))
     done = run_blocks(doc, chosen, work)
     failed = [line for line in done.stdout.splitlines() if line.startswith("FAILED: ")]

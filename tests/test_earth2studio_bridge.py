@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from warm_python import WarmProcess, WarmPython
+from warm_python import XARRAY_WARMUP, WarmProcess, WarmPython
 
 _RANK_VARS = ("RANK", "LOCAL_RANK", "SLURM_PROCID", "WORLD_SIZE", "SLURM_NTASKS")
 # A guard against hangs, not a measure of speed: children wait for a CPU
@@ -320,11 +320,14 @@ def _kill_at(tag: str, count: int) -> Callable[[list[list[str]]], bool]:
 
 
 # What FORECAST imports, for the warm interpreters its runs are forked from.
-_PRELOAD = """
+_PRELOAD = (
+    """
 import numpy, torch, xarray
 import earth2studio.run, earth2studio.io, earth2studio.models.px, earth2studio.perturbation
 import earth2studio.utils.checkpoint
 """
+    + XARRAY_WARMUP
+)
 
 
 def _forecast(script: Path, out: Path, what: str, ckpt: Path | None = None, bridge: bool = False) -> list[str]:

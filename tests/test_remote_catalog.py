@@ -50,7 +50,7 @@ from restartable.store import objects
 from restartable.store._layout import LOCK_NAME
 from restartable.store.manifest import MANIFEST_NAME, load_manifest
 from support import assert_same, tensor_bytes
-from warm_python import WarmProcess, WarmPython
+from warm_python import XARRAY_WARMUP, WarmProcess, WarmPython
 
 # This module damages and inspects named .npy payload files (see conftest.one_file_per_array).
 pytestmark = pytest.mark.usefixtures("one_file_per_array")
@@ -63,13 +63,16 @@ LONG_LEASE = "600"  # seconds: waiting for a lease would hit CHILD_TIMEOUT
 # this module, the workflow harness's child), imported once by a warm server.
 # The server's environment has RESTARTABLE_LEASE_SECONDS=LONG_LEASE, read at
 # import by restartable.store._fsspec: every child here runs with it.
-_PRELOAD = f"""
+_PRELOAD = (
+    f"""
 import sys
 sys.path.insert(0, {str(TESTS_DIR)!r})
 import json, numpy, torch, s3fs, fsspec, xarray, zarr
 import restartable, restartable.cli, restartable.store.objects, restartable.components, restartable.workflows
 import test_remote_catalog
 """
+    + XARRAY_WARMUP
+)
 
 
 @pytest.fixture(scope="module")

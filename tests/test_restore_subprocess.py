@@ -316,8 +316,8 @@ def _last_json_line(stdout: str) -> Any:
 
 
 def test_every_supported_type_survives_a_fresh_process(shared_module: Path, store: Path) -> None:
-    written = _last_json_line(run_python(WRITER, str(store)).stdout)
-    report = _last_json_line(run_python(READER, str(store)).stdout)
+    written = _last_json_line(run_python(WRITER, str(store), warm=True).stdout)
+    report = _last_json_line(run_python(READER, str(store), warm=True).stdout)
 
     assert report["loaded"] is True
     assert report["selected"] is True
@@ -359,7 +359,7 @@ def test_description_is_discriminating(shared_module: Path) -> None:
         print(json.dumps([T.describe(x) != base for x in variants]))
         """
     )
-    result = _last_json_line(run_python(code).stdout)
+    result = _last_json_line(run_python(code, warm=True).stdout)
     assert result == [True] * 8
 
 
@@ -449,8 +449,8 @@ def small_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_bound_state_is_restored_in_a_fresh_process(small_module: Path, store: Path) -> None:
-    run_python(SMALL_WRITER, str(store))
-    report = _last_json_line(run_python(SMALL_READER, str(store), "inside").stdout)
+    run_python(SMALL_WRITER, str(store), warm=True)
+    report = _last_json_line(run_python(SMALL_READER, str(store), "inside", warm=True).stdout)
     assert report == {
         "outcome": "restored",
         "before": None,
@@ -464,8 +464,8 @@ def test_bound_state_is_restored_in_a_fresh_process(small_module: Path, store: P
 
 
 def test_state_bound_before_the_session_is_restored_late_with_a_warning(small_module: Path, store: Path) -> None:
-    run_python(SMALL_WRITER, str(store))
-    report = _last_json_line(run_python(SMALL_READER, str(store), "late").stdout)
+    run_python(SMALL_WRITER, str(store), warm=True)
+    report = _last_json_line(run_python(SMALL_READER, str(store), "late", warm=True).stdout)
     assert report["outcome"] == "restored"
     assert report["before"] is False
     assert report["loaded"] is True
@@ -485,11 +485,11 @@ def test_state_bound_before_the_session_is_restored_late_with_a_warning(small_mo
     ids=["added_field", "renamed_field", "changed_type", "nested_type_changed", "nested_field_added"],
 )
 def test_schema_change_between_processes_is_refused(small_module: Path, store: Path, old: str, new: str) -> None:
-    run_python(SMALL_WRITER, str(store))
+    run_python(SMALL_WRITER, str(store), warm=True)
     source = small_module.read_text()
     assert old in source
     small_module.write_text(source.replace(old, new))
-    report = _last_json_line(run_python(SMALL_READER, str(store), "inside").stdout)
+    report = _last_json_line(run_python(SMALL_READER, str(store), "inside", warm=True).stdout)
     assert report["outcome"] == "schema-error", report
     assert report["is_value_error"] is True
     assert "Counter" in report["message"] or "Inner" in report["message"]
@@ -497,9 +497,9 @@ def test_schema_change_between_processes_is_refused(small_module: Path, store: P
 
 def test_unchanged_schema_with_postponed_annotations_removed_still_restores(small_module: Path, store: Path) -> None:
     # Removing `from __future__ import annotations` between processes is not a schema change.
-    run_python(SMALL_WRITER, str(store))
+    run_python(SMALL_WRITER, str(store), warm=True)
     small_module.write_text(small_module.read_text().replace("from __future__ import annotations\n", ""))
-    report = _last_json_line(run_python(SMALL_READER, str(store), "inside").stdout)
+    report = _last_json_line(run_python(SMALL_READER, str(store), "inside", warm=True).stdout)
     assert report["outcome"] == "restored"
     assert report["steps"] == 41 and report["inner"] == 9
 

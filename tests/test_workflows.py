@@ -49,7 +49,7 @@ from restartable.components import (
     ZarrIO,
 )
 from restartable.workflows import PREEMPTED_EXIT_CODE, WorkflowPreempted, deterministic, diagnostic, ensemble
-from warm_python import WarmProcess, WarmPython
+from warm_python import XARRAY_WARMUP, WarmProcess, WarmPython
 
 NLAT, NLON = 4, 8
 NSTEPS = 6
@@ -241,7 +241,9 @@ if __name__ == "__main__":
 
 # What the child script imports (numpy, torch, restartable and its workflows,
 # ZarrIO's xarray and zarr): imported once by the module's warm interpreter.
-CHILD_PRELOAD = "import numpy, torch, xarray, zarr, restartable, restartable.components, restartable.workflows"
+CHILD_PRELOAD = (
+    "import numpy, torch, xarray, zarr, restartable, restartable.components, restartable.workflows\n" + XARRAY_WARMUP
+)
 
 
 @dataclasses.dataclass(frozen=True)
