@@ -57,7 +57,12 @@ except ImportError:
 
 
 def run_python(
-    code: str, *args: str, timeout: float = 120, check: bool = True, warm: bool = False
+    code: str,
+    *args: str,
+    timeout: float = 120,
+    check: bool = True,
+    warm: bool = False,
+    cwd: Path | None = None,
 ) -> subprocess.CompletedProcess:
     """Run ``code`` in a fresh Python process (same interpreter, same environment).
 
@@ -71,9 +76,9 @@ def run_python(
     if warm:
         if _warm is None:
             _warm = WarmPython(_WARM_PRELOAD, env=env)
-        result = _warm.run(argv, env=env, timeout=timeout)
+        result = _warm.run(argv, env=env, cwd=cwd, timeout=timeout)
     else:
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
     if check and result.returncode != 0:
         raise AssertionError(f"subprocess failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result

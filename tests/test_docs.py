@@ -29,11 +29,12 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pytest
+
+from conftest import run_python
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -123,13 +124,9 @@ for block in blocks:
 
 def run_blocks(doc: Path, blocks: list[Block], cwd: Path) -> subprocess.CompletedProcess[str]:
     payload = json.dumps([asdict(b) for b in blocks])
-    return subprocess.run(
-        [sys.executable, "-c", RUNNER, str(doc), payload],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    # Forked from an interpreter that imported numpy and torch only: what a
+    # reader's fresh interpreter would do, without paying torch's import again.
+    return run_python(RUNNER, str(doc), payload, cwd=cwd, timeout=180, check=False, warm=True)
 
 
 def empty_buckets(names: set[str]) -> None:

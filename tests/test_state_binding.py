@@ -656,6 +656,7 @@ def test_seed_noise_perturbation_resumes_identical_noise_across_processes(store:
             str(tmp_path / out),
             phase,
             check=check,
+            warm=True,
         )
 
     run("full", "full.npy")

@@ -77,6 +77,8 @@ class Lease:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.lost: BaseException | None = None
+        # When (monotonic) the lease last held a record of ours with a full period ahead.
+        self._confirmed = -float("inf")
 
     def _record(self) -> bytes:
         return json.dumps(
@@ -119,6 +121,7 @@ class Lease:
             wait = self.wait if self.wait is not None else self.seconds + 5
         deadline = time.monotonic() + wait
         while True:
+            started = time.monotonic()
             try:
                 self.store.put_bytes(LOCK_NAME, self._record(), create=True)
                 break
@@ -140,6 +143,7 @@ class Lease:
                         "Only one writer per checkpoint prefix (and rank) is allowed"
                     ) from None
                 time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
+        self._confirmed = started
         self._held = True
         self._stop.clear()
         self._thread = threading.Thread(target=self._heartbeat, name="restartable-lease", daemon=True)
@@ -154,6 +158,7 @@ class Lease:
                 return
 
     def renew(self) -> None:
+        started = time.monotonic()
         holder = self._holder()
         if not holder or holder.get("owner") != self.owner:
             raise CheckpointLockedError(
@@ -161,11 +166,22 @@ class Lease:
                 f"(host {holder.get('host') if holder else '?'}); this writer stops publishing rows"
             )
         self.store.put_bytes(LOCK_NAME, self._record())
+        self._confirmed = started
 
     def check(self) -> None:
-        """Raise if the lease is lost; called before every commit point."""
+        """Raise if the lease is lost; called before every commit point.
+
+        Within half a lease period of its last renewal (the heartbeat renews
+        every third) the lease is still ours without asking the store: no
+        other writer may take a lease before it expires (a holder on this
+        host only once it is dead), and clocks are trusted to agree within a
+        lease period. Later than that (a writer stalled past its heartbeat),
+        the lease is renewed now, which finds a takeover.
+        """
         if self.lost is not None:
             raise self.lost
+        if time.monotonic() - self._confirmed < self.seconds / 2:
+            return
         self.renew()
 
     def release(self) -> None:
@@ -189,9 +205,12 @@ class Lease:
 
 class _ObjectDraft(Draft):
     def __init__(self, store: FsspecRowStore, name: str) -> None:
+        self.store = store
         self.objects = store.objects
+        self.name = name
         self.key = f"{COMMITS_DIR}/{name}"
         self.uploaded: list[str] = []
+        self.sizes: dict[str, int] = {}
 
     def write_payload(self, file: str, prepared: PreparedArray) -> str:
         key = f"{self.key}/{file}"
@@ -200,18 +219,32 @@ class _ObjectDraft(Draft):
         else:
             self.objects.put_stream(key, prepared.chunks)
         self.uploaded.append(key)
+        self.sizes[file] = prepared.size
         return prepared.digest()
 
     def write_stream(self, file: str, chunks: Callable[[], Iterator[bytes | memoryview]]) -> None:
         key = f"{self.key}/{file}"
-        self.objects.put_stream(key, chunks)
+        counted = 0
+
+        def counting() -> Iterator[bytes | memoryview]:
+            nonlocal counted
+            counted = 0  # a retried upload starts over
+            for chunk in chunks():
+                counted += memoryview(chunk).nbytes
+                yield chunk
+
+        self.objects.put_stream(key, counting)
         self.uploaded.append(key)
+        self.sizes[file] = counted
 
     def finish_payloads(self) -> None:
         """Every upload was complete when it returned."""
 
     def publish(self, manifest: bytes) -> None:
         self.objects.put_bytes(f"{self.key}/{MANIFEST_NAME}", manifest, create=True)
+        # Rows are immutable once published: what was uploaded is what a
+        # listing would give, so retiring this row needs no listing.
+        self.store._sizes[self.name] = {**self.sizes, MANIFEST_NAME: len(manifest)}
 
     def abandon(self) -> None:
         with contextlib.suppress(CheckpointRemoteError):  # the next writer removes manifest-less uploads
