@@ -200,3 +200,36 @@ def test_the_bridge_ignores_a_history_in_overwrite_mode_silently_as_earth2studio
         for step in range(3):
             session.write(lead_time=step)
     assert [entry.lead_time for entry in checkpoint.catalog] == [2]
+
+
+# --------------------------------------------------------------------------- environment variables
+
+
+@pytest.mark.parametrize("value", ["soon", "-1", "nan", "1e"])
+def test_a_bad_pack_threshold_in_the_environment_is_named_before_a_row_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("RESTARTABLE_PACK_BELOW", value)
+    expected = re.escape(f"RESTARTABLE_PACK_BELOW={value!r} is not a non-negative number of bytes")
+    with pytest.raises(ValueError, match=expected), Checkpoint(NAME, path=tmp_path / "store") as session:
+        session.write()  # pragma: no cover - refused on entry
+    assert not list((tmp_path / "store").glob("commits/*"))
+
+
+@pytest.mark.parametrize("value", ["often", "-0.5", "nan"])
+def test_a_bad_progress_interval_in_the_environment_is_one_line_and_exit_2_in_the_cli(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    from restartable.cli import main
+
+    with Checkpoint(NAME, path=tmp_path / "local") as session:
+        session.write()
+    monkeypatch.setenv("RESTARTABLE_PROGRESS_INTERVAL", value)
+    code = main(["push", str(tmp_path / "local"), (tmp_path / "copy").as_uri()])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.splitlines() == [
+        f"restartable push: error: RESTARTABLE_PROGRESS_INTERVAL={value!r} is not a non-negative number of seconds; "
+        "unset it or give e.g. 30"
+    ]
+    assert not (tmp_path / "copy").exists()

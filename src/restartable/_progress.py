@@ -39,6 +39,8 @@ import time
 from types import TracebackType
 from typing import IO, Any
 
+from ._env import env_number
+
 __all__ = ["INTERVAL_VARIABLE", "Progress", "announce", "default_interval", "draws_bars", "human_bytes"]
 
 #: Seconds between two progress lines in a log, unless an event is the first
@@ -57,18 +59,8 @@ def default_interval() -> float:
     >>> default_interval() >= 0
     True
     """
-    text = os.environ.get(INTERVAL_VARIABLE, "").strip()
-    if not text:
-        return DEFAULT_INTERVAL
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value >= 0:  # also refuses nan
-        raise ValueError(
-            f"{INTERVAL_VARIABLE}={text!r} is not a non-negative number of seconds; unset it or give e.g. 30"
-        )
-    return value
+    value = env_number(INTERVAL_VARIABLE, float, "seconds", "30")
+    return DEFAULT_INTERVAL if value is None else value
 
 
 def human_bytes(nbytes: float) -> str:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from . import codec
+from ._env import EnvironmentValueError
 from ._extras import MissingExtraError
 from ._text import escaped
 from ._version import __version__
@@ -562,7 +563,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
         return code
-    except UsageError as exc:
+    except (UsageError, EnvironmentValueError) as exc:
         return _fail(args, str(exc), EXIT_USAGE)
     except MissingExtraError as exc:  # an optional dependency of this command (fsspec, s3fs, torch)
         return _fail(args, str(exc), EXIT_USAGE)

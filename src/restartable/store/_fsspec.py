@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from .._env import env_number
 from ..errors import CheckpointError, CheckpointLockedError, CheckpointRemoteError
 from ._base import Capabilities, Draft, RowStore, UrlPath
 from ._layout import COMMITS_DIR, HEAD_NAME, LOCK_NAME, MANIFEST_NAME, RANK_FOLDER, ROW_NAME, join_url
@@ -52,16 +53,7 @@ def _default_wait() -> float | None:
     Read when a lease is made, not at import, so that a job (or a test) can
     set it for the writers it starts.
     """
-    text = os.environ.get("RESTARTABLE_LEASE_WAIT", "").strip()
-    if not text:
-        return None
-    try:
-        wait = float(text)
-    except ValueError:
-        wait = -1.0
-    if not wait >= 0:  # also refuses nan
-        raise ValueError(f"RESTARTABLE_LEASE_WAIT must be a number of seconds >= 0, got {text!r}")
-    return wait
+    return env_number("RESTARTABLE_LEASE_WAIT", float, "seconds", "0 (refuse at once) or 60")
 
 
 class Lease:

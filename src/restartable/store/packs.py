@@ -49,13 +49,13 @@ import ast
 import functools
 import itertools
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from .._env import env_number
 from .._text import shown
 from .files import SIMPLE_DESCR, PayloadError, check_text, dtype_from_descr, is_checksum, is_shape
 
@@ -101,16 +101,8 @@ _MEMBER_KEYS_FORTRAN = _MEMBER_KEYS | {"fortran_order"}
 
 def default_pack_below() -> int:
     """The threshold of writers given none: ``$RESTARTABLE_PACK_BELOW`` bytes, else :data:`PACK_BELOW_BYTES`."""
-    text = os.environ.get(PACK_BELOW_VARIABLE, "").strip()
-    if not text:
-        return PACK_BELOW_BYTES
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise ValueError(f"{PACK_BELOW_VARIABLE}={text!r} is not a non-negative number of bytes")
-    return value
+    value = env_number(PACK_BELOW_VARIABLE, int, "bytes", str(PACK_BELOW_BYTES))
+    return PACK_BELOW_BYTES if value is None else int(value)
 
 
 def member_align(size: int) -> int:
