@@ -17,6 +17,13 @@ from warm_python import WarmPython
 _SITE = Path(__file__).resolve().parent / "site"
 os.environ["PYTHONPATH"] = os.pathsep.join([str(_SITE), *filter(None, [os.environ.get("PYTHONPATH")])])
 
+# Bytecode is cached even where the environment says PYTHONDONTWRITEBYTECODE:
+# without it every worker parses and rewrites each test module again (6 s
+# of CPU per worker) and every child compiles restartable again. Tests of
+# bytecode-less imports set the variable for their own children.
+sys.dont_write_bytecode = False
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+
 
 @pytest.fixture
 def store(tmp_path: Path) -> Path:
