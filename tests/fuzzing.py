@@ -228,6 +228,11 @@ def _system_read_roots() -> list[str]:
     return _SYSTEM_READ_ROOTS
 
 
+def _import_folders() -> set[str]:
+    """The folders on ``sys.path`` (``""`` is the working directory), resolved."""
+    return {os.path.realpath(entry or os.getcwd()) for entry in sys.path if isinstance(entry, str)}
+
+
 # The audit events that name a path, with the positions of the path and of
 # its dir_fd in the event's arguments, whether the event follows a link in
 # the last component, and whether it writes.
@@ -450,6 +455,8 @@ class AuditRecorder:
         if _under(real, self.canary):
             self.violations.append(f"{self._what(event, real, write, given)}: a canary outside the store")
             return
+        if event == "os.listdir" and real in _import_folders():
+            return  # the import system refilling its cache of a sys.path folder whose contents changed
         for root in self.allowed:
             if _under(real, root):
                 return
