@@ -234,9 +234,7 @@ class _ObjectDraft(Draft):
 
     def publish(self, manifest: bytes) -> None:
         self.objects.put_bytes(f"{self.key}/{MANIFEST_NAME}", manifest, create=True)
-        # Rows are immutable once published: what was uploaded is what a
-        # listing would give, so retiring this row needs no listing.
-        self.store._sizes[self.name] = {**self.sizes, MANIFEST_NAME: len(manifest)}
+        self.store.remember_files(self.name, {**self.sizes, MANIFEST_NAME: len(manifest)})
 
     def abandon(self) -> None:
         with contextlib.suppress(CheckpointRemoteError):  # the next writer removes manifest-less uploads
@@ -316,6 +314,14 @@ class FsspecRowStore(RowStore):
             if len(parts) == 3 and parts[0] == COMMITS_DIR and ROW_NAME.fullmatch(parts[1]):
                 rows.setdefault(parts[1], {})[parts[2]] = size
         return rows
+
+    def remember_files(self, name: str, sizes: dict[str, int]) -> None:
+        """The files of row ``name`` that this process just published, as a listing would give them.
+
+        Rows are immutable once published, so retiring this one (or asking
+        a file's size) needs no listing of the prefix.
+        """
+        self._sizes[name] = dict(sizes)
 
     def list_rows(self) -> list[tuple[int, str]]:
         grouped = self._grouped()
