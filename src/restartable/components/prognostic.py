@@ -68,7 +68,7 @@ class Persistence(_Grid):
     >>> import numpy as np
     >>> model = Persistence(["t2m"], lat=np.zeros(2), lon=np.zeros(3))
     >>> model.output_coords(model.input_coords())["lead_time"]
-    array([21600000000000], dtype='timedelta64[ns]')
+    array([6], dtype='timedelta64[h]')
     """
 
     def create_iterator(
