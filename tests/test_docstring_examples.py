@@ -2,8 +2,10 @@
 
 Modules are found by their source text (a ``>>>`` line), so that collecting
 these tests imports nothing; each module's examples run in a fresh context
-(a session one example opens cannot leak into the next module), in a
-temporary working directory, with ``tempfile`` folders under ``tmp_path``.
+(``bind_checkpoint_state`` keeps a state for the most recently created
+Checkpoint of its context, so one module's examples would otherwise change
+what the next one's show), in a temporary working directory, with
+``tempfile`` folders under ``tmp_path``.
 """
 
 from __future__ import annotations
