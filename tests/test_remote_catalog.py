@@ -766,7 +766,11 @@ class _CountingObjects(objects.ObjectStore):
         return super().get_bytes(key, start=start, end=end)
 
 
-def test_commits_with_a_fresh_lease_neither_list_nor_read_the_lease_and_retire_exactly(s3_bucket: str) -> None:
+def test_commits_with_a_fresh_lease_neither_list_nor_read_the_lease_and_retire_exactly(
+    s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A long lease: the heartbeat (a third of it) must not renew, and so read the lease, during the test.
+    monkeypatch.setattr(object_rows, "LEASE_SECONDS", 600.0)
     url = f"{s3_bucket}/cheap"
     counting = _CountingObjects(url)
     store = object_rows.FsspecRowStore(url, objects=counting)
@@ -775,9 +779,8 @@ def test_commits_with_a_fresh_lease_neither_list_nor_read_the_lease_and_retire_e
         opened = (counting.listings, counting.lease_reads)
         for step in range(1, 7):
             writer.persist(Snapshot(body={"step": step}, payloads=[np.full(1000, step, dtype=np.int64)]))
-        # Renewed by the heartbeat (every 10 s), not before each manifest; a
-        # writer knows the files of the rows it published, so retiring one
-        # needs no listing.
+        # Renewed by the heartbeat, not before each manifest; a writer knows
+        # the files of the rows it published, so retiring one needs no listing.
         assert (counting.listings, counting.lease_reads) == opened
     finally:
         writer.close()
