@@ -797,14 +797,16 @@ def test_lease_wait_zero_refuses_at_once_and_a_malformed_one_is_named(
     with Checkpoint("rows", path=url, mode="append") as session:
         session.write(lead_time=1)
         monkeypatch.setenv("RESTARTABLE_LEASE_WAIT", "0")
-        started = time.monotonic()
         with (
             pytest.raises(CheckpointLockedError, match="being written by another writer"),
             Checkpoint("rows", path=url, mode="append"),
         ):
             pass  # pragma: no cover - refused on entry
-        # Refused without waiting out the 30 s lease (the default wait would be 35 s).
-        assert time.monotonic() - started < object_rows.LEASE_SECONDS
+        # Refused at the first look at the holder: no polling (the default waits 35 s, looking every second).
+        counting = _CountingObjects(url)
+        with pytest.raises(CheckpointLockedError):
+            RowWriter(object_rows.FsspecRowStore(url, objects=counting), keep=None)
+        assert counting.lease_reads == 1
         for bad in ("soon", "-1", "nan"):
             monkeypatch.setenv("RESTARTABLE_LEASE_WAIT", bad)
             with (
