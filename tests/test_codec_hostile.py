@@ -16,7 +16,6 @@ import datetime as dt
 import json
 import random
 import sys
-import time
 import types
 import zoneinfo
 from typing import Any, Literal
@@ -646,7 +645,6 @@ def test_fuzzed_documents_raise_only_checkpoint_errors_and_import_nothing() -> N
     rng = random.Random(18)
     failures: list[str] = []
     outcomes = {"decoded": 0, "corrupt": 0, "schema": 0, "other CheckpointError": 0}
-    started = time.monotonic()
     for case in range(FUZZ_CASES):
         document, payloads = originals[case % len(originals)]
         mutated = _mutate(rng, document)
@@ -669,8 +667,6 @@ def test_fuzzed_documents_raise_only_checkpoint_errors_and_import_nothing() -> N
         if len(sys.modules) != len(modules):
             failures.append(f"case {case}: decoding imported {sorted(set(sys.modules) - modules)[:10]}")
             modules = set(sys.modules)
-    elapsed = time.monotonic() - started
     assert failures == [], f"{len(failures)} of {FUZZ_CASES} cases failed:\n" + "\n".join(failures[:30])
     # The mutations reach both ends: some documents stay decodable, most are refused.
     assert outcomes["decoded"] > FUZZ_CASES // 20 and outcomes["corrupt"] > FUZZ_CASES // 3, outcomes
-    assert elapsed < 60, f"{FUZZ_CASES} cases took {elapsed:.1f} s"

@@ -808,10 +808,8 @@ def test_unreachable_endpoint_on_save(s3_server: str, recorded_sleeps: list[floa
     cp = RemoteCheckpoint(
         dest, storage_options=_DEAD_ENDPOINT, retry=RetryPolicy(attempts=3, first_delay=0.01, max_delay=0.02)
     )
-    started = time.monotonic()
     with pytest.raises(CheckpointRemoteError) as info:
         cp.save_sync(b"payload")
-    assert time.monotonic() - started < 30
     assert info.value.url.startswith(dest + "/")
     assert info.value.url in str(info.value)
     assert isinstance(info.value.__cause__, Exception)
