@@ -22,7 +22,6 @@ import io
 import os
 import shutil
 import tarfile
-import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -434,10 +433,9 @@ def test_write_archive_refuses_what_cannot_be_restored_safely(tmp_path: Path, ma
     (source / "ok.txt").write_bytes(b"ok")
     bad = make(source)
     destination = tmp_path / "out.tar.gz"
-    start = time.monotonic()
+    # Opening the FIFO would block forever (pytest's timeout would end it): it is refused unopened.
     with pytest.raises(CheckpointUnsafeArchiveError) as caught:
         write_archive(source, destination, new_hasher())
-    assert time.monotonic() - start < 10, "write_archive blocked on the FIFO"
     assert caught.value.member == bad
     assert bad in str(caught.value)
     assert not destination.exists()
