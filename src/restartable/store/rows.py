@@ -8,6 +8,8 @@ manifest's checksum, its name and every listed file's size check out.
 from __future__ import annotations
 
 import os
+import random
+import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -340,16 +342,21 @@ def open_row(target: RowStore | str | os.PathLike[str], name: str | None = None,
     return validate_row(store, name, raw, sequence)
 
 
-def scan_rows(target: RowStore | str | os.PathLike[str], attempts: int = 5) -> Scan:
+def scan_rows(target: RowStore | str | os.PathLike[str], attempts: int = 20) -> Scan:
     """Every committed row of a store, oldest first; damaged rows become problems.
 
     A writer may retire a row between our listing and our reading it; then
     the listing is stale (a newer row may have been published since), so the
-    scan starts over, a bounded number of times.
+    scan starts over, a bounded number of times. A writer that commits as
+    fast as the reader reads (on an object store, with one row kept) can
+    fall into step with it, retiring the listed row each time: after a few
+    stale listings the reader waits a random few milliseconds first.
     """
     store = open_store(target)
     scan = Scan()
-    for _attempt in range(attempts):
+    for attempt in range(attempts):
+        if attempt >= 3:
+            time.sleep(random.uniform(0, 0.002 * attempt))
         listed = store.list_rows()
         fetched = store.read_manifests([name for _, name in listed])
         scan, stale = Scan(), False
