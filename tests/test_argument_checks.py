@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import torch
 
+from conftest import run_python
 from restartable import (
     Checkpoint,
     CheckpointCorruptError,
@@ -233,3 +234,10 @@ def test_a_bad_progress_interval_in_the_environment_is_one_line_and_exit_2_in_th
         "unset it or give e.g. 30"
     ]
     assert not (tmp_path / "copy").exists()
+
+
+def test_a_bad_lease_period_in_the_environment_is_named_at_import(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RESTARTABLE_LEASE_SECONDS", "half a minute")
+    done = run_python("import restartable.store", check=False)
+    assert done.returncode != 0
+    assert "RESTARTABLE_LEASE_SECONDS='half a minute' is not a non-negative number of seconds" in done.stderr

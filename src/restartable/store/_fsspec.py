@@ -44,7 +44,8 @@ __all__ = [
     "Lease",
 ]
 
-LEASE_SECONDS = float(os.environ.get("RESTARTABLE_LEASE_SECONDS", "30"))
+_lease_seconds = env_number("RESTARTABLE_LEASE_SECONDS", float, "seconds", "30")
+LEASE_SECONDS = 30.0 if _lease_seconds is None else _lease_seconds
 
 
 def _default_wait() -> float | None:
